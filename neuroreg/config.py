@@ -1,0 +1,450 @@
+"""The run configuration: one typed dataclass tree, validated in one place.
+
+YAML is only a way to write it: ``RunConfig.from_dict(yaml.safe_load(...))``.
+Every field has a documented default here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from neuroreg.evaluate.config import EvalConfig
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong. The message names the field and the fix."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+TARGETS = ("none", "pixel", "pixel_th", "shuffle", "neural", "features")
+
+
+@dataclass
+class DataConfig:
+    """A data set by name, decoded once into uint8 tensors in memory."""
+
+    name: str = "digits"
+    """digits | mnist | fashion_mnist | cifar10 | cifar100 | imagefolder | synthetic."""
+    root: str | None = None
+    """Data root for torchvision sets, or the folder / .tar(.gz) for imagefolder.
+    Defaults to $NEUROREG_DATA_ROOT; required for everything but digits and synthetic."""
+    download: bool = False
+    """Let torchvision download the set into root (needs internet)."""
+    train_dir: str = "train"
+    """imagefolder: sub-folder (inside root or the archive) of the training split."""
+    test_dir: str = "test"
+    """imagefolder: sub-folder of the test split ('' when there is none)."""
+    image_size: int | None = 32
+    """Resize to this square size; None keeps the native size."""
+    grayscale: bool = True
+    """Average colour to one channel (the papers use grayscale CIFAR)."""
+    subset: int | None = None
+    """Use only this many training images (a fixed random subset); None = all."""
+    test_subset: int | None = None
+    """Use only this many test images; None = all."""
+    val_fraction: float = 0.01
+    """Fraction of the training set held out for validation (papers: 1 %)."""
+    split_seed: int = 0
+    """Seed of the subset and validation split (fixed, independent of the run seed)."""
+    augment: bool = False
+    """Random crop with reflect padding + horizontal flip on the training batches."""
+    crop_padding: int = 4
+    """Reflect padding of the random crop."""
+    hflip: bool = True
+    """Horizontal flip as part of augment (turn off for digits)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"
+    """A name in neuroreg.models' registry: resnet18 | resnet34."""
+    width: int = 16
+    """Channels of the first stage (64 in the papers, 16 for CPU runs)."""
+    stem: Literal["3x3", "7x7"] = "3x3"
+    """3x3 stride-1 stem (later code) or 7x7 stride-1 stem (reference code); no max-pool."""
+    blur_sigma: float = 0.0
+    """Fixed Gaussian blur front end in pixels (0 = none; 1.5 is the blur baseline on CIFAR)."""
+
+
+@dataclass
+class RegularizerConfig:
+    target: str = "none"
+    """none | pixel | pixel_th | shuffle | neural | features."""
+    alpha: float = 0.0
+    """Weight of the similarity loss: L = L_task + alpha * L_sim."""
+    th: float = 0.8
+    """Threshold of pixel_th, in (0, 1)."""
+    shuffle_of: str = "pixel_th"
+    """shuffle: the target whose off-diagonal values are permuted."""
+    layers: list[str] = field(default_factory=lambda: ["conv1", "conv5", "conv9", "conv13", "conv17"])
+    """Tap points whose similarities are mixed with softmax weights."""
+    train_layer_weights: bool = True
+    """Learn the softmax layer weights (uniform at start); False keeps them uniform."""
+    loss: Literal["atanh", "mse"] = "atanh"
+    """atanh: (d(S_cnn) - d(S_target))^2 with the soft arctanh d of METHOD.md; mse: (S_cnn - S_target)^2."""
+    eps: float = 1e-5
+    """eps of the soft arctanh d(x) = log(1 + x + eps) - log(1 - x + eps)."""
+    centering: Literal["running", "batch"] = "running"
+    """Per-channel mean: running EMA over pair batches (reference code) or this batch's mean."""
+    ema_beta: float = 0.9
+    """EMA factor of the running mean: mu <- beta * mu + (1 - beta) * batch mean."""
+    pairing: Literal["pairs", "batch"] = "pairs"
+    """pairs: n_pairs random pairs per step (papers); batch: all K(K-1)/2 pairs of batch_k images."""
+    n_pairs: int = 16
+    batch_k: int = 32
+    data: DataConfig | None = None
+    """Regularization set; None = the classification training split."""
+    n: int = 5000
+    """Size of the regularization set (first n images of a fixed permutation)."""
+    seed: int = 0
+    """Seed of the regularization subset and of the shuffle permutation."""
+    neural_responses: str | None = None
+    """neural: .npy of responses, stimuli x neurons or repeats x stimuli x neurons."""
+    neural_matrix: str | None = None
+    """neural: a ready N x N similarity matrix (.npy)."""
+    features_weights: str | None = None
+    """features: a state_dict file (torch.save) of a torchvision model."""
+    features_arch: str = "vgg19"
+    """features: torchvision architecture the weights belong to."""
+    features_layer: str = "features.11"
+    """features: module name whose output is used (vgg19 conv3_1 + ReLU = features.11)."""
+
+    @property
+    def active(self) -> bool:
+        return self.target != "none" and self.alpha > 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["step_cycle", "cosine", "constant"] = "step_cycle"
+    """step_cycle: lr * gamma^((epoch // step) % cycle) (papers); cosine over all epochs; constant."""
+    step: int = 4
+    gamma: float = 0.3
+    cycle: int = 5
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda, cuda:N."""
+    num_threads: int | None = None
+    """torch intra-op threads; None leaves torch's default."""
+    max_steps_per_epoch: int | None = None
+    """Cap steps per epoch (quick runs, benchmarks); None = a full pass."""
+    eval_batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    # --- construction -----------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, validate: bool = True) -> RunConfig:
+        cfg = _build(cls, d or {}, "")
+        if validate:
+            cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", f"file {p} does not exist")
+        with open(p) as f:
+            d = yaml.safe_load(f) or {}
+        if not isinstance(d, dict):
+            raise ConfigError("--config", f"{p} must hold a mapping at top level")
+        d = apply_overrides(d, overrides or [])
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # --- validation ---------------------------------------------------------
+    def validate(self, check_files: bool = True) -> RunConfig:
+        """Check every field; raise ConfigError naming the first bad one."""
+        _validate_data(self.data, "data", check_files)
+        m = self.model
+        from neuroreg.models import available_models, tap_points
+
+        if m.name not in available_models():
+            raise ConfigError("model.name", f"unknown model {m.name!r}; choose one of {available_models()}")
+        _positive(m.width, "model.width")
+        if m.stem not in ("3x3", "7x7"):
+            raise ConfigError("model.stem", "must be '3x3' or '7x7'")
+        if m.blur_sigma < 0:
+            raise ConfigError("model.blur_sigma", "must be >= 0 (0 = no blur)")
+
+        r = self.regularizer
+        if r.target not in TARGETS:
+            raise ConfigError("regularizer.target", f"unknown target {r.target!r}; choose one of {TARGETS}")
+        if not (r.alpha >= 0) or r.alpha != r.alpha:
+            raise ConfigError("regularizer.alpha", f"must be >= 0, got {r.alpha}")
+        if not (0.0 < r.th < 1.0):
+            raise ConfigError("regularizer.th", f"must lie in (0, 1), got {r.th}")
+        if r.shuffle_of not in TARGETS or r.shuffle_of in ("none", "shuffle"):
+            raise ConfigError("regularizer.shuffle_of", "must name pixel, pixel_th, neural or features")
+        taps = tap_points(m.name)
+        if not r.layers:
+            raise ConfigError("regularizer.layers", f"choose at least one of {taps}")
+        for layer in r.layers:
+            if layer not in taps:
+                raise ConfigError("regularizer.layers", f"{layer!r} is no tap point of {m.name}; choose from {taps}")
+        if r.loss not in ("atanh", "mse"):
+            raise ConfigError("regularizer.loss", "must be 'atanh' or 'mse'")
+        if r.centering not in ("running", "batch"):
+            raise ConfigError("regularizer.centering", "must be 'running' or 'batch'")
+        if not (0.0 <= r.ema_beta < 1.0):
+            raise ConfigError("regularizer.ema_beta", "must lie in [0, 1)")
+        if r.pairing not in ("pairs", "batch"):
+            raise ConfigError("regularizer.pairing", "must be 'pairs' or 'batch'")
+        _positive(r.n_pairs, "regularizer.n_pairs")
+        if r.batch_k < 2:
+            raise ConfigError("regularizer.batch_k", "must be >= 2 (pairs need two images)")
+        if r.n < 2:
+            raise ConfigError("regularizer.n", "must be >= 2")
+        if r.eps <= 0:
+            raise ConfigError("regularizer.eps", "must be > 0 (it keeps d(+-1) finite)")
+        if r.data is not None:
+            _validate_data(r.data, "regularizer.data", check_files)
+        kind = r.shuffle_of if r.target == "shuffle" else r.target
+        if r.active and kind == "neural":
+            if (r.neural_responses is None) == (r.neural_matrix is None):
+                raise ConfigError(
+                    "regularizer.neural_responses",
+                    "the neural target needs exactly one of neural_responses (.npy responses) "
+                    "or neural_matrix (.npy N x N)",
+                )
+            path_field = "neural_responses" if r.neural_responses else "neural_matrix"
+            if check_files:
+                _existing_file(getattr(r, path_field), f"regularizer.{path_field}")
+        if r.active and kind == "features":
+            if not r.features_weights:
+                raise ConfigError("regularizer.features_weights", "the features target needs a weights file")
+            if check_files:
+                _existing_file(r.features_weights, "regularizer.features_weights")
+
+        o = self.optim
+        _positive(o.lr, "optim.lr")
+        if not (0 <= o.momentum < 1):
+            raise ConfigError("optim.momentum", "must lie in [0, 1)")
+        if o.weight_decay < 0:
+            raise ConfigError("optim.weight_decay", "must be >= 0")
+        if o.schedule not in ("step_cycle", "cosine", "constant"):
+            raise ConfigError("optim.schedule", "must be step_cycle, cosine or constant")
+        _positive(o.step, "optim.step")
+        _positive(o.cycle, "optim.cycle")
+        if not (0 < o.gamma <= 1):
+            raise ConfigError("optim.gamma", "must lie in (0, 1]")
+
+        t = self.train
+        _positive(t.epochs, "train.epochs")
+        _positive(t.batch_size, "train.batch_size")
+        _positive(t.eval_batch_size, "train.eval_batch_size")
+        if t.max_steps_per_epoch is not None:
+            _positive(t.max_steps_per_epoch, "train.max_steps_per_epoch")
+        if t.num_threads is not None:
+            _positive(t.num_threads, "train.num_threads")
+        if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
+            raise ConfigError("train.device", "must be auto, cpu, cuda or cuda:N")
+        self.evaluation.validate("evaluation")
+        return self
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def data_root(cfg: DataConfig) -> str | None:
+    """The effective data root: the field, else $NEUROREG_DATA_ROOT."""
+    return cfg.root or os.environ.get("NEUROREG_DATA_ROOT") or None
+
+
+def _validate_data(d: DataConfig, name: str, check_files: bool) -> None:
+    if d.name not in DATASETS:
+        raise ConfigError(f"{name}.name", f"unknown data set {d.name!r}; choose one of {DATASETS}")
+    if d.image_size is not None:
+        _positive(d.image_size, f"{name}.image_size")
+    if d.subset is not None:
+        _positive(d.subset, f"{name}.subset")
+    if d.test_subset is not None:
+        _positive(d.test_subset, f"{name}.test_subset")
+    if not (0.0 <= d.val_fraction < 1.0):
+        raise ConfigError(f"{name}.val_fraction", f"must lie in [0, 1), got {d.val_fraction}")
+    if d.crop_padding < 0:
+        raise ConfigError(f"{name}.crop_padding", "must be >= 0")
+    if d.name in ("digits", "synthetic"):
+        return
+    root = data_root(d)
+    if root is None:
+        raise ConfigError(
+            f"{name}.root",
+            f"data set {d.name!r} needs a data root: set {name}.root or $NEUROREG_DATA_ROOT "
+            "(add download: true to fetch torchvision sets)",
+        )
+    if not check_files:
+        return
+    if d.name == "imagefolder":
+        if not Path(root).exists():
+            raise ConfigError(f"{name}.root", f"{root} does not exist (a folder or .tar/.tar.gz of class folders)")
+    elif not d.download and not Path(root).is_dir():
+        raise ConfigError(f"{name}.root", f"{root} is not a folder; fix the path or set {name}.download: true")
+
+
+def _positive(v: Any, name: str) -> None:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+        raise ConfigError(name, f"must be a positive number, got {v!r}")
+
+
+def _existing_file(path: str, name: str) -> None:
+    if not Path(path).is_file():
+        raise ConfigError(name, f"file {path} does not exist")
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    where = prefix or "config"
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise ConfigError(where, f"must be a mapping, got {type(d).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in d:
+        if key not in known:
+            raise ConfigError(
+                f"{prefix}.{key}" if prefix else str(key),
+                f"unknown field; known fields of {where}: {sorted(known)}",
+            )
+    kwargs = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}" if prefix else key
+        kwargs[key] = _coerce(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(name, f"wrong type {type(value).__name__} ({value!r}); expected {tp}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(name, f"must be one of {get_args(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(name, f"must be a list, got {type(value).__name__}")
+        (inner,) = get_args(tp) or (Any,)
+        return [_coerce(inner, v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(name, f"must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    if is_dataclass(tp):
+        return _build(tp, value, name)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(name, f"must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(name, f"must be a string, got {value!r}")
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value, parsed as YAML (numbers, booleans, lists, null)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested dict (a copy is returned)."""
+    import copy
+
+    out = copy.deepcopy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("--set", f"{item!r} is not key=value (e.g. regularizer.alpha=4)")
+        key, text = item.split("=", 1)
+        set_dotted(out, key.strip(), parse_value(text))
+    return out
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = d
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(key, f"{p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def field_paths(cls: type = None, prefix: str = "") -> list[str]:
+    """All dotted leaf field names of the config tree (for search-space validation)."""
+    cls = cls or RunConfig
+    out = []
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        tp = hints[f.name]
+        name = f"{prefix}{f.name}"
+        inner = [a for a in get_args(tp) if is_dataclass(a)] if get_origin(tp) else []
+        if is_dataclass(tp):
+            out += field_paths(tp, name + ".")
+        elif inner:
+            out.append(name)
+            out += field_paths(inner[0], name + ".")
+        else:
+            out.append(name)
+    return out

@@ -1,0 +1,329 @@
+"""Similarity targets S_target (METHOD.md section 1).
+
+A target answers ``pairs(i, j)`` for index tensors into the regularization set. Targets
+built from images keep only N x D unit vectors and compute pair values on the fly, so
+N = 50,000 fits in memory; an N x N matrix exists only where the user hands one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuroreg.config import ConfigError, RegularizerConfig
+
+
+class Target:
+    """Pair similarities over a regularization set of ``n`` images."""
+
+    n: int
+
+    def pairs(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> Target:
+        return self
+
+    def matrix(self) -> torch.Tensor:
+        """The full N x N matrix (for tests and small N only)."""
+        ii, jj = torch.meshgrid(torch.arange(self.n), torch.arange(self.n), indexing="ij")
+        return self.pairs(ii.reshape(-1), jj.reshape(-1)).reshape(self.n, self.n)
+
+
+# --- unit-vector targets --------------------------------------------------------
+
+
+def centred_unit_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Centre every column by its mean over rows, then scale every row to unit length."""
+    x = x.double()
+    x = x - x.mean(dim=0, keepdim=True)
+    return torch.nn.functional.normalize(x, dim=1, eps=eps).float()
+
+
+def pixel_unit_vectors(images: torch.Tensor) -> torch.Tensor:
+    """N x D unit vectors of images (uint8 or [0, 1] float), colour averaged to grey."""
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    x = x.mean(dim=1)  # grey
+    return centred_unit_rows(x.flatten(1))
+
+
+class CosineTarget(Target):
+    """S = R R^T computed per pair from the unit vectors R (pixel, neural, features)."""
+
+    def __init__(self, unit: torch.Tensor):
+        self.unit = unit
+        self.n = unit.shape[0]
+
+    def pairs(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        i, j = i.to(self.unit.device), j.to(self.unit.device)
+        return (self.unit[i] * self.unit[j]).sum(dim=1).clamp(-1.0, 1.0)
+
+    def to(self, device):
+        return CosineTarget(self.unit.to(device))
+
+
+class ThresholdTarget(Target):
+    """Attias et al.: 1 above Th, -1 below -Th, 0 between; diagonal 1."""
+
+    def __init__(self, base: Target, th: float):
+        self.base, self.th, self.n = base, th, base.n
+
+    def pairs(self, i, j):
+        v = self.base.pairs(i, j)
+        out = torch.where(v > self.th, 1.0, torch.where(v < -self.th, -1.0, 0.0)).to(v.dtype)
+        return torch.where(i.to(v.device) == j.to(v.device), torch.ones_like(out), out)
+
+    def to(self, device):
+        return ThresholdTarget(self.base.to(device), self.th)
+
+
+class MatrixTarget(Target):
+    """A ready N x N matrix handed by the user."""
+
+    def __init__(self, m: torch.Tensor):
+        self.m = m
+        self.n = m.shape[0]
+
+    def pairs(self, i, j):
+        return self.m[i.to(self.m.device), j.to(self.m.device)]
+
+    def to(self, device):
+        return MatrixTarget(self.m.to(device))
+
+
+# --- shuffle control --------------------------------------------------------------
+
+
+def pair_index(i: torch.Tensor, j: torch.Tensor, n: int) -> torch.Tensor:
+    """Linear index of the unordered pair {i, j}, i != j, in the upper triangle (row-major)."""
+    a, b = torch.minimum(i, j), torch.maximum(i, j)
+    return a * n - a * (a + 1) // 2 + (b - a - 1)
+
+
+def pair_from_index(k: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of ``pair_index``: the pair (a < b) with linear index k."""
+    kf = k.double()
+    t = 2 * n - 1
+    a = torch.floor((t - torch.sqrt((t * t - 8 * kf).clamp_min(0))) / 2).long()
+    # The float estimate can be off by one near row boundaries; correct it exactly.
+    start = a * n - a * (a + 1) // 2
+    a = torch.where(start > k, a - 1, a)
+    start = a * n - a * (a + 1) // 2
+    nxt = start + (n - a - 1)
+    a = torch.where(k >= nxt, a + 1, a)
+    start = a * n - a * (a + 1) // 2
+    b = k - start + a + 1
+    return a, b
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+class FeistelPermutation:
+    """A seeded bijection of [0, m) evaluated elementwise on int64 tensors.
+
+    Hand-written because the shuffle control permutes N(N-1)/2 off-diagonal pairs:
+    1.25e9 of them for N = 50,000, whose torch.randperm alone would take 10 GB. A
+    4-round Feistel network on the smallest even bit width >= log2(m), with cycle-walking
+    back into [0, m), is a true permutation computed on the fly.
+    """
+
+    def __init__(self, m: int, seed: int, rounds: int = 4):
+        if m < 1:
+            raise ValueError("m must be >= 1")
+        self.m = m
+        bits = max(2, math.ceil(math.log2(max(m, 2))))
+        bits += bits % 2
+        self.half = bits // 2
+        self.half_mask = (1 << self.half) - 1
+        rng = np.random.default_rng(seed)
+        self.keys = [int(k) for k in rng.integers(1, 2**31 - 1, size=rounds)]
+
+    def _round(self, r: torch.Tensor, key: int) -> torch.Tensor:
+        # A multiply-xorshift mix kept within 32 bits so int64 products never overflow.
+        x = (r ^ key) & _MASK32
+        x = (x * 0x45D9F3B) & _MASK32
+        x = x ^ (x >> 16)
+        x = (x * 0x45D9F3B) & _MASK32
+        x = x ^ (x >> 16)
+        return x & self.half_mask
+
+    def _once(self, k: torch.Tensor) -> torch.Tensor:
+        left, right = k >> self.half, k & self.half_mask
+        for key in self.keys:
+            left, right = right, left ^ self._round(right, key)
+        return (left << self.half) | right
+
+    def __call__(self, k: torch.Tensor) -> torch.Tensor:
+        out = self._once(k)
+        outside = out >= self.m
+        while bool(outside.any()):
+            out = torch.where(outside, self._once(out), out)
+            outside = out >= self.m
+        return out
+
+
+class ShuffleTarget(Target):
+    """The base target's off-diagonal values assigned to the wrong pairs.
+
+    A fixed random permutation of the N(N-1)/2 unordered pairs: the value of pair p is
+    the base value of pair perm(p). Symmetric by construction (unordered pairs) and keeps
+    the multiset of values; the diagonal stays 1. Permuting image indices jointly would
+    keep the structure and is no control.
+    """
+
+    def __init__(self, base: Target, seed: int):
+        self.base, self.n, self.seed = base, base.n, seed
+        self.perm = FeistelPermutation(max(1, base.n * (base.n - 1) // 2), seed)
+
+    def pairs(self, i, j):
+        i, j = i.long(), j.long()
+        same = i == j
+        k = pair_index(i, torch.where(same, (i + 1) % self.n, j), self.n)
+        a, b = pair_from_index(self.perm(k.cpu()), self.n)
+        v = self.base.pairs(a, b)
+        return torch.where(same.to(v.device), torch.ones_like(v), v)
+
+    def to(self, device):
+        return ShuffleTarget(self.base.to(device), self.seed)
+
+
+# --- neural target ------------------------------------------------------------------
+
+
+def snr_weights(responses: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Per-neuron signal-to-noise weights from repeats x stimuli x neurons responses.
+
+    signal = variance over stimuli of the mean over repeats; noise = mean over stimuli of
+    the variance over repeats (both unbiased, ddof = 1); weight = signal / noise. Neurons
+    that never vary get weight 0; a noise of 0 with signal is floored at 1e-12.
+    """
+    r = torch.as_tensor(np.asarray(responses), dtype=torch.float64)
+    if r.dim() != 3 or r.shape[0] < 2:
+        raise ValueError("snr_weights needs repeats x stimuli x neurons with >= 2 repeats")
+    signal = r.mean(dim=0).var(dim=0, unbiased=True)
+    noise = r.var(dim=0, unbiased=True).mean(dim=0)
+    w = signal / noise.clamp_min(1e-12)
+    return torch.where(signal > 0, w, torch.zeros_like(w))
+
+
+def neural_unit_vectors(responses: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Stimuli x neurons (or repeats x stimuli x neurons) -> N x D unit vectors (Li et al.)."""
+    r = torch.as_tensor(np.asarray(responses), dtype=torch.float64)
+    if r.dim() == 3:
+        w = snr_weights(r)
+        r = r.mean(dim=0) * w
+    elif r.dim() != 2:
+        raise ValueError("responses must be stimuli x neurons or repeats x stimuli x neurons")
+    return centred_unit_rows(r)
+
+
+def check_matrix(m: np.ndarray, n: int, field: str) -> torch.Tensor:
+    """A user's N x N target: square, symmetric, finite, within [-1, 1], of size n."""
+    m = np.asarray(m)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ConfigError(field, f"the target matrix must be square N x N, got shape {m.shape}")
+    if m.shape[0] != n:
+        raise ConfigError(
+            field,
+            f"the target matrix is {m.shape[0]} x {m.shape[0]} but the regularization set has "
+            f"{n} images; set regularizer.n = {m.shape[0]} or supply a matching matrix",
+        )
+    if not np.all(np.isfinite(m)):
+        raise ConfigError(field, "the target matrix holds NaN or infinite values")
+    if np.abs(m).max() > 1 + 1e-6:
+        raise ConfigError(field, f"target values must lie in [-1, 1]; max |value| is {np.abs(m).max():.4g}")
+    asym = np.abs(m - m.T).max()
+    if asym > 1e-6:
+        raise ConfigError(field, f"the target matrix is not symmetric (max |S - S^T| = {asym:.3g})")
+    return torch.as_tensor(np.clip(m, -1, 1), dtype=torch.float32)
+
+
+def _load_npy(path: str, field: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(field, f"file {p} does not exist")
+    # allow_pickle=False: a user-supplied .npy must never run code on load.
+    return np.load(p, allow_pickle=False)
+
+
+# --- features target ----------------------------------------------------------------
+
+
+def feature_unit_vectors(
+    images: torch.Tensor, weights: str, arch: str, layer: str, batch_size: int = 256
+) -> torch.Tensor:
+    """Unit vectors of a frozen torchvision network's layer, weights from a user file."""
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    try:
+        net = getattr(torchvision.models, arch)(weights=None)
+    except AttributeError as e:
+        raise ConfigError("regularizer.features_arch", f"torchvision has no model {arch!r}") from e
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise ConfigError("regularizer.features_weights", f"weights do not fit {arch}: {e}") from e
+    net.eval()
+    try:
+        extractor = create_feature_extractor(net, return_nodes={layer: "out"})
+    except Exception as e:  # torchvision raises ValueError with the list of valid names
+        raise ConfigError("regularizer.features_layer", str(e).splitlines()[0]) from e
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    feats = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start : start + batch_size].float() / 255.0
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            feats.append(extractor((x - mean) / std)["out"].flatten(1))
+    return centred_unit_rows(torch.cat(feats))
+
+
+# --- factory --------------------------------------------------------------------------
+
+
+def build_target(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target | None:
+    """The target of ``cfg`` over the regularization images (uint8 N x C x H x W)."""
+    if not cfg.active:
+        return None
+    n = reg_images.shape[0]
+    kind = cfg.shuffle_of if cfg.target == "shuffle" else cfg.target
+    base = _base_target(kind, cfg, reg_images, n)
+    if cfg.target == "shuffle":
+        return ShuffleTarget(base, seed=cfg.seed)
+    return base
+
+
+def _base_target(kind: str, cfg: RegularizerConfig, reg_images: torch.Tensor, n: int) -> Target:
+    if kind == "pixel":
+        return CosineTarget(pixel_unit_vectors(reg_images))
+    if kind == "pixel_th":
+        return ThresholdTarget(CosineTarget(pixel_unit_vectors(reg_images)), cfg.th)
+    if kind == "neural":
+        if cfg.neural_matrix:
+            m = _load_npy(cfg.neural_matrix, "regularizer.neural_matrix")
+            return MatrixTarget(check_matrix(m, n, "regularizer.neural_matrix"))
+        r = _load_npy(cfg.neural_responses, "regularizer.neural_responses")
+        stimuli = r.shape[-2] if r.ndim == 3 else r.shape[0]
+        if r.ndim not in (2, 3) or stimuli != n:
+            raise ConfigError(
+                "regularizer.neural_responses",
+                f"responses of shape {r.shape} do not match the regularization set of {n} images "
+                "(expected stimuli x neurons or repeats x stimuli x neurons, stimuli in the "
+                "order of the regularization set); set regularizer.n accordingly",
+            )
+        return CosineTarget(neural_unit_vectors(r))
+    if kind == "features":
+        return CosineTarget(
+            feature_unit_vectors(reg_images, cfg.features_weights, cfg.features_arch, cfg.features_layer)
+        )
+    raise ConfigError("regularizer.target", f"no target of kind {kind!r}")

@@ -1,0 +1,351 @@
+"""The joint trainer: L = L_task + alpha * L_sim (METHOD.md section 1).
+
+One classification batch and one pair batch per optimizer step; with alpha = 0 or
+target = none no pair batch is computed at all.
+
+    python -m neuroreg.train --config run.yaml --set regularizer.alpha=4 --out runs/a
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuroreg.checkpoint import build_model, load_checkpoint, save_checkpoint
+from neuroreg.config import ConfigError, RunConfig
+from neuroreg.data import ImageData, Splits, augment_batch, load_regularization_set, load_splits, to_float
+from neuroreg.loss import similarity_loss
+from neuroreg.similarity import SimilarityHead, upper_pairs
+from neuroreg.targets import Target, build_target
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class PreparedData:
+    """Decoded data of a run: shareable between runs with the same data configuration."""
+
+    splits: Splits
+    reg: ImageData | None
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_val_acc: float
+    out_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    wall_s: float
+    test: ImageData = field(repr=False, default=None)
+
+
+# --- pieces ---------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device", f"{name} requested but CUDA is not available; use auto or cpu")
+    return torch.device(name)
+
+
+def learning_rate(cfg: RunConfig, epoch: int) -> float:
+    """LR of a 0-based epoch: step_cycle = lr * gamma^((epoch // step) % cycle) (papers)."""
+    o = cfg.optim
+    if o.schedule == "step_cycle":
+        return o.lr * o.gamma ** ((epoch // o.step) % o.cycle)
+    if o.schedule == "cosine":
+        return 0.5 * o.lr * (1 + math.cos(math.pi * epoch / cfg.train.epochs))
+    return o.lr
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    splits = load_splits(cfg.data)
+    reg = load_regularization_set(cfg.regularizer, cfg.data) if cfg.regularizer.active else None
+    return PreparedData(splits, reg)
+
+
+def sample_pairs(
+    cfg: RunConfig, n: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images to forward and the pairs among them: (image indices, i, j) with i, j into the batch.
+
+    pairing=pairs: P random pairs of distinct images (2P images forwarded, P pairs);
+    pairing=batch: K distinct images, all K(K-1)/2 pairs (K forwarded). The batch form
+    gets far more pairs per forward pass, but its pairs share images, so they are
+    correlated and the per-step gradient is not that of K(K-1)/2 independent pairs.
+    """
+    r = cfg.regularizer
+    if r.pairing == "pairs":
+        a = torch.randint(0, n, (r.n_pairs,), generator=gen)
+        b = (a + torch.randint(1, n, (r.n_pairs,), generator=gen)) % n  # b != a
+        idx = torch.cat([a, b])
+        ar = torch.arange(r.n_pairs)
+        return idx, ar, ar + r.n_pairs
+    k = min(r.batch_k, n)
+    idx = torch.randperm(n, generator=gen)[:k]
+    i, j = upper_pairs(k)
+    return idx, i, j
+
+
+def evaluate_accuracy(model: nn.Module, data: ImageData, device: torch.device, batch_size: int) -> float:
+    if len(data) == 0:
+        return float("nan")
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for s in range(0, len(data), batch_size):
+            x = to_float(data.images[s : s + batch_size].to(device))
+            correct += (model(x).argmax(1).cpu() == data.labels[s : s + batch_size]).sum().item()
+    return correct / len(data)
+
+
+def _tap_channels(model: nn.Module, layers: list[str], in_chans: int, device: torch.device) -> list[int]:
+    with torch.no_grad():
+        feats = model.features(torch.zeros(2, in_chans, 16, 16, device=device), layers)
+    return [feats[n].shape[1] for n in layers]
+
+
+# --- the loop --------------------------------------------------------------------------
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | os.PathLike,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    resume_from: str | os.PathLike | None = None,
+    data: PreparedData | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train one model; checkpoints and metrics go to ``out_dir``.
+
+    ``resume_from`` (a checkpoint_last.pt) continues exactly where it stopped;
+    ``callback`` gets each epoch's metrics (an exception there stops the run).
+    """
+    t_start = time.perf_counter()
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    data = data or prepare_data(cfg)
+    train_set, val_set = data.splits.train, data.splits.val
+    reg = cfg.regularizer
+
+    torch.manual_seed(cfg.train.seed)
+    num_classes = len(train_set.classes)
+    in_chans = train_set.images.shape[1]
+    model = build_model(cfg, num_classes, in_chans).to(device)
+    head: SimilarityHead | None = None
+    target: Target | None = None
+    if reg.active:
+        head = SimilarityHead(
+            reg.layers,
+            _tap_channels(model, reg.layers, in_chans, device),
+            reg.centering,
+            reg.ema_beta,
+            reg.train_layer_weights,
+        ).to(device)
+        target = build_target(reg, data.reg.images).to(device)
+    params = list(model.parameters()) + ([head.layer_logits] if head and reg.train_layer_weights else [])
+    opt = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    gen_data = torch.Generator().manual_seed(cfg.train.seed)
+    gen_pairs = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
+
+    start_epoch, best_val, history = 0, -1.0, []
+    if resume_from is not None:
+        st = load_checkpoint(resume_from, map_location=device)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        if head is not None:
+            head.load_state_dict(st["similarity"])
+        gen_data.set_state(st["rng"]["data"])
+        gen_pairs.set_state(st["rng"]["pairs"])
+        start_epoch, best_val, history = st["epoch"], st["best_val_acc"], list(st["history"])
+        # The metrics file may have run ahead of the checkpoint we resume from: rewrite it.
+        (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+
+    # Keep the decoded uint8 images on the device: one copy, no per-step host transfer.
+    x_train = train_set.images.to(device)
+    y_train = train_set.labels.to(device)
+    x_reg = data.reg.images.to(device) if reg.active else None
+    last_path, best_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    n_train = len(train_set)
+    bs = cfg.train.batch_size
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        lr = learning_rate(cfg, epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        perm = torch.randperm(n_train, generator=gen_data)
+        steps = max(1, n_train // bs) if n_train >= bs else 1
+        if cfg.train.max_steps_per_epoch:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # task loss, sim loss, correct, seen
+        n_pairs_seen = 0
+        t0 = time.perf_counter()
+        for step in range(steps):
+            idx = perm[step * bs : (step + 1) * bs].to(device)
+            x = to_float(x_train[idx])
+            if cfg.data.augment:
+                x = augment_batch(x, cfg.data.crop_padding, cfg.data.hflip, gen_data)
+            y = y_train[idx]
+            logits = model(x)
+            loss_task = F.cross_entropy(logits, y)
+            loss = loss_task
+            loss_sim = torch.zeros((), device=device)
+            if head is not None:
+                ridx, i, j = sample_pairs(cfg, len(x_reg), gen_pairs)
+                s_t = target.pairs(ridx[i].to(device), ridx[j].to(device))
+                feats = model.features(to_float(x_reg[ridx.to(device)]), reg.layers)
+                s_cnn = head(feats, i.to(device), j.to(device))
+                loss_sim = similarity_loss(s_cnn, s_t, reg.loss, reg.eps)
+                loss = loss_task + reg.alpha * loss_sim
+                n_pairs_seen += len(i)
+            if not torch.isfinite(loss).item():
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                    f"(task {loss_task.item():.4g}, similarity {loss_sim.item():.4g}); "
+                    "lower optim.lr or regularizer.alpha"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                sums += torch.stack(
+                    [loss_task.detach() * len(y), loss_sim.detach() * len(y), (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=device)]
+                ).double()
+            if progress and (step + 1) % max(1, steps // 10) == 0:
+                print(f"  epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}", file=sys.stderr)
+        epoch_s = time.perf_counter() - t0
+        task_sum, sim_sum, correct, seen = sums.tolist()
+        val_acc = evaluate_accuracy(model, val_set, device, cfg.train.eval_batch_size)
+        improved = math.isnan(val_acc) or val_acc > best_val
+        if improved:
+            best_val = val_acc if not math.isnan(val_acc) else best_val
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": task_sum / seen,
+            "sim_loss": sim_sum / seen,
+            "train_acc": correct / seen,
+            "val_acc": val_acc,
+            "best_val_acc": best_val,
+            "images_per_s": seen / epoch_s,
+            "pairs_per_s": n_pairs_seen / epoch_s,
+            "epoch_s": epoch_s,
+        }
+        if head is not None:
+            for name, w in zip(reg.layers, head.layer_weights().tolist()):
+                metrics[f"layer_weight_{name}"] = w
+        history.append(metrics)
+        state = {
+            "model": model.state_dict(),
+            "config": cfg.to_dict(),
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "epoch": epoch + 1,
+            "optimizer": opt.state_dict(),
+            "schedule": {"name": cfg.optim.schedule, "lr": lr},
+            "similarity": head.state_dict() if head is not None else {},
+            "rng": {"data": gen_data.get_state(), "pairs": gen_pairs.get_state()},
+            "best_val_acc": best_val,
+            "history": history,
+        }
+        save_checkpoint(last_path, state)
+        if improved:
+            save_checkpoint(best_path, state)
+        metrics["checkpoint"] = str(last_path)
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if callback is not None:
+            callback(dict(metrics))
+
+    best = load_checkpoint(best_path if best_path.exists() else last_path, map_location=device)
+    model.load_state_dict(best["model"])
+    model.eval()
+    return TrainResult(
+        model=model,
+        history=history,
+        best_val_acc=best_val,
+        out_dir=out,
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+        wall_s=time.perf_counter() - t_start,
+        test=data.splits.test,
+    )
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    from neuroreg.config import apply_overrides
+
+    p = argparse.ArgumentParser(prog="python -m neuroreg.train", description="Train one jointly regularized model.")
+    p.add_argument("--config", help="run config YAML (omitted: all defaults, a digits run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. regularizer.alpha=4")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics.jsonl, config.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt if present")
+    p.add_argument("--evaluate", action="store_true", help="run the evaluation suites of the config at the end")
+    a = p.parse_args(argv)
+    try:
+        if a.config:
+            cfg = RunConfig.from_yaml(a.config, a.set)
+        else:
+            cfg = RunConfig.from_dict(apply_overrides({}, a.set))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    last = out / "checkpoint_last.pt"
+    resume = last if a.resume and last.exists() else None
+    if not a.resume and last.exists():
+        print(f"error: {out} already holds a run; pass --resume to continue it or choose another --out", file=sys.stderr)
+        return 2
+
+    def show(m: dict[str, Any]) -> None:
+        print(
+            f"epoch {m['epoch']:3d}  lr {m['lr']:.4g}  loss {m['train_loss']:.4f}  sim {m['sim_loss']:.4f}  "
+            f"train {m['train_acc']:.4f}  val {m['val_acc']:.4f}  {m['images_per_s']:.0f} img/s",
+            flush=True,
+        )
+
+    try:
+        res = train(cfg, out, callback=show, resume_from=resume)
+    except (ConfigError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"best validation accuracy {res.best_val_acc:.4f}; checkpoints in {out} ({res.wall_s:.1f} s)")
+    if a.evaluate:
+        from neuroreg.evaluate.runner import evaluate_model
+
+        summary = evaluate_model(res.model, cfg, res.test, out / "evaluation", next(res.model.parameters()).device)
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

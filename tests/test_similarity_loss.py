@@ -1,0 +1,96 @@
+"""Similarity and loss against hand-written references (METHOD.md section 1)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from neuroreg.loss import similarity_loss, soft_atanh
+from neuroreg.models import create_model
+from neuroreg.similarity import SimilarityHead, upper_pairs
+
+
+def _reference_cos(fa: np.ndarray, fb: np.ndarray, mu: np.ndarray) -> float:
+    a = (fa - mu[:, None, None]).ravel()
+    b = (fb - mu[:, None, None]).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_soft_atanh_matches_definition_and_is_finite_at_one():
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0], dtype=torch.float64)
+    eps = 1e-5
+    ref = torch.tensor([math.log(1 + v + eps) - math.log(1 - v + eps) for v in x.tolist()], dtype=torch.float64)
+    assert torch.allclose(soft_atanh(x, eps), ref, atol=1e-12)
+    assert abs(soft_atanh(torch.tensor(1.0, dtype=torch.float64), eps).item() - 12.2) < 0.05
+    small = torch.tensor([0.1, -0.2], dtype=torch.float64)
+    assert torch.allclose(soft_atanh(small, 1e-9), 2 * torch.atanh(small), atol=1e-7)
+
+
+def test_similarity_loss_reference():
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(16, generator=g, dtype=torch.float64) * 2 - 1
+    t = torch.randint(-1, 2, (16,), generator=g).double()
+    eps = 1e-5
+    d = lambda v: np.log(1 + v + eps) - np.log(1 - v + eps)  # noqa: E731
+    ref = np.mean((d(s.numpy()) - d(t.numpy())) ** 2)
+    assert similarity_loss(s, t, "atanh", eps).item() == pytest.approx(ref, rel=1e-10)
+    assert similarity_loss(s, t, "mse").item() == pytest.approx(np.mean((s.numpy() - t.numpy()) ** 2), rel=1e-10)
+
+
+def test_head_matches_reference_with_batch_and_running_means():
+    g = torch.Generator().manual_seed(1)
+    feats = {"a": torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64),
+             "b": torch.randn(6, 5, 2, 2, generator=g, dtype=torch.float64)}
+    i, j = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    head = SimilarityHead(["a", "b"], [3, 5], centering="batch").double()
+    with torch.no_grad():
+        head.layer_logits.copy_(torch.tensor([0.3, -0.4], dtype=torch.float64))
+    gam = np.exp([0.3, -0.4]) / np.exp([0.3, -0.4]).sum()
+    out = head(feats, i, j)
+    for p in range(3):
+        ref = sum(
+            gam[k] * _reference_cos(feats[n][i[p]].numpy(), feats[n][j[p]].numpy(), feats[n].mean(dim=(0, 2, 3)).numpy())
+            for k, n in enumerate(["a", "b"])
+        )
+        assert out[p].item() == pytest.approx(ref, abs=1e-10)
+
+    # running: first batch initialises mu; the second is an EMA with beta 0.9, updated before use
+    run = SimilarityHead(["a"], [3], centering="running", beta=0.9).double()
+    run(feats, i, j)
+    m1 = feats["a"].mean(dim=(0, 2, 3))
+    assert torch.allclose(run.running_mean("a"), m1)
+    f2 = {"a": torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)}
+    out2 = run(f2, i, j)
+    mu = 0.9 * m1 + 0.1 * f2["a"].mean(dim=(0, 2, 3))
+    assert torch.allclose(run.running_mean("a"), mu)
+    ref = _reference_cos(f2["a"][0].numpy(), f2["a"][3].numpy(), mu.numpy())
+    assert out2[0].item() == pytest.approx(ref, abs=1e-10)
+    # the update carries no gradient
+    assert not run.running_mean("a").requires_grad
+
+
+def test_upper_pairs_counts():
+    i, j = upper_pairs(5)
+    assert len(i) == 10 and bool((i < j).all())
+    assert len({(a, b) for a, b in zip(i.tolist(), j.tolist())}) == 10
+
+
+def test_gradients_reach_cnn_and_layer_weights():
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, in_chans=1, width=4)
+    layers = ["conv1", "conv5", "conv9"]
+    x = torch.rand(8, 1, 16, 16)
+    feats = model.features(x, layers)
+    head = SimilarityHead(layers, [feats[n].shape[1] for n in layers])
+    i, j = upper_pairs(8)
+    s = head(feats, i, j)
+    loss = similarity_loss(s, torch.sign(torch.randn(len(i))), "atanh")
+    loss.backward()
+    assert head.layer_logits.grad is not None and head.layer_logits.grad.abs().sum() > 0
+    stem = next(model.parameters())
+    assert stem.grad is not None and stem.grad.abs().sum() > 0
+    # uniform weights at start
+    assert torch.allclose(head.layer_weights(), torch.full((3,), 1 / 3))
