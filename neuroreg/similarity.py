@@ -75,6 +75,8 @@ class SimilarityHead(nn.Module):
         if self.centering == "batch":
             return channel_mean(f)
         mu = self.running_mean(name)
+        if not update and not bool(self.mu_initialised):
+            return channel_mean(f.detach())  # nothing seen yet: this batch is the best estimate
         if update:
             with torch.no_grad():
                 m = channel_mean(f.detach())

@@ -25,7 +25,14 @@ from torch import nn
 
 from neuroreg.checkpoint import build_model, load_checkpoint, save_checkpoint
 from neuroreg.config import ConfigError, RunConfig
-from neuroreg.data import ImageData, Splits, augment_batch, load_regularization_set, load_splits, to_float
+from neuroreg.data import (
+    ImageData,
+    Splits,
+    augment_batch,
+    load_regularization_set,
+    load_splits,
+    to_float,
+)
 from neuroreg.loss import similarity_loss
 from neuroreg.similarity import SimilarityHead, upper_pairs
 from neuroreg.targets import Target, build_target
@@ -52,7 +59,8 @@ class TrainResult:
     best_checkpoint: Path
     last_checkpoint: Path
     wall_s: float
-    test: ImageData = field(repr=False, default=None)
+    initial_val_sim_loss: float = 0.0
+    test: ImageData | None = field(repr=False, default=None)
 
 
 # --- pieces ---------------------------------------------------------------------------
@@ -105,6 +113,34 @@ def sample_pairs(
     return idx, i, j
 
 
+def joint_loss(
+    model: nn.Module,
+    head: SimilarityHead | None,
+    target: Target | None,
+    cfg: RunConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_reg: torch.Tensor | None,
+    gen_pairs: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One step's loss: (total, task, similarity, logits, pairs used).
+
+    Without a head (alpha = 0 or target = none) no pair batch is drawn or forwarded.
+    The pair images go through the CNN only as far as the deepest selected layer.
+    """
+    logits = model(x)
+    loss_task = F.cross_entropy(logits, y)
+    if head is None:
+        return loss_task, loss_task, torch.zeros((), device=x.device), logits, 0
+    reg = cfg.regularizer
+    ridx, i, j = sample_pairs(cfg, len(x_reg), gen_pairs)
+    s_t = target.pairs(ridx[i].to(x.device), ridx[j].to(x.device))
+    feats = model.features(to_float(x_reg[ridx.to(x_reg.device)]), reg.layers)
+    s_cnn = head(feats, i.to(x.device), j.to(x.device))
+    loss_sim = similarity_loss(s_cnn, s_t, reg.loss, reg.eps)
+    return loss_task + reg.alpha * loss_sim, loss_task, loss_sim, logits, len(i)
+
+
 def evaluate_accuracy(model: nn.Module, data: ImageData, device: torch.device, batch_size: int) -> float:
     if len(data) == 0:
         return float("nan")
@@ -115,6 +151,34 @@ def evaluate_accuracy(model: nn.Module, data: ImageData, device: torch.device, b
             x = to_float(data.images[s : s + batch_size].to(device))
             correct += (model(x).argmax(1).cpu() == data.labels[s : s + batch_size]).sum().item()
     return correct / len(data)
+
+
+def fixed_pair_similarity_loss(
+    model: nn.Module,
+    head: SimilarityHead,
+    target: Target,
+    x_reg: torch.Tensor,
+    cfg: RunConfig,
+    n_pairs: int = 256,
+    seed: int = 12345,
+) -> float:
+    """Similarity loss on a fixed set of pairs, eval mode, running means frozen.
+
+    The per-step loss is noisy (16 fresh pairs a step); this one is comparable across
+    epochs and runs, so it shows whether the regularizer is doing its job.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = len(x_reg)
+    a = torch.randint(0, n, (n_pairs,), generator=gen)
+    b = (a + torch.randint(1, n, (n_pairs,), generator=gen)) % n
+    idx = torch.cat([a, b])
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(to_float(x_reg[idx.to(x_reg.device)]), cfg.regularizer.layers)
+        ar = torch.arange(n_pairs, device=x_reg.device)
+        s_cnn = head(feats, ar, ar + n_pairs, update=False)
+        s_t = target.pairs(a.to(x_reg.device), b.to(x_reg.device))
+        return similarity_loss(s_cnn, s_t, cfg.regularizer.loss, cfg.regularizer.eps).item()
 
 
 def _tap_channels(model: nn.Module, layers: list[str], in_chans: int, device: torch.device) -> list[int]:
@@ -189,6 +253,10 @@ def train(
     x_train = train_set.images.to(device)
     y_train = train_set.labels.to(device)
     x_reg = data.reg.images.to(device) if reg.active else None
+    if resume_from is None:
+        init_sim = fixed_pair_similarity_loss(model, head, target, x_reg, cfg) if head is not None else 0.0
+    else:
+        init_sim = st.get("initial_val_sim_loss", float("nan"))
     last_path, best_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
     (out / "config.yaml").write_text(cfg.to_yaml())
     n_train = len(train_set)
@@ -212,18 +280,8 @@ def train(
             if cfg.data.augment:
                 x = augment_batch(x, cfg.data.crop_padding, cfg.data.hflip, gen_data)
             y = y_train[idx]
-            logits = model(x)
-            loss_task = F.cross_entropy(logits, y)
-            loss = loss_task
-            loss_sim = torch.zeros((), device=device)
-            if head is not None:
-                ridx, i, j = sample_pairs(cfg, len(x_reg), gen_pairs)
-                s_t = target.pairs(ridx[i].to(device), ridx[j].to(device))
-                feats = model.features(to_float(x_reg[ridx.to(device)]), reg.layers)
-                s_cnn = head(feats, i.to(device), j.to(device))
-                loss_sim = similarity_loss(s_cnn, s_t, reg.loss, reg.eps)
-                loss = loss_task + reg.alpha * loss_sim
-                n_pairs_seen += len(i)
+            loss, loss_task, loss_sim, logits, n_pairs = joint_loss(model, head, target, cfg, x, y, x_reg, gen_pairs)
+            n_pairs_seen += n_pairs
             if not torch.isfinite(loss).item():
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
@@ -243,6 +301,7 @@ def train(
         task_sum, sim_sum, correct, seen = sums.tolist()
         val_acc = evaluate_accuracy(model, val_set, device, cfg.train.eval_batch_size)
         improved = math.isnan(val_acc) or val_acc > best_val
+        val_sim = fixed_pair_similarity_loss(model, head, target, x_reg, cfg) if head is not None else 0.0
         if improved:
             best_val = val_acc if not math.isnan(val_acc) else best_val
         metrics: dict[str, Any] = {
@@ -250,6 +309,7 @@ def train(
             "lr": lr,
             "train_loss": task_sum / seen,
             "sim_loss": sim_sum / seen,
+            "val_sim_loss": val_sim,
             "train_acc": correct / seen,
             "val_acc": val_acc,
             "best_val_acc": best_val,
@@ -272,6 +332,7 @@ def train(
             "similarity": head.state_dict() if head is not None else {},
             "rng": {"data": gen_data.get_state(), "pairs": gen_pairs.get_state()},
             "best_val_acc": best_val,
+            "initial_val_sim_loss": init_sim,
             "history": history,
         }
         save_checkpoint(last_path, state)
@@ -294,6 +355,7 @@ def train(
         best_checkpoint=best_path,
         last_checkpoint=last_path,
         wall_s=time.perf_counter() - t_start,
+        initial_val_sim_loss=init_sim,
         test=data.splits.test,
     )
 
