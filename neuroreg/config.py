@@ -108,6 +108,9 @@ class RegularizerConfig:
     """Size of the regularization set (first n images of a fixed permutation)."""
     seed: int = 0
     """Seed of the regularization subset and of the shuffle permutation."""
+    order: Literal["random", "file"] = "random"
+    """random: the first n of a fixed permutation (seed); file: the first n in the data set's
+    own order (recorded responses must be in the order of the regularization set)."""
     neural_responses: str | None = None
     """neural: .npy of responses, stimuli x neurons or repeats x stimuli x neurons."""
     neural_matrix: str | None = None
