@@ -1,0 +1,376 @@
+"""Gather a sweep folder into Parquet tables: ``python -m analysis.gather SWEEP_DIR``.
+
+``gather(sweep_dir, results_root)`` is also called by ``sweep.run`` at the end of a sweep.
+It reads every trial folder (see ``analysis.ray_folder``), builds the tables described
+in ``analysis/SCHEMA.md`` and writes them to ``ROOT/tables/<table>/<sweep>.parquet``,
+replacing the files of an earlier gather of the same sweep (idempotent).
+A corrupt or half-written trial folder is reported (logged, and listed by the CLI) and
+left out; it never stops the gather.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from analysis import store
+from analysis.ray_folder import (
+    Problem,
+    TrialFolder,
+    flatten,
+    latest_checkpoint,
+    read_experiment_state,
+    read_trial,
+    trial_dirs,
+)
+from analysis.schema import ALIASES, RAY_INTERNAL, RECORD_FILES, REQUIRED, SORT, TABLES
+
+log = logging.getLogger("analysis.gather")
+
+_SHORT = {v: k for k, v in ALIASES.items()}
+_TH_TARGETS = ("pixel_th",)
+
+
+@dataclass
+class Gathered:
+    sweep: str
+    tables: dict[str, pd.DataFrame]
+    problems: list[Problem]
+    spec: dict[str, Any]
+    """The sweep's sweep.yaml (empty when absent)."""
+    config_columns: list[str]
+    """The trials table's config-field columns (flattened, dotted names)."""
+
+
+def default_results_root(sweep_dir: str | os.PathLike) -> Path:
+    """The parent of the sweep's storage folder, as ``sweep.run`` uses: a sweep in
+    results/sweeps/NAME has its tables in results/tables/, next to every other sweep
+    stored in results/sweeps/."""
+    return Path(sweep_dir).resolve().parent.parent
+
+
+def is_seed_column(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return last == "seed" or last.endswith("_seed")
+
+
+def collect(sweep_dir: str | os.PathLike) -> Gathered:
+    """Read a sweep folder into DataFrames (no writing)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"SWEEP_DIR: {sweep_dir} is not a folder (expected Ray's STORAGE/NAME)")
+    sweep = sweep_dir.resolve().name
+    problems: list[Problem] = []
+    states = read_experiment_state(sweep_dir, problems)
+    trials: list[TrialFolder] = []
+    for path in trial_dirs(sweep_dir):
+        try:
+            t = read_trial(path, states.get(path.name), problems)
+        except Exception as e:  # noqa: BLE001 -- one broken folder must never stop a gather
+            problems.append(Problem(path.name, f"{type(e).__name__}: {e}", True))
+            t = None
+        if t is not None:
+            trials.append(t)
+    seen = {t.path.name for t in trials} | {p.where for p in problems}
+    for logdir, st in states.items():
+        # A pending trial has no folder yet; any other missing folder was lost or deleted.
+        if logdir not in seen and st.get("status") != "PENDING":
+            problems.append(Problem(logdir, f"listed in the experiment state ({st.get('status')}) but no trial folder", True))
+    if not trials and not problems:
+        problems.append(Problem(sweep, "no trial folders (params.json / result.json) found", False))
+    ids = [t.trial_id for t in trials]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        problems.append(Problem(sweep, f"duplicate trial ids {dup}; later folders dropped", False))
+        keep, unique = set(), []
+        for t in trials:
+            if t.trial_id not in keep:
+                keep.add(t.trial_id)
+                unique.append(t)
+        trials = unique
+
+    spec = _read_spec(sweep_dir, problems)
+    tables = {
+        "trials": _trials_table(sweep, trials, spec),
+        "epochs": _epochs_table(sweep, trials),
+    }
+    for table, file in RECORD_FILES.items():
+        stem = file.removesuffix(".jsonl")
+        rows = [{"sweep": sweep, "trial_id": t.trial_id, **r} for t in trials for r in t.records.get(stem, [])]
+        tables[table] = pd.DataFrame(rows)
+    known = {f.removesuffix(".jsonl") for f in RECORD_FILES.values()}
+    for t in trials:
+        for stem in sorted(set(t.records) - known):
+            problems.append(Problem(t.path.name, f"evaluation/{stem}.jsonl is no known record file; not gathered", False))
+    for name, df in tables.items():
+        if len(df):
+            missing = [c for c in REQUIRED[name] if c not in df.columns]
+            if missing:
+                problems.append(Problem(sweep, f"table {name}: records lack columns {missing}; filled with nulls", False))
+                for c in missing:
+                    df[c] = None
+            tables[name] = _order(df, name)
+    config_cols = sorted({k for t in trials for k in _config_columns(t, spec)})
+    return Gathered(sweep=sweep, tables=tables, problems=problems, spec=spec, config_columns=config_cols)
+
+
+def gather(sweep_dir: str | os.PathLike, results_root: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Gather one sweep into ``results_root`` (default: see ``default_results_root``).
+
+    Returns table name -> Parquet file written for this sweep. Tables without rows are
+    not written (and an older file of this sweep for that table is removed).
+    """
+    return gather_report(sweep_dir, results_root)[0]
+
+
+def gather_report(
+    sweep_dir: str | os.PathLike, results_root: str | os.PathLike | None = None
+) -> tuple[dict[str, Path], list[Problem]]:
+    """``gather`` that also returns the problems met (each is logged as a warning too)."""
+    g = collect(sweep_dir)
+    root = Path(results_root) if results_root is not None else default_results_root(sweep_dir)
+    for p in g.problems:
+        log.warning("%s: %s", g.sweep, p)
+    written: dict[str, Path] = {}
+    for name in TABLES:
+        df = g.tables.get(name, pd.DataFrame())
+        path = store.sweep_file(root, name, g.sweep)
+        if len(df) == 0:
+            store.remove(path)
+            continue
+        extra = {"sweep_dir": str(Path(sweep_dir).resolve())}
+        if name == "trials":
+            extra["sweep_spec"] = g.spec
+            extra["config_columns"] = g.config_columns
+            extra["problems"] = [str(p) for p in g.problems]
+        written[name] = store.write_atomic(store.to_arrow(df, name, g.sweep, extra), path)
+    return written, g.problems
+
+
+# --- tables ----------------------------------------------------------------------
+
+
+def _read_spec(sweep_dir: Path, problems: list[Problem]) -> dict[str, Any]:
+    path = sweep_dir / "sweep.yaml"
+    if not path.exists():
+        return {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+        return spec if isinstance(spec, dict) else {}
+    except (OSError, yaml.YAMLError) as e:
+        problems.append(Problem("sweep.yaml", f"unreadable ({e})", False))
+        return {}
+
+
+def _config_columns(t: TrialFolder, spec: dict[str, Any]) -> dict[str, Any]:
+    """The trial's config, flattened to dotted names.
+
+    The trainer's resolved run/config.yaml is complete and wins. A trial that failed
+    before writing it gets the sweep's base config (sweep.yaml) plus its sampled
+    parameters from params.json, which ``sweep`` nests as ``{"params": {dotted: value},
+    "__trial_index__": i}`` (the index picks the seed from the sweep's seed list).
+    """
+    if t.config is not None:
+        return flatten(t.config)
+    flat = flatten(spec.get("base") or {})
+    params = t.params
+    sampled = params.get("params") if isinstance(params.get("params"), dict) else {}
+    for key, value in params.items():
+        if key != "params" and not key.startswith("__"):
+            flat.update(flatten({key: value}))
+    flat.update(flatten(sampled))
+    seeds = spec.get("seeds")
+    index = params.get("__trial_index__")
+    if isinstance(seeds, list) and isinstance(index, int) and 0 <= index < len(seeds):
+        flat["train.seed"] = seeds[index]
+    return flat
+
+
+def _final_metrics(t: TrialFolder) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for r in t.results:
+        merged.update(r)
+    out = {k: v for k, v in flatten(merged, sep="/").items() if k.split("/")[0] not in RAY_INTERNAL}
+    out.update(flatten(t.summary, sep="/"))
+    return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _trials_table(sweep: str, trials: list[TrialFolder], spec: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    config_keys: set[str] = set()
+    for t in trials:
+        cfg = _config_columns(t, spec)
+        config_keys |= set(cfg)
+        last = t.results[-1] if t.results else {}
+        wall = last.get("time_total_s")
+        if wall is None and t.run_metrics:
+            wall = float(sum(m.get("epoch_s", 0.0) for m in t.run_metrics))
+        ckpt = latest_checkpoint(t.path)
+        row = {
+            "sweep": sweep,
+            "trial_id": t.trial_id,
+            "status": t.status,
+            "error": t.error,
+            "trial_dir": str(t.path),
+            "checkpoint": str(ckpt) if ckpt else None,
+            "wall_time_s": float(wall) if wall is not None else math.nan,
+            "iterations": int(last["training_iteration"]) if "training_iteration" in last else 0,
+            "n_epochs": len(_epoch_rows(t)),
+        }
+        metrics = _final_metrics(t)
+        for k, v in cfg.items():
+            row[k] = v
+        for k, v in metrics.items():
+            row.setdefault(k, v)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return df
+    config_cols = sorted(config_keys)
+    labels = _arm_labels(df, config_cols)
+    df["arm"] = labels["arm"]
+    df["condition"] = labels["condition"]
+    df["baseline"] = labels["baseline"]
+    reg_data = df["regularizer.data.name"] if "regularizer.data.name" in df else pd.Series(None, index=df.index)
+    data = df["data.name"] if "data.name" in df else pd.Series(None, index=df.index)
+    df["reg_dataset"] = reg_data.where(reg_data.notna(), data)
+    fixed = list(REQUIRED["trials"]) + ["condition", "baseline"]
+    metric_cols = [c for c in df.columns if c not in fixed and c not in config_keys]
+    return df[fixed + config_cols + sorted(metric_cols)]
+
+
+def _arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
+    """Label each trial's experimental arm from the config columns that vary in this sweep.
+
+    Seeds are repetitions, not arms. An inactive regularizer (target none or alpha 0)
+    is one arm, 'none', whatever its other regularizer fields say; Th only labels
+    targets that use it.
+    """
+    varying = [
+        c for c in config_cols
+        if not is_seed_column(c) and df[c].astype(str).nunique(dropna=False) > 1
+    ]
+    target = df["regularizer.target"] if "regularizer.target" in df else pd.Series("none", index=df.index)
+    alpha = pd.to_numeric(df.get("regularizer.alpha", pd.Series(0.0, index=df.index)), errors="coerce")
+    has_reg = "regularizer.target" in df
+    active = (target != "none") & (alpha.fillna(0) > 0) if has_reg else pd.Series(False, index=df.index)
+    shuffle_of = df["regularizer.shuffle_of"] if "regularizer.shuffle_of" in df else pd.Series("", index=df.index)
+    arms, conds = [], []
+    for i in df.index:
+        reg_parts, cond_parts = [], []
+        for c in varying:
+            v = df.at[i, c]
+            text = f"{_SHORT.get(c, c)}={_fmt(v)}"
+            if c.startswith("regularizer."):
+                if not active[i] or c == "regularizer.target":
+                    continue
+                if c == "regularizer.th" and not (
+                    target[i] in _TH_TARGETS or (target[i] == "shuffle" and shuffle_of[i] in _TH_TARGETS)
+                ):
+                    continue
+                reg_parts.append(text)
+            else:
+                cond_parts.append(text)
+        if has_reg:
+            reg = " ".join([str(target[i])] + reg_parts) if active[i] else "none"
+        else:
+            reg = " ".join(reg_parts) or "all"
+        cond = " ".join(cond_parts)
+        arms.append(f"{reg} | {cond}" if cond else reg)
+        conds.append(cond)
+    return pd.DataFrame({"arm": arms, "condition": conds, "baseline": ~active}, index=df.index)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _epoch_rows(t: TrialFolder) -> list[dict[str, Any]]:
+    rows = [r for r in t.results if "epoch" in r]
+    if not rows:
+        rows = [r for r in t.run_metrics if "epoch" in r]
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        # sweep's final report repeats the last epoch's metrics next to the evaluation
+        # summary (it carries "evaluated"); it is no epoch of its own.
+        if "evaluated" in r and r["epoch"] in by_epoch:
+            continue
+        by_epoch[r["epoch"]] = r  # a resumed trial reports some epochs again: the last wins
+    return [by_epoch[e] for e in sorted(by_epoch, key=lambda e: (float(e) if _num(e) else math.inf, str(e)))]
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _epochs_table(sweep: str, trials: list[TrialFolder]) -> pd.DataFrame:
+    out = []
+    keep_internal = {"training_iteration", "time_total_s"}
+    for t in trials:
+        rows = _epoch_rows(t)
+        if not rows:
+            continue
+        # Final evaluation metrics ride on the last report; they belong to the trials table.
+        final_only = set(t.summary)
+        if len(rows) > 1:
+            earlier = set().union(*(r.keys() for r in rows[:-1]))
+            final_only |= set(rows[-1]) - earlier
+        for r in rows:
+            flat = flatten({k: v for k, v in r.items() if k not in final_only}, sep="/")
+            rec = {"sweep": sweep, "trial_id": t.trial_id}
+            for k, v in flat.items():
+                if k.split("/")[0] in RAY_INTERNAL and k not in keep_internal:
+                    continue
+                rec[k] = v
+            out.append(rec)
+    return pd.DataFrame(out)
+
+
+def _order(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    if name in SORT:
+        df = df.sort_values(list(SORT[name]), kind="stable")
+    else:
+        df = df.sort_values(["sweep", "trial_id"], kind="stable")
+    front = [c for c in REQUIRED[name] if c in df.columns]
+    rest = [c for c in df.columns if c not in front]
+    return df[front + rest].reset_index(drop=True)
+
+
+# --- CLI -------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.gather", description=__doc__.split("\n")[0])
+    ap.add_argument("sweep_dir", help="a sweep folder (Ray's STORAGE/NAME)")
+    ap.add_argument("--results", default=None, help="results root; tables go to ROOT/tables/ (default: the parent of SWEEP_DIR's parent, "
+                    "e.g. results/ for results/sweeps/NAME)")
+    args = ap.parse_args(argv)
+    if not Path(args.sweep_dir).is_dir():
+        print(f"error: SWEEP_DIR {args.sweep_dir} is not a folder (expected Ray's STORAGE/NAME)", file=sys.stderr)
+        return 2
+    written, problems = gather_report(args.sweep_dir, args.results)
+    root = Path(args.results) if args.results else default_results_root(args.sweep_dir)
+    print(f"gathered {Path(args.sweep_dir).resolve().name} into {store.tables_dir(root)}")
+    for name, path in written.items():
+        n = store.pq.read_metadata(path).num_rows
+        print(f"  {name:<20} {n:>7} rows  {path}")
+    if problems:
+        print(f"{len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

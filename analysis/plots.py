@@ -1,0 +1,230 @@
+"""Plots of the gathered tables (matplotlib, Agg backend), each saved as PNG and SVG.
+
+Every function takes DataFrames as ``analysis.query.load`` returns them (record tables
+joined with the trials' config columns, so ``arm`` is there), writes ``<out>.png`` and
+``<out>.svg`` and returns both paths. Error bands and bars are the standard error of
+the mean over the trials of a group, i.e. over seeds when a group is one configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+FORMATS = ("png", "svg")
+
+
+def save(fig: plt.Figure, out: str | os.PathLike) -> list[Path]:
+    """Write ``out`` (without suffix) as PNG and SVG; closes the figure."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    # A fixed svg.hashsalt and no date keep repeated runs byte-identical.
+    with matplotlib.rc_context({"svg.hashsalt": "neuroreg"}):
+        for fmt in FORMATS:
+            p = out.with_suffix(f".{fmt}")
+            fig.savefig(p, dpi=120, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+            paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def mean_sem(df: pd.DataFrame, x: str, y: str, group: str) -> pd.DataFrame:
+    """group, x -> mean, sem, n of y over the group's rows."""
+    d = df[[group, x, y]].copy()
+    d[y] = pd.to_numeric(d[y], errors="coerce")
+    out = d.groupby([group, x], dropna=False)[y].agg(["mean", "sem", "count"]).reset_index()
+    return out.rename(columns={"count": "n"})
+
+
+def _lines_with_bands(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, group: str) -> None:
+    stats = mean_sem(df, x, y, group)
+    for name, g in stats.groupby(group, sort=True):
+        g = g.sort_values(x)
+        sem = g["sem"].fillna(0.0).to_numpy()
+        line = ax.plot(g[x], g["mean"], marker="o", ms=3, label=f"{name} (n={int(g['n'].max())})")[0]
+        ax.fill_between(g[x], g["mean"] - sem, g["mean"] + sem, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: the table lacks columns {missing}")
+    if not len(df):
+        raise ValueError(f"{what}: no rows to plot")
+
+
+def noise_accuracy(noise: pd.DataFrame, out: str | os.PathLike, group: str = "arm") -> list[Path]:
+    """Accuracy vs noise level, one panel per noise type, a line per group with SEM bands."""
+    _require(noise, ["noise", "level", "accuracy", group], "noise_accuracy")
+    kinds = sorted(noise["noise"].dropna().unique())
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        _lines_with_bands(ax, noise[noise["noise"] == kind], "level", "accuracy", group)
+        ax.set(title=f"{kind} noise", xlabel="level", ylabel="accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle("Accuracy under random noise (mean ± SEM over seeds)")
+    return save(fig, out)
+
+
+def median_distance(summary: pd.DataFrame, out: str | os.PathLike, group: str = "arm") -> list[Path]:
+    """Median minimal adversarial distance per group and norm: mean ± SEM over trials, seeds as dots."""
+    _require(summary, ["norm", "median", group], "median_distance")
+    norms = sorted(summary["norm"].dropna().unique())
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.8 * len(norms), 3.8), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        d = summary[summary["norm"] == norm].copy()
+        # A median of inf (most images unbroken) cannot be drawn as a bar; it is counted instead.
+        d["median"] = pd.to_numeric(d["median"], errors="coerce")
+        n_inf = np.isinf(d["median"]).groupby(d[group]).sum()
+        d.loc[np.isinf(d["median"]), "median"] = np.nan
+        stats = d.groupby(group)["median"].agg(["mean", "sem"]).sort_index()
+        xs = np.arange(len(stats))
+        ax.bar(xs, stats["mean"], yerr=stats["sem"].fillna(0.0), capsize=3, color="tab:blue", alpha=0.7)
+        for i, name in enumerate(stats.index):
+            vals = d.loc[d[group] == name, "median"].to_numpy(dtype=float)
+            ax.scatter(np.full(len(vals), i), vals, s=8, color="k", zorder=3)
+            if n_inf.get(name, 0):
+                ax.annotate(f"{int(n_inf[name])} inf", (i, 0), ha="center", va="bottom", fontsize=7, color="tab:red")
+        ax.set_xticks(xs, [str(s) for s in stats.index], rotation=30, ha="right", fontsize=7)
+        ax.set(title=f"median {norm} distance", ylabel="distance")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Minimal adversarial perturbation (median over images; mean ± SEM over seeds)")
+    return save(fig, out)
+
+
+def heatmap(
+    trials: pd.DataFrame,
+    metric: str,
+    out: str | os.PathLike,
+    x: str = "regularizer.alpha",
+    y: str = "regularizer.th",
+) -> list[Path]:
+    """Mean of a metric over the trials of each (x, y) cell, annotated with its value and n."""
+    _require(trials, [metric, x, y], "heatmap")
+    d = trials[[x, y, metric]].copy()
+    d[metric] = pd.to_numeric(d[metric], errors="coerce")
+    mean = d.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
+    count = d.pivot_table(index=y, columns=x, values=metric, aggfunc="count")
+    fig, ax = plt.subplots(figsize=(1.2 * mean.shape[1] + 2.5, 0.8 * mean.shape[0] + 1.8))
+    im = ax.imshow(mean.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="viridis")
+    ax.set_xticks(range(mean.shape[1]), [f"{v:g}" if isinstance(v, float) else str(v) for v in mean.columns])
+    ax.set_yticks(range(mean.shape[0]), [f"{v:g}" if isinstance(v, float) else str(v) for v in mean.index])
+    for i in range(mean.shape[0]):
+        for j in range(mean.shape[1]):
+            v = mean.iat[i, j]
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.3g}\nn={int(count.iat[i, j])}", ha="center", va="center", fontsize=7, color="w")
+    ax.set(xlabel=x, ylabel=y, title=f"{metric} (mean over seeds)")
+    fig.colorbar(im, ax=ax, label=metric)
+    return save(fig, out)
+
+
+def parallel_coordinates(
+    trials: pd.DataFrame, params: Sequence[str], metric: str, out: str | os.PathLike
+) -> list[Path]:
+    """One line per trial across the searched parameters and the metric, coloured by the metric.
+
+    Hand-drawn rather than pandas.plotting.parallel_coordinates, which colours by a
+    class column and shares one y scale; here every axis is scaled to its own range
+    (categories spread evenly) and the colour is the continuous metric.
+    """
+    _require(trials, [*params, metric], "parallel_coordinates")
+    cols = [*params, metric]
+    d = trials[cols].copy()
+    d[metric] = pd.to_numeric(d[metric], errors="coerce")
+    d = d[d[metric].notna()]
+    if not len(d):
+        raise ValueError("parallel_coordinates: no trial has a value of the metric")
+    scaled = pd.DataFrame(index=d.index)
+    ticks: dict[str, tuple[list[float], list[str]]] = {}
+    for c in cols:
+        v = d[c]
+        num = pd.to_numeric(v, errors="coerce")
+        if num.notna().all() and not pd.api.types.is_bool_dtype(v):
+            lo, hi = float(num.min()), float(num.max())
+            span = hi - lo or 1.0
+            scaled[c] = (num - lo) / span
+            uniq = sorted(num.unique())
+            shown = uniq if len(uniq) <= 6 else [lo, hi]
+            ticks[c] = ([(u - lo) / span for u in shown], [f"{u:.3g}" for u in shown])
+        else:
+            cats = sorted(v.astype(str).unique())
+            pos = {k: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, k in enumerate(cats)}
+            scaled[c] = v.astype(str).map(pos)
+            ticks[c] = (list(pos.values()), cats)
+    fig, ax = plt.subplots(figsize=(1.8 * len(cols) + 1.5, 4.0))
+    norm = plt.Normalize(d[metric].min(), d[metric].max())
+    cmap = plt.get_cmap("viridis")
+    xs = np.arange(len(cols))
+    for i in d.index:
+        ax.plot(xs, scaled.loc[i, cols].to_numpy(dtype=float), color=cmap(norm(d.at[i, metric])), alpha=0.7, lw=1)
+    for k, c in enumerate(cols):
+        ax.axvline(k, color="k", lw=0.6)
+        for pos, label in zip(*ticks[c]):
+            ax.text(k + 0.03, pos, label, fontsize=7, va="center")
+    ax.set_xticks(xs, cols, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(cols) - 0.6)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
+    ax.set_title(f"{len(d)} trials")
+    return save(fig, out)
+
+
+def layer_weights(trials: pd.DataFrame, out: str | os.PathLike, group: str = "arm") -> list[Path]:
+    """Final softmax layer weights (columns layer_weight_<name>) per group: mean ± SEM bars."""
+    cols = [c for c in trials.columns if c.startswith("layer_weight_")]
+    if not cols:
+        raise ValueError("layer_weights: the trials table has no layer_weight_<name> columns")
+    _require(trials, [group], "layer_weights")
+    d = trials[[group, *cols]].dropna(subset=cols, how="all")
+    if not len(d):
+        raise ValueError("layer_weights: no trial reported layer weights")
+    stats = d.groupby(group)[cols].agg(["mean", "sem"])
+    groups = list(stats.index)
+    width = 0.8 / max(len(groups), 1)
+    xs = np.arange(len(cols))
+    fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 3.5, 3.6))
+    for k, name in enumerate(groups):
+        means = [stats.loc[name, (c, "mean")] for c in cols]
+        sems = [stats.loc[name, (c, "sem")] for c in cols]
+        ax.bar(xs + (k - (len(groups) - 1) / 2) * width, means, width, yerr=np.nan_to_num(sems), capsize=2,
+               label=str(name))
+    ax.set_xticks(xs, [c.removeprefix("layer_weight_") for c in cols])
+    ax.axhline(1.0 / len(cols), color="k", ls=":", lw=0.8, label="uniform")
+    ax.set(ylabel="softmax weight", title="Layer weights at the end of training (mean ± SEM)")
+    ax.legend(fontsize=7)
+    return save(fig, out)
+
+
+def transfer_accuracy(transfer: pd.DataFrame, out: str | os.PathLike, group: str = "arm") -> list[Path]:
+    """Accuracy vs epsilon of FGSM perturbations transferred from a surrogate, SEM bands."""
+    _require(transfer, ["epsilon", "accuracy", group], "transfer_accuracy")
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    _lines_with_bands(ax, transfer, "epsilon", "accuracy", group)
+    ax.set(xlabel="epsilon (Linf)", ylabel="accuracy", title="Transferred FGSM (mean ± SEM over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, out)
+
+
+def pareto(points: pd.DataFrame, front: pd.DataFrame, x: str, y: str, out: str | os.PathLike) -> list[Path]:
+    """All configurations and their Pareto front in the plane of two objectives."""
+    _require(points, [x, y], "pareto")
+    fig, ax = plt.subplots(figsize=(5.0, 3.8))
+    ax.scatter(points[x], points[y], s=14, color="0.6", label="configurations")
+    f = front.sort_values(x)
+    ax.plot(f[x], f[y], "o-", color="tab:red", ms=5, label="Pareto front")
+    ax.set(xlabel=x, ylabel=y, title="Pareto front")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, out)

@@ -1,0 +1,306 @@
+"""Query the gathered tables: a Python API returning pandas DataFrames, and a CLI.
+
+    python -m analysis.query noise --results ROOT --sweep alpha_th \\
+        --where target=none,pixel_th --noise gaussian --level 0.08 \\
+        --by arm --value accuracy --agg mean,sem,count
+
+Python::
+
+    from analysis.query import load, select, summarize
+    df = load("noise", "ROOT")                      # joined with the trials' config columns
+    df = select(df, ["regularizer.target == 'pixel_th'", "level=0.08"])
+    summarize(df, "accuracy", by=["regularizer.alpha"], aggs=["mean", "sem", "count"])
+
+Filters are either ``key=value`` (aliases such as ``alpha`` or ``seed`` allowed, numbers
+compared with a tolerance, ``key=a,b`` for several values) or a pandas ``query``
+expression in which dotted column names may be written bare
+(``regularizer.alpha > 1 and level == 0.08``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import yaml
+
+from analysis import store
+from analysis.schema import ALIASES, KEY, REQUIRED, TABLES
+
+AGGREGATES = ("mean", "sem", "median", "count", "std", "min", "max")
+TRIAL_COLUMNS = ("status", "arm", "condition", "baseline", "reg_dataset")
+"""Columns of ``trials`` (next to the config columns) joined onto the other tables."""
+
+SHORTHANDS = ("level", "noise", "norm", "epsilon", "severity", "corruption", "frequency", "kind",
+              "status", "arm", "target", "alpha", "th", "seed", "epoch")
+"""CLI options ``--level 0.08`` etc.: shorthand for ``--where level=0.08``."""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("NEUROREG_RESULTS", "results"))
+
+
+def load(
+    table: str,
+    root: str | os.PathLike | None = None,
+    sweeps: Sequence[str] | str | None = None,
+    join_trials: bool = True,
+) -> pd.DataFrame:
+    """One table of the results root as a DataFrame (all sweeps, or the named ones).
+
+    Record tables get the trials' config columns and ``status, arm, condition,
+    baseline, reg_dataset`` joined on (sweep, trial_id), so they can be filtered and
+    grouped by configuration directly.
+    """
+    root = Path(root) if root is not None else default_root()
+    if isinstance(sweeps, str):
+        sweeps = [sweeps]
+    df = _read(table, root, list(sweeps) if sweeps is not None else None)
+    if join_trials and table != "trials" and len(df):
+        trials = _read("trials", root, list(sweeps) if sweeps is not None else None)
+        cols = list(KEY) + [c for c in config_columns(root, sweeps) + list(TRIAL_COLUMNS)
+                            if c in trials.columns and c not in df.columns]
+        df = df.merge(trials[list(dict.fromkeys(cols))], on=list(KEY), how="left")
+    return df
+
+
+def _read(table: str, root: Path, sweeps: list[str] | None) -> pd.DataFrame:
+    paths = store.files(root, table, sweeps)
+    if not paths:
+        return pd.DataFrame(columns=list(REQUIRED[table]))
+    for p in paths:
+        store.check_version(p)
+    # One pyarrow dataset over the per-sweep files. Sweeps may differ in columns (their
+    # own config fields and metrics) and in a column's type (an int in one sweep, a float
+    # in another), so the dataset schema is the permissive union of the files' schemas.
+    schemas = [pq.read_schema(p).remove_metadata() for p in paths]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+        tab = ds.dataset([str(p) for p in paths], schema=schema, format="parquet").to_table()
+        return tab.to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        # Types that Arrow cannot unify (a string column in one sweep, numbers in
+        # another): let pandas concatenate them as objects instead.
+        return pd.concat([pq.read_table(p).to_pandas() for p in paths], ignore_index=True)
+
+
+def config_columns(root: str | os.PathLike, sweeps: Iterable[str] | None = None) -> list[str]:
+    """The config-field columns of the trials table (union over the sweeps)."""
+    out: dict[str, None] = {}
+    for p in store.files(root, "trials", list(sweeps) if sweeps is not None else None):
+        for c in store.read_meta(p).get("config_columns", []):
+            out[c] = None
+    return list(out)
+
+
+def sweep_meta(root: str | os.PathLike, sweep: str) -> dict:
+    """The metadata stored with a sweep's trials table (sweep_spec, sweep_dir, problems)."""
+    path = store.sweep_file(root, "trials", sweep)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"sweep: {sweep!r} is not gathered in {root}; gathered: {store.sweeps(root)}"
+        )
+    return store.read_meta(path)
+
+
+def resolve(name: str, columns: Iterable[str]) -> str:
+    """A column name or alias -> the column name; a clear error when it does not exist."""
+    cols = list(columns)
+    if name in cols:
+        return name
+    if name in ALIASES and ALIASES[name] in cols:
+        return ALIASES[name]
+    hint = [c for c in cols if name.lower() in c.lower()][:8]
+    raise KeyError(f"column {name!r} not found; similar: {hint or 'none'} (all columns: analysis.query TABLE --list)")
+
+
+_KV = re.compile(r"^\s*([A-Za-z_][\w./-]*)\s*=(?!=)\s*(.*)$")
+_STRING = re.compile(r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")
+
+
+def select(df: pd.DataFrame, where: Sequence[str] | str | None) -> pd.DataFrame:
+    """Rows matching every filter (``key=value`` or a pandas query expression)."""
+    if not where:
+        return df
+    if isinstance(where, str):
+        where = [where]
+    mask = pd.Series(True, index=df.index)
+    for item in where:
+        m = _KV.match(item)
+        if m:
+            mask &= _equals(df, resolve(m.group(1), df.columns), m.group(2))
+        else:
+            mask &= df.eval(_backtick(item, df.columns), engine="python").astype(bool)
+    return df[mask]
+
+
+def _equals(df: pd.DataFrame, col: str, text: str) -> pd.Series:
+    values = [yaml.safe_load(v.strip()) if v.strip() else "" for v in text.split(",")]
+    series = df[col]
+    out = pd.Series(False, index=df.index)
+    numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+    for v in values:
+        if numeric and isinstance(v, (int, float)) and not isinstance(v, bool):
+            # Levels come from float arithmetic (0.08 may be stored as 0.08000000000000002).
+            out |= pd.Series(np.isclose(series.astype(float), float(v), rtol=1e-9, atol=1e-12), index=df.index)
+        elif v is None:
+            out |= series.isna()
+        else:
+            out |= series.astype(str) == str(v)
+    return out
+
+
+def _backtick(expr: str, columns: Iterable[str]) -> str:
+    """Quote column names that are no Python identifiers (dotted config names, metric
+    names like noise_acc_gaussian_0.08) and aliases, so pandas' query parser takes them."""
+    cols = set(columns)
+    names = {c: c for c in cols if not c.isidentifier()}
+    names.update({a: full for a, full in ALIASES.items() if full in cols and a not in cols})
+    if not names:
+        return expr
+    pattern = re.compile(
+        r"(?<![\w.`])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?![\w`])"
+    )
+    parts = _STRING.split(expr)
+    for i in range(0, len(parts), 2):  # even parts lie outside string literals
+        parts[i] = pattern.sub(lambda m: f"`{names[m.group(1)]}`", parts[i])
+    return "".join(parts)
+
+
+def summarize(
+    df: pd.DataFrame,
+    value: str | Sequence[str],
+    by: Sequence[str] | str = (),
+    aggs: Sequence[str] = ("mean", "sem", "count"),
+) -> pd.DataFrame:
+    """Aggregates of value column(s) per group (NaN rows ignored, as pandas does).
+
+    One value column gives columns named after the aggregates (``mean, sem, count``);
+    several give ``<value>_<agg>``. ``sem`` is the standard error over the group's rows
+    (seeds, when the other config columns are in ``by``) with ddof=1.
+    """
+    values = [value] if isinstance(value, str) else list(value)
+    by = [by] if isinstance(by, str) else list(by)
+    bad = [a for a in aggs if a not in AGGREGATES]
+    if bad:
+        raise ValueError(f"--agg: unknown aggregate(s) {bad}; choose from {AGGREGATES}")
+    values = [resolve(v, df.columns) for v in values]
+    by = [resolve(b, df.columns) for b in by]
+    data = df[by + values].copy()
+    for v in values:
+        data[v] = pd.to_numeric(data[v], errors="coerce")
+    if by:
+        out = data.groupby(by, dropna=False, sort=True)[values].agg(list(aggs))
+    else:
+        out = data[values].agg(list(aggs)).unstack().to_frame().T
+    out.columns = [a if len(values) == 1 else f"{v}_{a}" for v, a in out.columns]
+    return out.reset_index() if by else out.reset_index(drop=True)
+
+
+def query(
+    table: str,
+    root: str | os.PathLike | None = None,
+    sweeps: Sequence[str] | None = None,
+    where: Sequence[str] | None = None,
+    by: Sequence[str] = (),
+    value: Sequence[str] | str | None = None,
+    aggs: Sequence[str] = ("mean", "sem", "count"),
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """load + select + (summarize when a value is given, else the selected columns)."""
+    df = select(load(table, root, sweeps), where)
+    if value:
+        return summarize(df, value, by, aggs)
+    if by:
+        return df.groupby([resolve(b, df.columns) for b in by], dropna=False).size().reset_index(name="count")
+    if columns:
+        df = df[[resolve(c, df.columns) for c in columns]]
+    return df.reset_index(drop=True)
+
+
+def write(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    elif path.suffix == ".parquet":
+        df.to_parquet(path, index=False)
+    else:
+        raise ValueError(f"--out: {path} must end in .csv or .parquet")
+    return path
+
+
+def format_table(df: pd.DataFrame, digits: int = 4) -> str:
+    if not len(df):
+        return "(no rows)"
+    return df.to_string(index=False, float_format=lambda x: f"{x:.{digits}g}")
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m analysis.query",
+        description="Filter, group and aggregate the gathered Parquet tables.",
+        epilog="example: python -m analysis.query noise --noise gaussian --level 0.08 --by arm --value accuracy",
+    )
+    ap.add_argument("table", choices=TABLES)
+    ap.add_argument("--results", default=None, help="results root (default: $NEUROREG_RESULTS or ./results)")
+    ap.add_argument("--sweep", action="append", default=None, help="only this sweep (repeatable)")
+    ap.add_argument("--where", action="append", default=[], help="key=value[,value] or a pandas expression (repeatable)")
+    for name in SHORTHANDS:
+        ap.add_argument(f"--{name}", default=None, help=f"shorthand for --where {name}=VALUE")
+    ap.add_argument("--by", default="", help="group-by columns, comma-separated")
+    ap.add_argument("--value", default="", help="column(s) to aggregate, comma-separated")
+    ap.add_argument("--agg", default="mean,sem,count", help=f"aggregates from {','.join(AGGREGATES)}")
+    ap.add_argument("--columns", default="", help="columns to show (no aggregation)")
+    ap.add_argument("--sort", default="", help="sort by these columns")
+    ap.add_argument("--limit", type=int, default=None, help="print at most this many rows")
+    ap.add_argument("--out", default=None, help="write the result to a .csv or .parquet file")
+    ap.add_argument("--list", action="store_true", help="list the table's columns and the gathered sweeps")
+    args = ap.parse_args(argv)
+    root = Path(args.results) if args.results else default_root()
+    if not store.tables_dir(root).is_dir():
+        print(f"error: --results {root} holds no tables/; run python -m analysis.gather SWEEP_DIR --results {root}",
+              file=sys.stderr)
+        return 2
+    if args.sweep:
+        known = store.sweeps(root)
+        missing = [s for s in args.sweep if s not in known]
+        if missing:
+            print(f"error: --sweep {missing} not gathered in {root}; gathered: {known}", file=sys.stderr)
+            return 2
+    try:
+        if args.list:
+            df = load(args.table, root, args.sweep)
+            print(f"sweeps: {', '.join(store.sweeps(root))}\n{args.table}: {len(df)} rows")
+            for c in df.columns:
+                print(f"  {c}  ({df[c].dtype})")
+            return 0
+        where = list(args.where) + [f"{n}={getattr(args, n)}" for n in SHORTHANDS if getattr(args, n) is not None]
+        df = query(args.table, root, args.sweep, where, _csv(args.by), _csv(args.value), _csv(args.agg),
+                   _csv(args.columns))
+        if args.sort:
+            df = df.sort_values([resolve(c, df.columns) for c in _csv(args.sort)])
+    except (KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    if args.out:
+        print(f"wrote {write(df, args.out)} ({len(df)} rows)")
+    else:
+        print(format_table(df.head(args.limit) if args.limit else df))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

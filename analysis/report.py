@@ -1,0 +1,394 @@
+"""A sweep's report: ``python -m analysis.report SWEEP [--results ROOT] [--out DIR]``.
+
+SWEEP is a sweep name gathered in ROOT, or a sweep folder (gathered first if its tables
+are not there yet). Writes ``DIR/report.md`` with tables and plots (PNG + SVG under
+``DIR/plots/``): trials by status and their errors, the best configuration, every
+regularizer against the baseline (difference, its SEM and Welch's t-test over seeds),
+noise accuracy, median adversarial distances, transferred FGSM, corruptions, frequency
+plots, parameter importance and the Pareto front of multi-objective sweeps. Prints the
+noise-accuracy and median-distance tables to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis import plots, store
+from analysis.gather import default_results_root, gather_report, is_seed_column
+from analysis.importance import param_importances, pareto_front
+from analysis.query import config_columns, default_root, load, sweep_meta
+from analysis.stats import (
+    KEY_METRICS,
+    arm_summary,
+    best_arm,
+    compare_to_baseline,
+    finished,
+    varying_columns,
+)
+
+# --- formatting ------------------------------------------------------------------
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def pm(mean: float, sem: float, digits: int = 4) -> str:
+    """'mean ± sem' (just the mean when the SEM is undefined, e.g. one seed)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if sem is None or (isinstance(sem, float) and math.isnan(sem)):
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} ± {sem:.2g}"
+
+
+def md_table(df: pd.DataFrame, digits: int = 4) -> str:
+    """A Markdown pipe table (hand-written: pandas' to_markdown needs the tabulate package)."""
+    if not len(df):
+        return "_(no rows)_\n"
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v, digits) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the tables the CLI prints --------------------------------------------------------
+
+
+def noise_table(noise: pd.DataFrame) -> pd.DataFrame:
+    """arm x (noise, level): 'mean ± sem' of accuracy over the arm's trials (seeds)."""
+    if not len(noise):
+        return pd.DataFrame()
+    s = noise.groupby(["arm", "noise", "level"])["accuracy"].agg(["mean", "sem"]).reset_index()
+    s["cell"] = [pm(m, e, 3) for m, e in zip(s["mean"], s["sem"])]
+    s["col"] = [f"{k} {lv:g}" for k, lv in zip(s["noise"], s["level"])]
+    order = list(dict.fromkeys(s.sort_values(["noise", "level"])["col"]))
+    wide = s.pivot(index="arm", columns="col", values="cell")[order]
+    n = noise.groupby("arm")["trial_id"].nunique().rename("n")
+    return wide.join(n).reset_index()[["arm", "n", *order]]
+
+
+def distance_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """arm x norm: per-trial median distance, 'mean ± sem' over the arm's trials."""
+    if not len(summary):
+        return pd.DataFrame()
+    s = summary.groupby(["arm", "norm"])["median"].agg(["mean", "sem"]).reset_index()
+    s["cell"] = [pm(m, e, 3) for m, e in zip(s["mean"], s["sem"])]
+    wide = s.pivot(index="arm", columns="norm", values="cell")
+    wide.columns = [f"median {c}" for c in wide.columns]
+    n = summary.groupby("arm")["trial_id"].nunique().rename("n")
+    return wide.join(n).reset_index()[["arm", "n", *wide.columns]]
+
+
+def console_tables(root: str | os.PathLike, sweep: str) -> str:
+    """The noise-accuracy and median-distance tables of a sweep, as plain text."""
+    parts = []
+    noise = _finished_rows(load("noise", root, [sweep]))
+    t = noise_table(noise)
+    parts.append("Noise accuracy (mean ± SEM over seeds)\n" + (t.to_string(index=False) if len(t) else "(no noise records)"))
+    adv = _finished_rows(load("adversarial_summary", root, [sweep]))
+    t = distance_table(adv)
+    parts.append("Median minimal adversarial distance (mean ± SEM over seeds)\n"
+                 + (t.to_string(index=False) if len(t) else "(no adversarial records)"))
+    return "\n\n".join(parts)
+
+
+def _finished_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "TERMINATED"] if "status" in df.columns and len(df) else df
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+class _Doc:
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.lines: list[str] = []
+        self.plots: list[Path] = []
+
+    def add(self, *text: str) -> None:
+        self.lines.extend(text)
+
+    def plot(self, title: str, make: Callable[[Path], list[Path]], name: str) -> None:
+        """Draw a plot; a failure becomes a note in the report, never a failed report."""
+        try:
+            paths = make(self.out_dir / "plots" / name)
+        except Exception as e:  # noqa: BLE001 -- one plot must not cost the whole report
+            self.add(f"_{title}: not drawn ({type(e).__name__}: {e})_", "")
+            return
+        self.plots += paths
+        png = next(p for p in paths if p.suffix == ".png")
+        svg = next((p for p in paths if p.suffix == ".svg"), None)
+        rel = png.relative_to(self.out_dir).as_posix()
+        link = f" ([SVG]({svg.relative_to(self.out_dir).as_posix()}))" if svg else ""
+        self.add(f"![{title}]({rel}){link}", "")
+
+
+def searched_params(spec: dict[str, Any], trials: pd.DataFrame, configs: Sequence[str]) -> list[str]:
+    """The sweep's search-space keys (sweep.yaml), else the config columns that vary."""
+    space = spec.get("space")
+    if isinstance(space, dict) and space:
+        return [k for k in space if k in trials.columns]
+    return [c for c in varying_columns(trials, configs) if not is_seed_column(c)]
+
+
+def build_report(
+    sweep: str,
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    metric: str | None = None,
+    mode: str | None = None,
+    objectives: dict[str, str] | None = None,
+) -> Path:
+    """Write ``out_dir/report.md`` (+ plots) for a gathered sweep; returns the report path."""
+    root, out_dir = Path(root), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = sweep_meta(root, sweep)
+    spec = meta.get("sweep_spec") or {}
+    metric = metric or spec.get("metric") or "best_val_acc"
+    mode = mode or spec.get("mode") or "max"
+    if mode not in ("max", "min"):
+        raise ValueError(f"--mode must be max or min, got {mode!r}")
+    trials = load("trials", root, [sweep])
+    configs = config_columns(root, [sweep])
+    done = finished(trials)
+    params = searched_params(spec, trials, configs)
+    doc = _Doc(out_dir)
+
+    doc.add(f"# Sweep `{sweep}`", "")
+    if spec.get("description"):
+        doc.add(str(spec["description"]), "")
+    doc.add(f"Source: `{meta.get('sweep_dir', '?')}`; tables: `{store.tables_dir(root)}`.", "")
+    status = trials["status"].value_counts().rename_axis("status").reset_index(name="trials")
+    doc.add("## Trials", "", md_table(status))
+    if params:
+        doc.add("Searched parameters: " + ", ".join(f"`{p}`" for p in params) + ".", "")
+    seeds = sorted(int(v) for v in trials["train.seed"].dropna().unique()) if "train.seed" in trials else []
+    doc.add(f"Arms (configurations without the seed): {trials['arm'].nunique()}; seeds: {fmt(list(seeds))}.", "")
+    errors = trials[trials["status"] == "ERROR"]
+    if len(errors):
+        e = errors[["trial_id", "arm", "error"]].copy()
+        e["error"] = e["error"].fillna("").map(lambda s: s.splitlines()[-1][:200] if s else "")
+        doc.add("### Errored trials", "", md_table(e))
+    problems = meta.get("problems") or []
+    if problems:
+        doc.add("### Gather problems", "", *[f"- {p}" for p in problems], "")
+
+    # Best configuration.
+    doc.add(f"## Best configuration (by `{metric}`, {mode}, mean over seeds)", "")
+    best = best_arm(done, metric, mode)
+    if best is None:
+        doc.add(f"_No finished trial reports `{metric}`._", "")
+    else:
+        doc.add(f"**{best['arm']}**: {metric} = {pm(best[f'{metric}_mean'], best[f'{metric}_sem'])} "
+                f"over {int(best['n'])} trial(s).", "")
+        rows = done[done["arm"] == best["arm"]]
+        vals = pd.to_numeric(rows[metric], errors="coerce")
+        top = rows.loc[vals.idxmax() if mode == "max" else vals.idxmin()]
+        shown = [c for c in params if c in top.index] or [c for c in configs if c in top.index][:12]
+        doc.add(md_table(pd.DataFrame({"field": shown, "value": [top[c] for c in shown]})))
+        doc.add(f"Best single trial: `{top['trial_id']}` ({metric} = {fmt(top[metric])}), "
+                f"checkpoint `{top['checkpoint']}`.", "")
+
+    # Per-arm summary and comparison with the baseline.
+    metrics = [m for m in dict.fromkeys([metric, *KEY_METRICS]) if m in done.columns]
+    if metrics and len(done):
+        s = arm_summary(done, metrics)
+        table = pd.DataFrame({"arm": s["arm"], "n": s["n"]})
+        for m in metrics:
+            table[m] = [pm(a, b) for a, b in zip(s[f"{m}_mean"], s[f"{m}_sem"])]
+        doc.add("## Arms (mean ± SEM over seeds)", "", md_table(table))
+    comp = compare_to_baseline(done, metrics)
+    doc.add("## Against the baseline", "")
+    if len(comp):
+        doc.add("Difference = arm − baseline of the same condition; SEM of the difference = "
+                "sqrt(s²ₐ/nₐ + s²ᵦ/nᵦ); p from Welch's t-test over seeds "
+                "(`scipy.stats.ttest_ind(equal_var=False)`).", "")
+        comp = comp.sort_values("metric", key=lambda m: m.map(metrics.index), kind="stable")
+        c = comp[["metric", "arm", "n", "n_baseline", "mean", "baseline_mean", "diff", "sem_diff", "t", "p"]]
+        doc.add(md_table(c))
+    else:
+        doc.add("_No unregularized baseline arm (target none or alpha 0) in this sweep._", "")
+
+    # Robustness tables and plots.
+    noise = _finished_rows(load("noise", root, [sweep]))
+    if len(noise):
+        doc.add("## Random noise", "", md_table(noise_table(noise)))
+        doc.plot("noise accuracy", lambda p: plots.noise_accuracy(noise, p), "noise_accuracy")
+    adv_sum = _finished_rows(load("adversarial_summary", root, [sweep]))
+    if len(adv_sum):
+        doc.add("## Minimal adversarial perturbations", "", md_table(distance_table(adv_sum)))
+        doc.plot("median adversarial distance", lambda p: plots.median_distance(adv_sum, p), "median_distance")
+    transfer = _finished_rows(load("transfer", root, [sweep]))
+    if len(transfer):
+        t = transfer.groupby(["arm", "epsilon"])["accuracy"].agg(["mean", "sem", "count"]).reset_index()
+        doc.add("## Transferred FGSM", "", md_table(t))
+        doc.plot("transferred FGSM", lambda p: plots.transfer_accuracy(transfer, p), "transfer")
+    corr = _finished_rows(load("corruptions", root, [sweep]))
+    if len(corr):
+        key = "frequency" if "frequency" in corr.columns else "corruption"
+        per_trial = corr.groupby(["arm", "trial_id", key])["accuracy"].mean().reset_index()
+        t = per_trial.groupby(["arm", key])["accuracy"].agg(["mean", "sem", "count"]).reset_index()
+        doc.add("## Common corruptions", "", md_table(t))
+    freq = _finished_rows(load("frequency", root, [sweep]))
+    if len(freq):
+        _frequency_section(doc, freq, adv_sum, corr)
+
+    # Sweep structure.
+    doc.add("## Sweep structure", "")
+    active = done[~done["baseline"].astype(bool)] if "baseline" in done else done
+    if {"regularizer.alpha", "regularizer.th"} <= set(active.columns) and len(active) and all(
+        active[c].nunique() > 1 for c in ("regularizer.alpha", "regularizer.th")
+    ):
+        for m in dict.fromkeys([metric, "noise_acc_mean", "median_l2"]):
+            if m in active.columns and active[m].notna().any():
+                name = "heatmap_alpha_th" if m == metric else f"heatmap_alpha_th_{m}"
+                doc.plot(f"alpha x Th: {m}", lambda p, m=m: plots.heatmap(active, m, p), name)
+    if params and metric in done.columns:
+        doc.plot("parallel coordinates", lambda p: plots.parallel_coordinates(done, params, metric, p),
+                 "parallel_coordinates")
+    if any(c.startswith("layer_weight_") for c in active.columns) and len(active):
+        doc.plot("layer weights", lambda p: plots.layer_weights(active, p), "layer_weights")
+
+    # Importance and Pareto front.
+    if params and metric in done.columns:
+        doc.add(f"## Parameter importance for `{metric}` (Optuna fANOVA)", "")
+        try:
+            imp = param_importances(done, params, metric, mode, spec.get("space"))
+            doc.add(md_table(imp.rename_axis("parameter").reset_index()))
+        except (ValueError, KeyError, RuntimeError) as e:
+            doc.add(f"_Not computed: {e}_", "")
+    objectives = objectives or _spec_objectives(spec)
+    if objectives and len(objectives) >= 2:
+        doc.add("## Pareto front (arm means over seeds)", "")
+        missing = [m for m in objectives if m not in done.columns]
+        if missing:
+            doc.add(f"_Not computed: no trial reports {missing}._", "")
+        else:
+            means = done.groupby("arm")[list(objectives)].mean().reset_index()
+            front = pareto_front(means, objectives)
+            doc.add(f"Objectives: {', '.join(f'{m} ({d})' for m, d in objectives.items())}.", "", md_table(front))
+            names = list(objectives)
+            doc.plot("Pareto front", lambda p: plots.pareto(means, front, names[0], names[1], p), "pareto")
+
+    path = out_dir / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(doc.lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _spec_objectives(spec: dict[str, Any]) -> dict[str, str] | None:
+    search = spec.get("search") or {}
+    ms, mo = search.get("metrics"), search.get("modes")
+    if isinstance(ms, list) and isinstance(mo, list) and len(ms) == len(mo) and len(ms) >= 2:
+        return dict(zip(ms, mo))
+    return None
+
+
+def _frequency_section(doc: _Doc, freq: pd.DataFrame, adv_sum: pd.DataFrame, corr: pd.DataFrame) -> None:
+    doc.add("## Frequency analysis", "")
+    summ = freq[freq["kind"] == "summary"] if "metric" in freq.columns else freq.iloc[0:0]
+    if len(summ):
+        key = ["arm", "metric"] + (["norm"] if "norm" in summ.columns else [])
+        t = summ.groupby(key, dropna=False)["value"].agg(["mean", "sem", "count"]).reset_index()
+        doc.add("f0.5: radius where the cumulative radial power of the minimal perturbations reaches 50 %; "
+                "f_rev: mixing frequency where p_low = p_high on hybrid images.", "", md_table(t))
+    try:
+        from analysis import frequency_plots as fp
+    except ImportError as e:
+        doc.add(f"_Frequency plots unavailable ({e})._", "")
+        return
+    kinds = set(freq["kind"].dropna())
+    norms = sorted(freq["norm"].dropna().unique()) if "norm" in freq.columns else []
+    for norm in norms:
+        if "spectrum2d" in kinds:
+            doc.plot(f"perturbation spectra ({norm})",
+                     lambda p, n=norm: fp.plot_spectrum_heatmaps(freq, "arm", p, norm=n), f"spectrum_{norm}")
+        if "spectrum" in kinds:
+            doc.plot(f"radial profiles ({norm})",
+                     lambda p, n=norm: fp.plot_radial_profiles(freq, "arm", p, norm=n), f"radial_{norm}")
+        has_f05 = "metric" in freq.columns and ((freq["metric"] == "f05") & (freq["norm"] == norm)).any()
+        if len(adv_sum) and has_f05:
+            doc.plot(f"median distance vs f0.5 ({norm})",
+                     lambda p, n=norm: fp.plot_distance_vs_f05(freq, adv_sum, "arm", p, norm=n), f"distance_f05_{norm}")
+    if "hybrid" in kinds:
+        doc.plot("hybrid images: p_low - p_high", lambda p: fp.plot_hybrid_curves(freq, "arm", p), "hybrid")
+        if len(corr):
+            doc.plot("corruption accuracy vs f_rev", lambda p: fp.plot_corruption_vs_frev(freq, corr, "arm", p),
+                     "corruption_frev")
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def _objectives(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        name, _, d = item.partition(":")
+        if d not in ("max", "min"):
+            raise ValueError(f"--pareto: {item!r} must be METRIC:max or METRIC:min")
+        out[name.strip()] = d
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    ap.add_argument("sweep", help="a gathered sweep's name (or its space's name: the newest run of it), "
+                    "or a sweep folder (STORAGE/NAME)")
+    ap.add_argument("--results", default=None, help="results root (default: the folder's, else $NEUROREG_RESULTS or ./results)")
+    ap.add_argument("--out", default=None, help="output folder (default: ROOT/reports/SWEEP)")
+    ap.add_argument("--metric", default=None, help="metric of the best configuration (default: the sweep's)")
+    ap.add_argument("--mode", default=None, choices=("max", "min"))
+    ap.add_argument("--pareto", default=None, help="objectives, e.g. clean_acc:max,median_l2:max")
+    ap.add_argument("--regather", action="store_true", help="gather the sweep folder again first")
+    args = ap.parse_args(argv)
+    try:
+        objectives = _objectives(args.pareto)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    folder = Path(args.sweep)
+    if folder.is_dir():
+        root = Path(args.results) if args.results else default_results_root(folder)
+        name = folder.resolve().name
+        if args.regather or name not in store.sweeps(root):
+            _, problems = gather_report(folder, root)
+            print(f"gathered {name} into {store.tables_dir(root)} ({len(problems)} problem(s))")
+    else:
+        root = Path(args.results) if args.results else default_root()
+        name = args.sweep
+        gathered = store.sweeps(root)
+        latest = sorted(s for s in gathered if s.startswith(f"{name}-"))
+        if name not in gathered and latest:
+            # sweep.run names sweeps SPACE-YYYYmmdd-HHMMSS: the space's name picks its newest.
+            name = latest[-1]
+            print(f"sweep {args.sweep!r}: using the newest gathered run {name!r}")
+        if name not in gathered:
+            print(f"error: sweep {name!r} is not gathered in {root} (gathered: {store.sweeps(root)}); "
+                  "pass the sweep folder or --results", file=sys.stderr)
+            return 2
+    out = Path(args.out) if args.out else root / "reports" / name
+    print(console_tables(root, name))
+    path = build_report(name, root, out, args.metric, args.mode, objectives)
+    print(f"\nreport: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The tables the analysis writes: names, key columns, required columns, schema version.
+
+The full description for users is ``analysis/SCHEMA.md``; this module is what the code
+checks against. Bump ``SCHEMA_VERSION`` whenever a column changes meaning or name.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+"""Stored in every Parquet file's key-value metadata under ``neuroreg.schema_version``."""
+
+META_VERSION = b"neuroreg.schema_version"
+META_TABLE = b"neuroreg.table"
+META_SWEEP = b"neuroreg.sweep"
+
+KEY = ("sweep", "trial_id")
+"""Every table starts with these two columns; (sweep, trial_id) joins any table to ``trials``."""
+
+RECORD_FILES = {
+    # table name -> record file in a trial's evaluation/ folder
+    "clean": "clean.jsonl",
+    "noise": "noise.jsonl",
+    "adversarial": "adversarial.jsonl",
+    "adversarial_summary": "adversarial_summary.jsonl",
+    "transfer": "transfer.jsonl",
+    "boundary": "boundary.jsonl",
+    "corruptions": "corruptions.jsonl",
+    "frequency": "frequency.jsonl",
+}
+
+TABLES = ("trials", "epochs", *RECORD_FILES)
+
+REQUIRED = {
+    "trials": (
+        "sweep", "trial_id", "status", "error", "trial_dir", "checkpoint",
+        "wall_time_s", "iterations", "n_epochs", "arm", "reg_dataset",
+    ),
+    "epochs": ("sweep", "trial_id", "epoch"),
+    "clean": ("sweep", "trial_id", "accuracy"),
+    "noise": ("sweep", "trial_id", "noise", "level", "accuracy"),
+    "adversarial": ("sweep", "trial_id", "norm", "image", "distance", "attack"),
+    "adversarial_summary": ("sweep", "trial_id", "norm", "median"),
+    "transfer": ("sweep", "trial_id", "epsilon", "accuracy"),
+    "boundary": ("sweep", "trial_id", "budget", "success_rate"),
+    "corruptions": ("sweep", "trial_id", "corruption", "severity", "accuracy"),
+    "frequency": ("sweep", "trial_id", "kind"),
+}
+"""Columns each table always has (more may follow: config fields, metrics, record fields)."""
+
+SORT = {
+    "trials": ("sweep", "trial_id"),
+    "epochs": ("sweep", "trial_id", "epoch"),
+}
+"""Row order of a table (record tables keep file order within a trial, trials sorted by id)."""
+
+RAY_INTERNAL = frozenset({
+    # Keys Ray adds to every reported result; kept out of the metric columns.
+    "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration",
+    "trial_id", "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip",
+    "config", "time_since_restore", "iterations_since_restore", "experiment_tag",
+})
+
+ALIASES = {
+    # short names accepted by analysis.query (where, by, key=value) for config columns
+    "alpha": "regularizer.alpha",
+    "th": "regularizer.th",
+    "target": "regularizer.target",
+    "layers": "regularizer.layers",
+    "loss": "regularizer.loss",
+    "seed": "train.seed",
+    "epochs": "train.epochs",
+    "model": "model.name",
+    "width": "model.width",
+    "dataset": "data.name",
+    "lr": "optim.lr",
+}
+
+SEED_COLUMNS = ("train.seed",)
+"""Config columns that index repetitions; statistics 'over seeds' average across them."""
+
+STATUSES = ("TERMINATED", "ERROR", "RUNNING", "PENDING", "PAUSED", "UNKNOWN")
