@@ -27,7 +27,13 @@ def unit_vectors(f: torch.Tensor, mu: torch.Tensor, eps: float = 1e-12) -> torch
 
 
 def pair_cosines(z: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """Cosine similarities of rows i and j of the unit vectors z."""
+    """Cosine similarities of rows i and j of the unit vectors z.
+
+    With more pairs than images (pairing=batch: K(K-1)/2 pairs of K images) one K x K Gram
+    matmul is far cheaper than gathering two P x D copies; with few pairs the gather is.
+    """
+    if len(i) > z.shape[0]:
+        return (z @ z.T)[i, j]
     return (z[i] * z[j]).sum(dim=1)
 
 

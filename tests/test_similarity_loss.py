@@ -94,3 +94,13 @@ def test_gradients_reach_cnn_and_layer_weights():
     assert stem.grad is not None and stem.grad.abs().sum() > 0
     # uniform weights at start
     assert torch.allclose(head.layer_weights(), torch.full((3,), 1 / 3))
+
+
+def test_gram_and_gather_paths_agree():
+    from neuroreg.similarity import pair_cosines
+
+    z = torch.nn.functional.normalize(torch.randn(7, 30, dtype=torch.float64), dim=1)
+    i, j = upper_pairs(7)  # 21 pairs > 7 images: Gram path
+    ref = torch.tensor([float(z[a] @ z[b]) for a, b in zip(i.tolist(), j.tolist())], dtype=torch.float64)
+    assert torch.allclose(pair_cosines(z, i, j), ref, atol=1e-12)
+    assert torch.allclose(pair_cosines(z, i[:3], j[:3]), ref[:3], atol=1e-12)  # gather path
