@@ -36,8 +36,8 @@ class DataConfig:
     name: str = "digits"
     """digits | mnist | fashion_mnist | cifar10 | cifar100 | imagefolder | synthetic."""
     root: str | None = None
-    """Data root for torchvision sets, or the folder / .tar(.gz) for imagefolder.
-    Defaults to $NEUROREG_DATA_ROOT; required for everything but digits and synthetic."""
+    """Data root for torchvision sets, or the folder / .tar(.gz) for imagefolder; ~ and $VARS
+    are expanded. Defaults to $NEUROREG_DATA_ROOT; required for everything but digits and synthetic."""
     download: bool = False
     """Let torchvision download the set into root (needs internet)."""
     train_dir: str = "train"
@@ -282,9 +282,19 @@ class RunConfig:
 # --- helpers ------------------------------------------------------------------
 
 
-def data_root(cfg: DataConfig) -> str | None:
-    """The effective data root: the field, else $NEUROREG_DATA_ROOT."""
-    return cfg.root or os.environ.get("NEUROREG_DATA_ROOT") or None
+def expand_path(value: str, field_name: str) -> str:
+    """``~`` and ``$VARS`` expanded (e.g. ``$NEUROREG_DATA_ROOT/cifar10-jpg.tar.gz``)."""
+    out = os.path.expandvars(os.path.expanduser(value))
+    if "$" in out:
+        raise ConfigError(field_name, f"{value!r} names an environment variable that is not set; set it or write the path out")
+    return out
+
+
+def data_root(cfg: DataConfig, field_name: str = "data.root") -> str | None:
+    """The effective data root: the field (variables expanded), else $NEUROREG_DATA_ROOT."""
+    if cfg.root:
+        return expand_path(cfg.root, field_name)
+    return os.environ.get("NEUROREG_DATA_ROOT") or None
 
 
 def _validate_data(d: DataConfig, name: str, check_files: bool) -> None:
@@ -302,7 +312,7 @@ def _validate_data(d: DataConfig, name: str, check_files: bool) -> None:
         raise ConfigError(f"{name}.crop_padding", "must be >= 0")
     if d.name in ("digits", "synthetic"):
         return
-    root = data_root(d)
+    root = data_root(d, f"{name}.root")
     if root is None:
         raise ConfigError(
             f"{name}.root",

@@ -313,7 +313,7 @@ _TORCHVISION = {
 
 
 def _require_root(cfg: DataConfig, field: str) -> Path:
-    root = data_root(cfg)
+    root = data_root(cfg, f"{field}.root")
     if root is None:
         raise ConfigError(
             f"{field}.root",

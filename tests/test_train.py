@@ -193,3 +193,14 @@ def test_real_mnist_through_torchvision(tmp_path, shared_data_root):
     res = train(cfg, tmp_path / "mnist")
     assert res.best_val_acc > 0.8, res.history
     assert len(res.test) == 500
+
+
+def test_data_root_expands_environment_variables(monkeypatch, tmp_path):
+    from neuroreg.config import DataConfig, data_root
+
+    monkeypatch.setenv("MY_DATA", str(tmp_path))
+    assert data_root(DataConfig(name="mnist", root="$MY_DATA/x.tar.gz")) == f"{tmp_path}/x.tar.gz"
+    monkeypatch.delenv("MY_DATA")
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict({"data": {"name": "imagefolder", "root": "$MY_DATA/x.tar.gz"}})
+    assert e.value.field == "data.root" and "not set" in str(e.value)

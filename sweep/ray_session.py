@@ -1,0 +1,125 @@
+"""Ray start-up, the dashboard's address and token, and the per-trial resource check."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuroreg.config import ConfigError
+
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 8265
+
+
+@dataclass
+class RayInfo:
+    started_here: bool
+    """True when this process started a local Ray instance (and shuts it down at the end)."""
+    startup_s: float
+    dashboard_url: str | None
+    token_auth: bool
+
+
+def start_ray(address: str | None, num_cpus: int | None, dashboard: bool = True) -> RayInfo:
+    """Reuse an initialised Ray (tests), connect to ``address``, or start a local cluster
+    with the dashboard on 127.0.0.1:8265 (local only: it runs code for whoever reaches it).
+    ``dashboard_url`` is where it really listens."""
+    import ray
+
+    t0 = time.perf_counter()
+    if ray.is_initialized():
+        started = False
+        node = getattr(ray._private.worker, "_global_node", None)
+        url = getattr(node, "webui_url", None) if node is not None else None
+    elif address:
+        info = ray.init(address=address, log_to_driver=True)
+        started = False
+        url = info.dashboard_url
+    else:
+        info = ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            dashboard_host=DASHBOARD_HOST,
+            # No explicit port: Ray takes 8265, or the next free one when another Ray
+            # instance holds it (an explicit port would fail instead).
+        )
+        started = True
+        url = info.dashboard_url if dashboard else None
+    return RayInfo(started, time.perf_counter() - t0, _http(url), token_auth_enabled())
+
+
+def _http(url: str | None) -> str | None:
+    if not url:
+        return None
+    return url if "://" in url else f"http://{url}"
+
+
+def token_auth_enabled() -> bool:
+    """Ray >= 2.59 turns token authentication on for local clusters unless RAY_AUTH_MODE=disabled."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        return bool(is_token_auth_enabled())
+    except Exception:  # older Ray: no token authentication
+        return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+
+
+def token_path() -> Path:
+    """Where Ray keeps the token of clusters started on this machine (ray get-auth-token)."""
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    return Path.home() / ".ray" / "auth_token"
+
+
+def dashboard_help(info: RayInfo) -> str:
+    if not info.dashboard_url:
+        return "Ray dashboard: off"
+    lines = [f"Ray dashboard: {info.dashboard_url}"]
+    if info.token_auth:
+        src = "$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(token_path())
+        lines.append(
+            f"  token authentication is on: paste the token when the page asks for it; print it with "
+            f"`ray get-auth-token` (it is stored in {src})"
+        )
+    port = info.dashboard_url.rsplit(":", 1)[-1].strip("/") or str(DASHBOARD_PORT)
+    lines.append(f"  from another machine: ssh -L {port}:127.0.0.1:{port} <this host>, then open http://127.0.0.1:{port}")
+    return "\n".join(lines)
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, float]:
+    """Fail fast when no node of the cluster can ever hold one trial (Tune would wait forever)."""
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", True)]
+    cpus, gpus = float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0))
+    if gpus_per_trial > 0 and gpus == 0:
+        raise ConfigError(
+            "--gpus-per-trial",
+            f"asks for {gpus_per_trial} GPU per trial but the Ray cluster has no GPU; "
+            "use --gpus-per-trial 0 or connect to a GPU cluster with --address",
+        )
+    fits = [
+        n for n in nodes
+        if float(n.get("CPU", 0.0)) >= cpus_per_trial and float(n.get("GPU", 0.0)) >= gpus_per_trial
+    ]
+    if not fits:
+        biggest = max(((float(n.get("CPU", 0)), float(n.get("GPU", 0))) for n in nodes), default=(0.0, 0.0))
+        field = "--cpus-per-trial" if cpus_per_trial > biggest[0] else "--gpus-per-trial"
+        raise ConfigError(
+            field,
+            f"a trial needs {cpus_per_trial} CPU and {gpus_per_trial} GPU on one node, but the largest "
+            f"node has {biggest[0]:g} CPU and {biggest[1]:g} GPU (cluster total {cpus:g} CPU, {gpus:g} GPU); "
+            "lower the request (fractions are allowed) or add nodes",
+        )
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def default_concurrency(resources: dict[str, float], cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials fit at once (at least 1)."""
+    n = resources["CPU"] / cpus_per_trial
+    if gpus_per_trial > 0:
+        n = min(n, resources["GPU"] / gpus_per_trial)
+    return max(1, int(n + 1e-9))

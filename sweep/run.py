@@ -1,0 +1,307 @@
+"""Run a sweep: ``python -m sweep.run --space alpha_th.yaml``.
+
+The search-space file is validated completely before Ray starts (exit code 2 with the
+offending key). Results land in STORAGE/NAME/ (docs/ARCHITECTURE.md, "sweep").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from neuroreg.config import ConfigError
+
+PROJECT = Path(__file__).resolve().parents[1]
+SPEC_FILE = "sweep.yaml"
+
+
+def default_storage() -> Path:
+    root = PROJECT if (PROJECT / "pyproject.toml").is_file() else Path.cwd()
+    return (root / "results" / "sweeps").resolve()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m sweep.run",
+        description="Run a hyperparameter sweep of neuroreg trainings with Ray Tune.",
+    )
+    p.add_argument("--space", help="search-space YAML: a path or a name in search_spaces/ (e.g. alpha_th.yaml)")
+    p.add_argument("--name", help="experiment name (default: the space's name + a time stamp)")
+    p.add_argument("--storage", help=f"results folder or URI (default {default_storage()})")
+    p.add_argument("--num-samples", type=int, help="configurations to draw (random / optuna)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as many as fit)")
+    p.add_argument("--address", help="connect to a running Ray cluster (e.g. auto or HOST:6379) instead of starting one")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (fractions allowed)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions allowed, e.g. 0.25)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep --name (default: the latest of this space)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved space and the trial count; start nothing")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config field")
+    p.add_argument("--data-root", help="sets NEUROREG_DATA_ROOT (made absolute) for data sets that need files")
+    p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
+    p.add_argument("--no-resource-check", action="store_true",
+                   help="skip the fail-fast resource check (autoscaling clusters that add nodes on demand)")
+    p.add_argument("--quiet", action="store_true", help="less Tune progress output")
+    return p.parse_args(argv)
+
+
+def resolve_storage(arg: str | None) -> str:
+    if not arg:
+        return str(default_storage())
+    if "://" in arg and not arg.startswith("file://"):
+        return arg
+    return str(Path(arg.removeprefix("file://")).expanduser().resolve())
+
+
+def latest_experiment(storage: str, prefix: str) -> str | None:
+    root = Path(storage)
+    if "://" in storage or not root.is_dir():
+        return None
+    cands = [d for d in root.iterdir() if d.is_dir() and d.name.startswith(f"{prefix}-") and (d / SPEC_FILE).is_file()]
+    return max(cands, key=lambda d: d.stat().st_mtime).name if cands else None
+
+
+def load_for_run(args: argparse.Namespace, storage: str):
+    """(spec, experiment name); raises ConfigError on any bad input."""
+    from sweep.spec import load_spec, parse_spec
+
+    if args.data_root:
+        root = Path(args.data_root).expanduser().resolve()
+        if not root.exists():
+            raise ConfigError("--data-root", f"{root} does not exist")
+        os.environ["NEUROREG_DATA_ROOT"] = str(root)
+    if args.resume:
+        name = args.name
+        if name is None:
+            if not args.space:
+                raise ConfigError("--resume", "name the sweep with --name (or give --space to take its latest run)")
+            from sweep.spec import resolve_space_path
+
+            stem = _spec_name(resolve_space_path(args.space))
+            name = latest_experiment(storage, stem)
+            if name is None:
+                raise ConfigError("--resume", f"no earlier sweep of {stem!r} in {storage}; pass --name")
+        saved = _read_saved_spec(storage, name)
+        if args.set:
+            raise ConfigError("--set", "a resumed sweep keeps its configuration; start a new sweep to change it")
+        import yaml
+
+        spec = parse_spec(yaml.safe_load(saved), default_name=name, source=f"{storage}/{name}/{SPEC_FILE}")
+        return spec, name
+    if not args.space:
+        raise ConfigError("--space", "give a search-space file or name, e.g. --space alpha_th.yaml")
+    spec = load_spec(args.space, args.set)
+    if args.num_samples is not None:
+        spec.num_samples = args.num_samples
+    if args.cpus_per_trial is not None:
+        spec.resources.cpus_per_trial = args.cpus_per_trial
+    if args.gpus_per_trial is not None:
+        spec.resources.gpus_per_trial = args.gpus_per_trial
+    if args.max_concurrent is not None:
+        spec.resources.max_concurrent = args.max_concurrent
+    from sweep.spec import validate_spec
+
+    validate_spec(spec)  # the command-line values too
+    name = args.name or f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if any(c in name for c in "/\\ "):
+        raise ConfigError("--name", f"must not contain slashes or spaces, got {name!r}")
+    if "://" not in storage and (Path(storage) / name).exists():
+        raise ConfigError("--name", f"{Path(storage) / name} exists; pass --resume to continue it or choose another name")
+    return spec, name
+
+
+def _spec_name(path: Path) -> str:
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    return raw.get("name", path.stem) if isinstance(raw, dict) else path.stem
+
+
+def _read_saved_spec(storage: str, name: str) -> str:
+    if "://" in storage:
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(storage)
+        with fs.open_input_stream(f"{root}/{name}/{SPEC_FILE}") as f:
+            return f.read().decode()
+    path = Path(storage) / name / SPEC_FILE
+    if not path.is_file():
+        raise ConfigError("--name", f"{path.parent} is no sweep of this tool (no {SPEC_FILE}); check --name and --storage")
+    return path.read_text()
+
+
+def _write_saved_spec(storage: str, name: str, text: str) -> str:
+    if "://" in storage:
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(storage)
+        fs.create_dir(f"{root}/{name}", recursive=True)
+        with fs.open_output_stream(f"{root}/{name}/{SPEC_FILE}") as f:
+            f.write(text.encode())
+        return f"{storage.rstrip('/')}/{name}/{SPEC_FILE}"
+    path = Path(storage) / name / SPEC_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def describe(spec) -> str:
+    """The resolved space, as --dry-run prints it."""
+    from sweep.spec import enumerate_trials
+
+    lines = [f"sweep {spec.name}: {spec.description}".rstrip(": "), f"  source: {spec.source}"]
+    b = spec.base_config
+    searched = {p.key for p in spec.space}
+
+    def show(key: str, value) -> str:
+        return "searched" if key in searched else str(value)
+
+    lines.append(
+        f"  base: {b.data.name} / {b.model.name} width {show('model.width', b.model.width)} / "
+        f"target {show('regularizer.target', b.regularizer.target)} "
+        f"alpha {show('regularizer.alpha', b.regularizer.alpha)} th {show('regularizer.th', b.regularizer.th)} / "
+        f"{show('train.epochs', b.train.epochs)} epochs / "
+        f"evaluation {b.evaluation.suites} on {b.evaluation.n_images} images"
+    )
+    lines.append("  space:")
+    for p in spec.space:
+        lines.append(f"    {p.key}: {p.describe()}")
+    if not spec.space:
+        lines.append("    (none: the base configuration only)")
+    s = spec.search
+    objective = (
+        ", ".join(f"{m} ({o})" for m, o in zip(spec.search_metrics, spec.search_modes))
+        if s.metrics else f"{spec.metric} ({spec.mode})"
+    )
+    lines.append(f"  search: {s.algorithm} (seed {s.seed}); objective: {objective}")
+    sch = spec.scheduler
+    lines.append(
+        "  scheduler: " + (f"asha (grace {sch.grace_period} epochs, reduction {sch.reduction_factor:g}, "
+                           f"on {spec.metric})" if sch.type == "asha" else "none")
+    )
+    lines.append(f"  seeds: {spec.seeds if spec.seeds else [b.train.seed]}")
+    r = spec.resources
+    lines.append(f"  resources: {r.cpus_per_trial:g} CPU + {r.gpus_per_trial:g} GPU per trial, "
+                 f"max concurrent {r.max_concurrent or 'as many as fit'}; time budget {spec.time_budget_s or 'none'}")
+    n = spec.num_trials()
+    if spec.search.algorithm == "optuna":
+        lines.append(f"  trials: {n} ({spec.num_samples} configurations x {spec.repeats} seeds)")
+    else:
+        trials = enumerate_trials(spec)
+        lines.append(f"  trials: {n}")
+        for i, t in enumerate(trials):
+            lines.append(f"    {i:3d}  " + "  ".join(f"{k}={_short_value(v)}" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def _short_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "+".join(map(str, v))
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    storage = resolve_storage(args.storage)
+    try:
+        spec, name = load_for_run(args, storage)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(describe(spec))
+        print(f"  would write to: {storage}/{name}")
+        return 0
+    return run_sweep(spec, name, storage, args)
+
+
+def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
+    # num_to_keep=1 snapshots the experiment state at every epoch checkpoint (what makes
+    # --resume exact); Tune warns about that frequency, which is intended here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    from sweep.ray_session import check_resources, dashboard_help, default_concurrency, start_ray
+    from sweep.report import best_result_metric, format_table, trial_rows, unfinished
+    from sweep.tuner import build_tuner, restore_tuner
+
+    info = start_ray(args.address, args.num_cpus, dashboard=not args.no_dashboard)
+    print(f"Ray ready in {info.startup_s:.1f} s")
+    print(dashboard_help(info), flush=True)
+    try:
+        r = spec.resources
+        if not args.no_resource_check:
+            try:
+                res = check_resources(r.cpus_per_trial, r.gpus_per_trial)
+            except ConfigError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        else:
+            res = ray.cluster_resources()
+            res = {"CPU": float(res.get("CPU", 1)), "GPU": float(res.get("GPU", 0))}
+        concurrency = r.max_concurrent or default_concurrency(res, r.cpus_per_trial, r.gpus_per_trial)
+        verbose = 0 if args.quiet else 1
+        t0 = time.perf_counter()
+        if args.resume:
+            print(f"Resuming {storage}/{name}")
+            tuner = restore_tuner(spec, storage, name)
+        else:
+            saved = _write_saved_spec(storage, name, spec.to_yaml())
+            print(f"Sweep {name}: {spec.num_trials()} trials, up to {concurrency} at a time; spec saved to {saved}",
+                  flush=True)
+            tuner = build_tuner(spec, storage, name, concurrency, verbose)
+        results = tuner.fit()
+        wall = time.perf_counter() - t0
+        df = trial_rows(results)
+        print()
+        print(format_table(df))
+        errors = [res_ for res_ in results if res_.error]
+        best = best_result_metric(results, spec.metric, spec.mode)
+        exp_path = results.experiment_path
+        print(f"\n{len(df)} trials in {wall:.1f} s, {len(errors)} errored")
+        if best is not None:
+            b, v = best
+            params = (b.config or {}).get("params", {})
+            print(f"Best trial by {spec.metric} ({spec.mode}): {spec.metric} = {v:.4g}  {params}")
+            print(f"  folder: {b.path}")
+        print(f"Results: {exp_path}  (per trial: run/ = checkpoints + metrics.jsonl, evaluation/ = records)")
+        for e in errors:
+            print(f"  errored trial {e.path}: {str(e.error).splitlines()[0][:300]}", file=sys.stderr)
+        _gather(exp_path, storage)
+        interrupted = unfinished(results) > 0 or len(df) < spec.num_trials()
+        if interrupted or errors:
+            print(f"Continue it with: python -m sweep.run --resume --name {name} --storage {storage}")
+        return 1 if errors else (130 if interrupted else 0)
+    finally:
+        if info.started_here:
+            ray.shutdown()
+
+
+def _gather(exp_path: str, storage: str) -> None:
+    """Parquet tables for the analysis, when the analysis package is there."""
+    try:
+        from analysis.gather import gather
+    except ImportError:
+        print("(analysis.gather not available: no Parquet tables written)")
+        return
+    if "://" in exp_path:
+        print("(remote storage: run python -m analysis.gather on a copy of the sweep folder)")
+        return
+    results_root = Path(storage).parent
+    try:
+        tables = gather(exp_path, results_root)
+    except Exception as e:  # the sweep's results stand without the tables
+        print(f"warning: analysis.gather failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return
+    for kind, path in (tables or {}).items():
+        print(f"  table {kind}: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

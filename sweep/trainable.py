@@ -1,0 +1,149 @@
+"""The Ray Tune trainable: one trial = one neuroreg training run + its evaluation.
+
+A plain function, as in Ray's examples. Every epoch it reports the trainer's metrics with
+a ``tune.Checkpoint`` holding ``checkpoint_last.pt``; a restored trial continues from the
+last reported checkpoint (``tune.get_checkpoint``). After training it evaluates the
+best-validation model and reports once more with the summary metrics. The trial's files
+go to the trial folder: ``run/`` (the trainer's out_dir) and ``evaluation/`` (records).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from neuroreg.config import RunConfig, set_dotted
+
+TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX, without importing Ray here
+
+
+def data_key(cfg: RunConfig) -> tuple:
+    """What ``neuroreg.train.prepare_data`` depends on: trials with equal keys share data."""
+    r = cfg.regularizer
+    return (
+        repr(asdict(cfg.data)),
+        repr(asdict(r.data)) if r.data is not None else None,
+        r.n,
+        r.seed,
+    )
+
+
+def prepare_shared_data(cfg: RunConfig) -> Any:
+    """Decode the base configuration's data once (driver side) for every trial that uses it.
+
+    The regularization images are loaded even when the base itself is unregularized, so a
+    grid over targets (none / pixel / pixel_th ...) shares one copy.
+    """
+    from neuroreg.data import load_regularization_set
+    from neuroreg.train import PreparedData, prepare_data
+
+    prepared = prepare_data(cfg)
+    if prepared.reg is None:
+        prepared = PreparedData(prepared.splits, load_regularization_set(cfg.regularizer, cfg.data))
+    return prepared
+
+
+def resolve_trial_config(
+    config: dict[str, Any], base: dict[str, Any], seeds: list[int] | None, cpus_per_trial: float
+) -> RunConfig:
+    """The trial's RunConfig: base + its dotted parameters (+ its seed when repeated)."""
+    d = copy.deepcopy(base)
+    for key, value in (config.get("params") or {}).items():
+        set_dotted(d, key, value)
+    if TRIAL_INDEX in config and seeds:
+        set_dotted(d, "train.seed", seeds[int(config[TRIAL_INDEX])])
+    cfg = RunConfig.from_dict(d)
+    if cfg.train.num_threads is None:
+        # Torch threads = this trial's CPU share, so concurrent trials do not oversubscribe.
+        cfg.train.num_threads = max(1, int(math.floor(cpus_per_trial)))
+    return cfg
+
+
+def _trial_folder(experiment_dir: str | None) -> Path:
+    """The trial's folder in the sweep's storage when that is a local (or shared) file system;
+    otherwise the trial's working directory, which Ray syncs to storage as artifacts."""
+    from ray import tune
+
+    working = Path(tune.get_context().get_trial_dir())
+    if experiment_dir is None:
+        return working
+    return Path(experiment_dir) / working.name
+
+
+def run_trial(
+    config: dict[str, Any],
+    base: dict[str, Any],
+    seeds: list[int] | None = None,
+    experiment_dir: str | None = None,
+    cpus_per_trial: float = 1.0,
+    shared: Any = None,
+    shared_key: tuple | None = None,
+) -> None:
+    """Tune function trainable; the keyword arguments arrive through ``tune.with_parameters``."""
+    import ray
+    import torch
+    from ray import tune
+
+    from neuroreg.train import PreparedData, train
+
+    cfg = resolve_trial_config(config, base, seeds, cpus_per_trial)
+    if cfg.train.device == "auto" and not ray.get_gpu_ids():
+        cfg.train.device = "cpu"  # a trial without a GPU share must not take one Ray did not give it
+    torch.set_num_threads(cfg.train.num_threads)
+    trial_dir = _trial_folder(experiment_dir)
+    run_dir = trial_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    data = None
+    if shared is not None and shared_key == data_key(cfg):
+        data = PreparedData(shared.splits, shared.reg if cfg.regularizer.active else None)
+
+    def report_epoch(metrics: dict[str, Any]) -> None:
+        ckpt_file = Path(metrics.pop("checkpoint"))
+        with tempfile.TemporaryDirectory(prefix="neuroreg_ckpt_") as tmp:
+            target = Path(tmp) / "checkpoint_last.pt"
+            try:
+                os.link(ckpt_file, target)  # no copy when on the same file system
+            except OSError:
+                shutil.copy2(ckpt_file, target)
+            tune.report(_plain(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    checkpoint = tune.get_checkpoint()
+    ctx = checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)
+    with ctx as ckpt_dir:
+        resume = Path(ckpt_dir) / "checkpoint_last.pt" if ckpt_dir is not None else None
+        if resume is not None and not resume.is_file():
+            raise FileNotFoundError(f"the trial's checkpoint {ckpt_dir} holds no checkpoint_last.pt")
+        result = train(cfg, run_dir, callback=report_epoch, resume_from=resume, data=data)
+
+    final: dict[str, Any] = {k: v for k, v in result.history[-1].items() if k != "checkpoint"}
+    final["best_val_acc"] = result.best_val_acc
+    final["train_wall_s"] = result.wall_s
+    summary = evaluate(result, cfg, trial_dir / "evaluation")
+    final.update(summary)
+    final["evaluated"] = bool(summary)
+    tune.report(_plain(final))
+
+
+def evaluate(result: Any, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+    """Run the configured evaluation suites on the best-validation model; {} if none."""
+    if not cfg.evaluation.suites:
+        return {}
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    from neuroreg.evaluate.runner import evaluate_model
+
+    device = next(result.model.parameters()).device
+    summary = evaluate_model(result.model, cfg, result.test, out_dir, device)
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Tensor / numpy scalars as Python numbers, for Tune's JSON and CSV loggers."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}

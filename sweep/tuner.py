@@ -1,0 +1,225 @@
+"""A SweepSpec as a Ray Tune job: search algorithm, scheduler, trainable, Tuner.
+
+random / grid: the exact trial list comes from ``spec.enumerate_trials`` (reproducible,
+shown by --dry-run) and runs as one grid over parameter sets. optuna: a define-by-run
+space (conditional keys are simply not suggested when their condition is false), wrapped
+in a Repeater when every configuration runs over several seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import tune
+from ray.tune.search import Repeater
+
+from sweep.spec import EPOCH_METRICS, ParamSpec, SweepSpec, condition_holds, enumerate_trials
+from sweep.trainable import data_key, prepare_shared_data, run_trial
+
+PARAMS = "params"  # a trial's config: {"params": {dotted key: value}} (+ "__trial_index__")
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+class MeanRepeater(Repeater):
+    """Ray's Repeater averages one metric over the repeats; this one averages each of
+    several (Optuna multi-objective), which Ray's class cannot (it tests ``metric in result``)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:
+        metrics = self.searcher.metric
+        if not isinstance(metrics, list):
+            return super().on_trial_complete(trial_id, result, **kwargs)
+        group = self._trial_id_to_group[trial_id]
+        score = tuple(float(result[m]) if result and m in result else np.nan for m in metrics)
+        group.report(trial_id, score)
+        if group.finished_reporting():
+            scores = np.array(group.scores(), dtype=float)
+            with np.errstate(all="ignore"):
+                means = np.nanmean(scores, axis=0)
+            self.searcher.on_trial_complete(
+                group.primary_trial_id,
+                result={m: float(v) for m, v in zip(metrics, means) if not math.isnan(v)},
+                **kwargs,
+            )
+
+
+class OptunaSpace:
+    """The define-by-run function (a class: Tune pickles the searcher with its state).
+
+    Suggests each key in file order, skipping conditional keys whose condition is false.
+    Choices that are lists (layer sets) go to Optuna as JSON labels (its categorical
+    values must be scalars) and come back decoded."""
+
+    def __init__(self, spec: SweepSpec):
+        self.space = list(spec.space)
+        self.base = spec.base
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        from neuroreg.config import RunConfig
+
+        base_cfg = RunConfig.from_dict(self.base, validate=False)
+        values: dict[str, Any] = {}
+        decoded: dict[str, Any] = {}
+        for p in self.space:
+            if not condition_holds(p, values, base_cfg):
+                continue
+            name = f"{PARAMS}/{p.key}"
+            values[p.key] = _suggest(trial, name, p)
+            if p.type == "choice" and not _scalar_choices(p):
+                decoded[name] = values[p.key]
+        return decoded
+
+
+def optuna_space(spec: SweepSpec) -> OptunaSpace:
+    return OptunaSpace(spec)
+
+
+def _scalar_choices(p: ParamSpec) -> bool:
+    return all(v is None or isinstance(v, (bool, int, float, str)) for v in p.values)
+
+
+def _suggest(trial: Any, name: str, p: ParamSpec) -> Any:
+    if p.type == "uniform":
+        return trial.suggest_float(name, p.low, p.high)
+    if p.type == "loguniform":
+        return trial.suggest_float(name, p.low, p.high, log=True)
+    if p.type == "int":
+        return trial.suggest_int(name, int(p.low), int(p.high))
+    if _scalar_choices(p):
+        return trial.suggest_categorical(name, p.values)
+    labels = [json.dumps(v) for v in p.values]
+    return json.loads(trial.suggest_categorical(name, labels))
+
+
+def build_search(spec: SweepSpec) -> tuple[Any, dict[str, Any], int]:
+    """(search algorithm or None, param_space, num_samples for TuneConfig)."""
+    if spec.search.algorithm != "optuna":
+        trials = enumerate_trials(spec)
+        return None, {PARAMS: tune.grid_search(trials)}, 1
+
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    metrics, modes = spec.search_metrics, spec.search_modes
+    multi = len(metrics) > 1
+    if multi:
+        sampler = optuna.samplers.NSGAIISampler(seed=spec.search.seed)
+    else:
+        kw = {} if spec.search.n_startup_trials is None else {"n_startup_trials": spec.search.n_startup_trials}
+        sampler = optuna.samplers.TPESampler(seed=spec.search.seed, **kw)
+    # A metric known only after the evaluation is passed as a one-element list: OptunaSearch
+    # then skips the per-epoch reports (it would look the metric up in each of them).
+    as_list = multi or any(m not in EPOCH_METRICS for m in metrics)
+    searcher = OptunaSearch(
+        space=optuna_space(spec),
+        metric=metrics if as_list else metrics[0],
+        mode=modes if as_list else modes[0],
+        sampler=sampler,
+    )
+    if spec.repeats > 1:
+        searcher = MeanRepeater(searcher, repeat=spec.repeats, set_index=True)
+    return searcher, {}, spec.num_samples * spec.repeats
+
+
+def build_scheduler(spec: SweepSpec) -> Any:
+    if spec.scheduler.type != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    # Trials report once per epoch plus once after the evaluation, so the horizon is
+    # epochs + 1: ASHA must not stop a trial at its last epoch, before it is evaluated.
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=spec.metric,
+        mode=spec.mode,
+        max_t=spec.max_epochs() + 1,
+        grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
+    )
+
+
+def needs_lenient_metrics(spec: SweepSpec) -> bool:
+    """Tune insists every result holds the searcher's metrics; evaluation metrics are only in
+    the last one."""
+    return spec.search.algorithm == "optuna" and any(m not in EPOCH_METRICS for m in spec.search_metrics)
+
+
+def build_trainable(spec: SweepSpec, experiment_dir: str | None, share_data: bool = True) -> Any:
+    """run_trial with its large arguments in Ray's object store (once, not per trial)."""
+    base_cfg = spec.base_config
+    shared = prepare_shared_data(base_cfg) if share_data else None
+    fn = tune.with_parameters(
+        run_trial,
+        base=spec.base,
+        seeds=spec.seeds,
+        experiment_dir=experiment_dir,
+        cpus_per_trial=spec.resources.cpus_per_trial,
+        shared=shared,
+        shared_key=data_key(base_cfg),
+    )
+    resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
+    return tune.with_resources(fn, resources)
+
+
+def build_tuner(
+    spec: SweepSpec,
+    storage: str,
+    name: str,
+    max_concurrent: int,
+    verbose: int = 1,
+) -> tune.Tuner:
+    local = "://" not in storage
+    experiment_dir = str(Path(storage) / name) if local else None
+    searcher, param_space, num_samples = build_search(spec)
+    if needs_lenient_metrics(spec):
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    return tune.Tuner(
+        build_trainable(spec, experiment_dir),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=build_scheduler(spec),
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent,
+            time_budget_s=spec.time_budget_s,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=run_config(storage, name, local, verbose),
+    )
+
+
+def run_config(storage: str, name: str, local: bool, verbose: int = 1) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=0),
+        # Local storage: trials write run/ and evaluation/ straight into their folder.
+        # Remote storage (s3://, gs://): they write to the working directory, synced here.
+        sync_config=tune.SyncConfig(sync_artifacts=not local),
+        verbose=verbose,
+    )
+
+
+def restore_tuner(spec: SweepSpec, storage: str, name: str) -> tune.Tuner:
+    """Continue an interrupted sweep: finished trials stay, interrupted ones continue from
+    their last epoch checkpoint, errored ones start again."""
+    local = "://" not in storage
+    path = str(Path(storage) / name) if local else f"{storage.rstrip('/')}/{name}"
+    if needs_lenient_metrics(spec):
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    return tune.Tuner.restore(
+        path,
+        trainable=build_trainable(spec, path if local else None),
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=True,
+    )

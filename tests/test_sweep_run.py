@@ -1,0 +1,177 @@
+"""Sweeps through Ray Tune: tiny runs on one shared Ray instance (2 CPUs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+TINY_BASE = {
+    "data": {"name": "synthetic", "image_size": None, "val_fraction": 0.1},
+    "model": {"width": 4},
+    "regularizer": {"target": "pixel_th", "alpha": 1.0, "n": 20, "layers": ["conv1", "conv5"], "n_pairs": 4},
+    "optim": {"lr": 0.05, "schedule": "constant"},
+    "train": {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "eval_batch_size": 64},
+    "evaluation": {"suites": []},
+}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for all sweep tests; subprocess drivers join it by address."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def write_space(path: Path, **top) -> Path:
+    raw = {"name": "t", "base": TINY_BASE, "resources": {"cpus_per_trial": 1}, **top}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def trial_dirs(exp: Path) -> list[Path]:
+    return sorted(p for p in exp.glob("trial_*") if p.is_dir())
+
+
+def final_result(trial: Path) -> dict:
+    lines = (trial / "result.json").read_text().splitlines()
+    return json.loads(lines[-1])
+
+
+def run_main(*args: str) -> int:
+    from sweep.run import main
+
+    return main([*args, "--quiet"])
+
+
+def test_three_trial_sweep_reports_metrics(ray_cluster, tmp_path, capsys):
+    base = {**TINY_BASE, "evaluation": {
+        "suites": ["clean", "noise"], "noise_types": ["gaussian"],
+        "noise_levels": {"gaussian": [0.0, 0.2]}, "noise_n_images": 16, "progress": False,
+    }}
+    space = write_space(
+        tmp_path / "s.yaml", base=base,
+        space={"regularizer.alpha": {"loguniform": [0.1, 10]}, "regularizer.th": {"uniform": [0.1, 0.9]}},
+        search={"algorithm": "optuna", "seed": 1}, num_samples=3,
+    )
+    assert run_main("--space", str(space), "--storage", str(tmp_path / "res"), "--name", "three") == 0
+    exp = tmp_path / "res" / "three"
+    trials = trial_dirs(exp)
+    assert len(trials) == 3 and (exp / "sweep.yaml").is_file()
+    alphas = set()
+    for t in trials:
+        r = final_result(t)
+        assert r["training_iteration"] == 3  # 2 epochs + the evaluation report
+        assert 0.0 <= r["best_val_acc"] <= 1.0 and r["evaluated"] is True
+        assert 0.0 <= r["clean_acc"] <= 1.0 and "noise_acc_mean" in r
+        assert (t / "evaluation" / "summary.json").is_file()
+        assert len((t / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+        cfg = yaml.safe_load((t / "run" / "config.yaml").read_text())
+        assert cfg["regularizer"]["alpha"] == pytest.approx(r["config"]["params"]["regularizer.alpha"])
+        alphas.add(cfg["regularizer"]["alpha"])
+        assert cfg["train"]["num_threads"] == 1  # torch threads = the trial's 1 CPU
+    assert len(alphas) == 3
+    out = capsys.readouterr().out
+    assert "Best trial by best_val_acc" in out and "clean_acc" in out and str(exp) in out
+
+
+def test_grid_times_seeds_runs_exactly_those_trials(ray_cluster, tmp_path):
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 1}}
+    space = write_space(
+        tmp_path / "g.yaml", base=base,
+        space={"regularizer.target": {"grid": ["none", "pixel_th"]}},
+        search={"algorithm": "grid"}, seeds=[3, 5],
+    )
+    assert run_main("--space", str(space), "--storage", str(tmp_path), "--name", "grid") == 0
+    seen = []
+    for t in trial_dirs(tmp_path / "grid"):
+        cfg = yaml.safe_load((t / "run" / "config.yaml").read_text())
+        seen.append((cfg["regularizer"]["target"], cfg["train"]["seed"]))
+    assert sorted(seen) == [("none", 3), ("none", 5), ("pixel_th", 3), ("pixel_th", 5)]
+
+
+def test_oversized_request_fails_fast(ray_cluster, tmp_path, capsys):
+    space = write_space(tmp_path / "s.yaml")
+    t0 = time.perf_counter()
+    assert run_main("--space", str(space), "--storage", str(tmp_path), "--name", "big", "--cpus-per-trial", "3") == 2
+    assert run_main("--space", str(space), "--storage", str(tmp_path), "--name", "gpu", "--gpus-per-trial", "0.5") == 2
+    assert time.perf_counter() - t0 < 60
+    err = capsys.readouterr().err
+    assert "--cpus-per-trial" in err and "largest node has 2 CPU" in err
+    assert "--gpus-per-trial" in err and "no GPU" in err
+    assert not trial_dirs(tmp_path / "big") and not trial_dirs(tmp_path / "gpu")
+
+
+def _sweep_cmd(space: Path, storage: Path, address: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "sweep.run", "--space", str(space), "--storage", str(storage),
+            "--name", "killed", "--address", address, "--quiet", *extra]
+
+
+def test_resume_after_kill_finishes_without_rerunning(ray_cluster, tmp_path):
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 6, "max_steps_per_epoch": 12}}
+    space = write_space(
+        tmp_path / "r.yaml", base=base,
+        space={"regularizer.alpha": {"grid": [0.5, 1.0, 2.0]}},
+        search={"algorithm": "grid"}, resources={"cpus_per_trial": 1, "max_concurrent": 1},
+    )
+    exp = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(_sweep_cmd(space, tmp_path, ray_cluster), cwd=ROOT, env=env, stdout=log, stderr=log)
+
+    def finished(t: Path) -> bool:
+        try:
+            return final_result(t).get("evaluated") is not None
+        except (FileNotFoundError, json.JSONDecodeError, IndexError):
+            return False
+
+    # Kill the driver once one trial is complete and another has checkpointed an epoch.
+    deadline = time.time() + 240
+    killed_state = None
+    while time.time() < deadline and proc.poll() is None:
+        trials = trial_dirs(exp)
+        done = [t for t in trials if finished(t)]
+        # A second epoch's checkpoint means the first is in the experiment state for sure.
+        running = [t for t in trials if not finished(t) and list(t.glob("checkpoint_00000[1-9]"))]
+        if done and running:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed_state = {
+                "done": {t.name: (t / "run" / "checkpoint_last.pt").stat().st_mtime_ns for t in done},
+                "running": {t.name: (t / "run" / "metrics.jsonl").read_text().splitlines()[0] for t in running},
+            }
+            break
+        time.sleep(0.1)
+    log.close()
+    assert killed_state is not None, (tmp_path / "first.log").read_text()[-3000:]
+    assert len(killed_state["done"]) < 3
+
+    p = subprocess.run(_sweep_cmd(space, tmp_path, ray_cluster, "--resume"), cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    trials = trial_dirs(exp)
+    assert len(trials) == 3 and all(finished(t) for t in trials)
+    for name, mtime in killed_state["done"].items():
+        # Finished trials were not trained again.
+        assert (exp / name / "run" / "checkpoint_last.pt").stat().st_mtime_ns == mtime
+    for name, first_epoch in killed_state["running"].items():
+        r = final_result(exp / name)
+        # Continued from its checkpoint: the first epoch is the one trained before the kill.
+        assert (exp / name / "run" / "metrics.jsonl").read_text().splitlines()[0] == first_epoch
+        assert r["iterations_since_restore"] < r["training_iteration"] == 7
+    alphas = sorted(yaml.safe_load((t / "run" / "config.yaml").read_text())["regularizer"]["alpha"] for t in trials)
+    assert alphas == [0.5, 1.0, 2.0]
