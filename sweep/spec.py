@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from neuroreg.config import ConfigError, RunConfig, apply_overrides, field_paths, set_dotted
+from neuroreg.config import ConfigError, RunConfig, apply_overrides, expand_path, field_paths, set_dotted
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 RANDOM_TYPES = ("uniform", "loguniform", "int", "choice")
@@ -600,7 +600,7 @@ def absolute_paths(base: dict[str, Any]) -> dict[str, Any]:
     for key in _PATH_FIELDS:
         value = _get_dotted(out, key, cfg)
         if isinstance(value, str) and value and "://" not in value:
-            set_dotted(out, key, str(Path(value).expanduser().resolve()))
+            set_dotted(out, key, str(Path(expand_path(value, key)).resolve()))
     env_root = os.environ.get("NEUROREG_DATA_ROOT")
     if env_root:
         for prefix, dc in (("data", cfg.data), ("regularizer.data", cfg.regularizer.data)):
