@@ -5,7 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: sweep test lint bench clean-venv
+.PHONY: sweep test lint bench repro-mnist repro-cifar10 clean-venv
+
+# Real data for the reproductions: MNIST/ and cifar10-jpg.tar.gz (see ../shared/data/README.md).
+DATA_ROOT ?= $(or $(NEUROREG_DATA_ROOT),../shared/data)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +26,15 @@ bench: $(STAMP)
 	$(PY) bench/joint_step.py
 	$(PY) bench/attacks.py
 	$(PY) bench/sweep_overhead.py
+
+# Issue 7: the papers' headline comparison on CPU, from scratch; report into docs/results/.
+repro-mnist: $(STAMP)
+	$(PY) -m sweep.run --space mnist_repro.yaml --data-root $(DATA_ROOT) --name mnist_repro-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m analysis.report mnist_repro --out docs/results/mnist
+
+repro-cifar10: $(STAMP)
+	$(PY) -m sweep.run --space cifar10_repro.yaml --data-root $(DATA_ROOT) --name cifar10_repro-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m analysis.report cifar10_repro --out docs/results/cifar10
 
 clean-venv:
 	rm -rf $(VENV)

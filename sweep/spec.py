@@ -37,7 +37,14 @@ from typing import Any
 
 import yaml
 
-from neuroreg.config import ConfigError, RunConfig, apply_overrides, expand_path, field_paths, set_dotted
+from neuroreg.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    expand_path,
+    field_paths,
+    set_dotted,
+)
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 RANDOM_TYPES = ("uniform", "loguniform", "int", "choice")
