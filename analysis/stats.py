@@ -78,16 +78,20 @@ def compare_to_baseline(trials: pd.DataFrame, metrics: Sequence[str] | None = No
         base_arm = " / ".join(sorted(base["arm"].unique()))
         for arm, a in d[~d["baseline"].astype(bool)].groupby("arm", sort=True):
             for m in metrics:
-                x = pd.to_numeric(a[m], errors="coerce").dropna()
-                y = pd.to_numeric(base[m], errors="coerce").dropna()
+                xa = pd.to_numeric(a[m], errors="coerce")
+                ya = pd.to_numeric(base[m], errors="coerce")
+                # One sample for n, mean and the test: infinite values (e.g. a median distance
+                # when most images are unbroken) are counted apart, not averaged.
+                x, y = xa[np.isfinite(xa)], ya[np.isfinite(ya)]
                 if not len(x) or not len(y):
                     continue
                 rows.append({
                     "metric": m, "arm": arm, "baseline_arm": base_arm, "n": len(x), "n_baseline": len(y),
+                    "n_inf": int(np.isinf(xa).sum()), "n_inf_baseline": int(np.isinf(ya).sum()),
                     "mean": x.mean(), "baseline_mean": y.mean(), **welch(x, y),
                 })
-    cols = ["metric", "arm", "baseline_arm", "n", "n_baseline", "mean", "baseline_mean", "diff", "sem_diff",
-            "t", "df", "p"]
+    cols = ["metric", "arm", "baseline_arm", "n", "n_baseline", "n_inf", "n_inf_baseline", "mean", "baseline_mean",
+            "diff", "sem_diff", "t", "df", "p"]
     return pd.DataFrame(rows, columns=cols)
 
 

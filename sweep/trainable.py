@@ -32,6 +32,7 @@ def data_key(cfg: RunConfig) -> tuple:
         repr(asdict(r.data)) if r.data is not None else None,
         r.n,
         r.seed,
+        r.order,
     )
 
 
@@ -108,11 +109,11 @@ def run_trial(
     def report_epoch(metrics: dict[str, Any]) -> None:
         ckpt_file = Path(metrics.pop("checkpoint"))
         with tempfile.TemporaryDirectory(prefix="neuroreg_ckpt_") as tmp:
-            target = Path(tmp) / "checkpoint_last.pt"
-            try:
-                os.link(ckpt_file, target)  # no copy when on the same file system
-            except OSError:
-                shutil.copy2(ckpt_file, target)
+            # The best checkpoint travels too: a trial restored where run/ is not (another
+            # node, remote storage) must still evaluate its best-validation model.
+            for src in (ckpt_file, ckpt_file.with_name("checkpoint_best.pt")):
+                if src.is_file():
+                    _link_or_copy(src, Path(tmp) / src.name)
             tune.report(_plain(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
 
     checkpoint = tune.get_checkpoint()
@@ -121,6 +122,9 @@ def run_trial(
         resume = Path(ckpt_dir) / "checkpoint_last.pt" if ckpt_dir is not None else None
         if resume is not None and not resume.is_file():
             raise FileNotFoundError(f"the trial's checkpoint {ckpt_dir} holds no checkpoint_last.pt")
+        if resume is not None and (Path(ckpt_dir) / "checkpoint_best.pt").is_file():
+            # The best of the epoch we resume from, not one a killed run wrote after it.
+            shutil.copy2(Path(ckpt_dir) / "checkpoint_best.pt", run_dir / "checkpoint_best.pt")
         result = train(cfg, run_dir, callback=report_epoch, resume_from=resume, data=data)
 
     final: dict[str, Any] = {k: v for k, v in result.history[-1].items() if k != "checkpoint"}
@@ -142,6 +146,13 @@ def evaluate(result: Any, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     device = next(result.model.parameters()).device
     summary = evaluate_model(result.model, cfg, result.test, out_dir, device)
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # no copy when on the same file system
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:

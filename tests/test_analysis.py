@@ -131,7 +131,7 @@ def write_fake_sweep(storage: Path, name: str = "fake", seeds=(0, 1, 2), error_t
                          "surrogate": "baseline.pt"} for e in EPSILONS]
             corruptions = [{"corruption": c, "severity": s, "frequency": f, "accuracy": float(rng.uniform(0.3, 0.9))}
                            for c, f in (("gaussian_noise", "high"), ("contrast", "low")) for s in (1, 2)]
-            frequency = [{"kind": "spectrum", "norm": "l2", "bin": b, "f": 0.01 + 0.02 * b,
+            frequency = [{"kind": "spectrum", "norm": "l2", "bin": b, "f": 0.01 + 0.02 * b, "f_upper": 0.02 * (b + 1),
                           "power": float(rng.uniform()), "cumulative": (b + 1) / 3} for b in range(3)]
             frequency += [{"kind": "hybrid", "c": c, "p_low": float(rng.uniform()), "p_high": float(rng.uniform()),
                            "n": 10} for c in (0.2, 0.5)]
