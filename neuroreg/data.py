@@ -339,6 +339,8 @@ def _load_torchvision(cfg: DataConfig, train: bool, field: str) -> ImageData:
 
     root = _require_root(cfg, field)
     cls = getattr(tvd, _TORCHVISION[cfg.name])
+    # CIFAR batches are pickles, but torchvision checks every file's MD5 against the official
+    # release before unpickling it, so a planted file is refused, not loaded (MNIST is IDX).
     try:
         ds = cls(root=str(root), train=train, download=cfg.download)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted ..."

@@ -5,13 +5,14 @@ spatial frequency, size), its rate a rectified, gained energy; trial responses a
 spike counts, so repeats carry realistic noise and the SNR weights of the neural target
 are meaningful. Output format = the neural target's input: repeats x stimuli x neurons.
 
-    python -m neuroreg.v1sim --data digits --n 500 --out responses.npy
+    python -m neuroreg.v1sim --config run.yaml --set regularizer.n=500 --out responses.npy
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import numpy as np
 import torch
@@ -64,30 +65,37 @@ def simulate_v1_responses(
     return counts.numpy().astype(np.float32)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from neuroreg.config import ConfigError, DataConfig, RegularizerConfig
+def main(argv: list[str] | None = None) -> int:
+    from neuroreg.config import ConfigError, RunConfig, apply_overrides
     from neuroreg.data import load_regularization_set
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="digits", help="data set name of the regularization set")
-    p.add_argument("--root", default=None, help="data root (or $NEUROREG_DATA_ROOT)")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--n", type=int, default=500, help="regularization set size (regularizer.n)")
-    p.add_argument("--seed", type=int, default=0, help="regularizer.seed (which images, in which order)")
+    p = argparse.ArgumentParser(
+        prog="python -m neuroreg.v1sim",
+        description="Simulated V1 responses to the regularization set of a run config, in its order.",
+    )
+    p.add_argument("--config", help="the run config the responses are for (its data and regularizer sections)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. regularizer.n=500")
     p.add_argument("--neurons", type=int, default=200)
     p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="seed of the population and the spike noise")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    data = DataConfig(name=a.data, root=a.root, image_size=a.image_size)
-    reg = RegularizerConfig(n=a.n, seed=a.seed)
     try:
-        images = load_regularization_set(reg, data).images
+        cfg = RunConfig.from_yaml(a.config, a.set) if a.config else RunConfig.from_dict(apply_overrides({}, a.set))
+        # The same call the trainer makes, so stimulus k of the responses is image k of its set.
+        images = load_regularization_set(cfg.regularizer, cfg.data).images
     except ConfigError as e:
-        raise SystemExit(f"error: {e}") from e
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     r = simulate_v1_responses(images, a.neurons, a.repeats, seed=a.seed)
     np.save(a.out, r)
-    print(f"wrote {a.out}: responses {r.shape} (repeats x stimuli x neurons) for {a.data}, n={a.n}, seed={a.seed}")
+    print(
+        f"wrote {a.out}: responses {r.shape} (repeats x stimuli x neurons) for the regularization set of "
+        f"{cfg.regularizer.data.name if cfg.regularizer.data else cfg.data.name} (n={cfg.regularizer.n}); "
+        f"use it with the same config and regularizer.target=neural, regularizer.neural_responses={a.out}"
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -176,3 +176,25 @@ def test_threshold_and_cosine_agree_on_pairs_and_device_copy():
     assert torch.equal(t.pairs(i, j)[1:], torch.where(v[1:] > 0.2, 1.0, torch.where(v[1:] < -0.2, -1.0, 0.0)))
     sh = ShuffleTarget(base, seed=0)
     assert torch.equal(sh.to("cpu").pairs(i, j), sh.pairs(i, j))
+
+
+def test_v1sim_cli_writes_responses_matching_the_run_config(tmp_path):
+    from neuroreg.config import RunConfig
+    from neuroreg.train import train
+    from neuroreg.v1sim import main as v1sim_main
+
+    sets = ["data.image_size=16", "data.val_fraction=0.2", "regularizer.n=60", "model.width=4"]
+    out = tmp_path / "r.npy"
+    assert v1sim_main(["--set", *sets[:1], "--set", sets[1], "--set", sets[2], "--neurons", "30", "--out", str(out)]) == 0
+    r = np.load(out)
+    assert r.shape == (4, 60, 30)
+    # the trainer accepts it for the same config
+    cfg = RunConfig.from_dict({
+        "data": {"image_size": 16, "val_fraction": 0.2},
+        "model": {"width": 4},
+        "regularizer": {"target": "neural", "alpha": 1.0, "n": 60, "neural_responses": str(out), "layers": ["conv1"]},
+        "train": {"epochs": 1, "max_steps_per_epoch": 2},
+    })
+    res = train(cfg, tmp_path / "run")
+    assert res.history[-1]["pairs_per_s"] > 0
+    assert v1sim_main(["--set", "regularizer.n=-1", "--out", str(out)]) == 2
