@@ -207,6 +207,9 @@ def test_shipped_spaces_parse(tmp_path, monkeypatch):
     assert (b.model.width, b.train.epochs, b.regularizer.alpha, b.regularizer.th) == (64, 40, 10.0, 0.8)
     m = load_spec("mnist_paper", check_files=False).base_config
     assert (m.regularizer.alpha, m.regularizer.th) == (4.0, 0.2)
+    assert counts["mnist_repro"] == 6 and counts["cifar10_repro"] == 6 and counts["frequency"] == 4
+    rep = load_spec("cifar10_repro", check_files=False)
+    assert rep.base["data"]["root"] == str((tmp_path / "cifar10-jpg.tar.gz").resolve())  # $VAR expanded
 
 
 def test_overrides_and_relative_paths_are_resolved(tmp_path, monkeypatch):
