@@ -33,6 +33,7 @@ from analysis.stats import (
     finished,
     varying_columns,
 )
+from neuroreg.atomic import atomic_write_text
 
 # --- formatting ------------------------------------------------------------------
 
@@ -285,10 +286,7 @@ def build_report(
             doc.plot("Pareto front", lambda p: plots.pareto(means, front, names[0], names[1], p), "pareto")
 
     path = out_dir / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(doc.lines) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(doc.lines) + "\n")
 
 
 def _spec_objectives(spec: dict[str, Any]) -> dict[str, str] | None:

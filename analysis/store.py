@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.schema import META_SWEEP, META_TABLE, META_VERSION, SCHEMA_VERSION, TABLES
+from neuroreg.atomic import atomic_write
 
 
 def tables_dir(root: str | os.PathLike) -> Path:
@@ -58,16 +58,7 @@ def to_arrow(df: pd.DataFrame, table: str, sweep: str, extra_meta: dict[str, Any
 
 
 def write_atomic(tab: pa.Table, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(tab, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: pq.write_table(tab, f))
 
 
 def remove(path: Path) -> None:

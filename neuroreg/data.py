@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from neuroreg.atomic import atomic_write
 from neuroreg.config import ConfigError, DataConfig, RegularizerConfig, data_root
 
 __all__ = [
@@ -527,12 +528,7 @@ def _load_imagefolder(cfg: DataConfig, train: bool, field: str) -> ImageData:
 
     images = _decode_all(paths, cfg.grayscale, cfg.image_size, field, sub_field)
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cache_name}.", suffix=".tmp", dir=cached.parent)
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, images.numpy(), allow_pickle=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, cached)
+        atomic_write(cached, lambda fh: np.save(fh, images.numpy(), allow_pickle=False))
     except OSError:
         pass  # an unwritable cache only costs speed on the next load
     return ImageData(images, labels, list(ds.classes))

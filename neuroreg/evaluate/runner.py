@@ -12,7 +12,6 @@ import importlib.util
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuroreg.atomic import atomic_write_text
 from neuroreg.config import ConfigError, RunConfig
 from neuroreg.data import ImageData, to_float
 from neuroreg.evaluate.attacks import (
@@ -40,16 +40,7 @@ RGB_SOURCES = ("cifar10", "cifar100", "imagefolder")
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; records are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def write_jsonl(path: str | os.PathLike, records: list[dict]) -> Path:
