@@ -7,39 +7,25 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from neuroreg.checkpoint import save_checkpoint
-from neuroreg.config import DataConfig, ModelConfig, RunConfig
+from neuroreg.config import RunConfig
 from neuroreg.data import load_dataset, to_float
 from neuroreg.evaluate.__main__ import main
 from neuroreg.evaluate.runner import read_jsonl
-from neuroreg.models import create_model
+from neuroreg.train import train
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.set_num_threads(1)  # module fixtures run before conftest's per-test thread fixture
-    cfg = RunConfig(data=DataConfig(name="digits", image_size=16), model=ModelConfig(width=4))
-    train = load_dataset(cfg.data, train=True)
-    torch.manual_seed(0)
-    model = create_model("resnet18", num_classes=10, in_chans=1, width=4)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(2):
-        perm = torch.randperm(len(train), generator=g)
-        for b in range(0, len(perm), 64):
-            idx = perm[b : b + 64]
-            loss = F.cross_entropy(model(to_float(train.images[idx])), train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint_best.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 2,
-                           "num_classes": 10, "in_chans": 1})
-    return path, model, cfg
+    cfg = RunConfig.from_dict({
+        "data": {"name": "digits", "image_size": 16, "val_fraction": 0.1},
+        "model": {"width": 4},
+        "optim": {"lr": 0.05, "schedule": "constant"},
+        "train": {"epochs": 2, "batch_size": 64, "seed": 0, "device": "cpu"},
+    })
+    res = train(cfg, tmp_path_factory.mktemp("run"))  # the real trainer writes the checkpoint
+    return res.best_checkpoint, res.model, cfg
 
 
 FAST = [
