@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
-    # num_to_keep=1 snapshots the experiment state at every epoch checkpoint (what makes
+    # num_to_keep=2 snapshots the experiment state at every epoch checkpoint (what makes
     # --resume exact); Tune warns about that frequency, which is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray

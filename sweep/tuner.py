@@ -200,7 +200,10 @@ def run_config(storage: str, name: str, local: bool, verbose: int = 1) -> tune.R
     return tune.RunConfig(
         name=name,
         storage_path=storage,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Two, not one: Tune deletes the older checkpoint before it snapshots the experiment
+        # state, so a driver killed in between (SIGKILL) left a state pointing at a deleted
+        # checkpoint with num_to_keep=1 and the trial could not be restored.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=0),
         # Local storage: trials write run/ and evaluation/ straight into their folder.
         # Remote storage (s3://, gs://): they write to the working directory, synced here.
