@@ -33,6 +33,7 @@ from neuroreg.data import (
     load_splits,
     to_float,
 )
+from neuroreg.evaluate.common import accuracy
 from neuroreg.loss import similarity_loss
 from neuroreg.similarity import SimilarityHead, upper_pairs
 from neuroreg.targets import Target, build_target
@@ -139,18 +140,6 @@ def joint_loss(
     s_cnn = head(feats, i.to(x.device), j.to(x.device))
     loss_sim = similarity_loss(s_cnn, s_t, reg.loss, reg.eps)
     return loss_task + reg.alpha * loss_sim, loss_task, loss_sim, logits, len(i)
-
-
-def evaluate_accuracy(model: nn.Module, data: ImageData, device: torch.device, batch_size: int) -> float:
-    if len(data) == 0:
-        return float("nan")
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, len(data), batch_size):
-            x = to_float(data.images[s : s + batch_size].to(device))
-            correct += (model(x).argmax(1).cpu() == data.labels[s : s + batch_size]).sum().item()
-    return correct / len(data)
 
 
 def fixed_pair_similarity_loss(
@@ -299,7 +288,8 @@ def train(
                 print(f"  epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}", file=sys.stderr)
         epoch_s = time.perf_counter() - t0
         task_sum, sim_sum, correct, seen = sums.tolist()
-        val_acc = evaluate_accuracy(model, val_set, device, cfg.train.eval_batch_size)
+        model.eval()
+        val_acc = accuracy(model, val_set.images, val_set.labels, cfg.train.eval_batch_size, device)
         improved = math.isnan(val_acc) or val_acc > best_val
         val_sim = fixed_pair_similarity_loss(model, head, target, x_reg, cfg) if head is not None else 0.0
         if improved:

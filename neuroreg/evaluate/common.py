@@ -22,10 +22,12 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, enabled
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 256, device: torch.device | str = "cpu") -> Tensor:
-    """Predicted labels (cpu int64) of float images in [0, 1], in batches."""
+    """Predicted labels (cpu int64) of images (float in [0, 1] or uint8), in batches."""
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].to(device)
+        if xb.dtype == torch.uint8:
+            xb = xb.float() / 255.0  # per batch, so a uint8 set is never held as float
         out.append(model(xb).argmax(dim=1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
