@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: sweep test lint bench repro-mnist repro-cifar10 clean-venv
+.PHONY: sweep test lint bench repro-mnist repro-cifar10 investigate-mnist clean-venv
 
 # Real data for the reproductions: MNIST/ and cifar10-jpg.tar.gz (see ../shared/data/README.md).
 DATA_ROOT ?= $(or $(NEUROREG_DATA_ROOT),../shared/data)
@@ -35,6 +35,11 @@ repro-mnist: $(STAMP)
 repro-cifar10: $(STAMP)
 	$(PY) -m sweep.run --space cifar10_repro.yaml --data-root $(DATA_ROOT) --name cifar10_repro-$$(date +%Y%m%d-%H%M%S)
 	$(PY) -m analysis.report cifar10_repro --out docs/results/cifar10
+
+# Why the MNIST effect is weak: loss convention x layer set (search_spaces/mnist_investigate.yaml).
+investigate-mnist: $(STAMP)
+	$(PY) -m sweep.run --space mnist_investigate.yaml --data-root $(DATA_ROOT) --name mnist_investigate-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m analysis.report mnist_investigate --out docs/results/mnist_investigate
 
 clean-venv:
 	rm -rf $(VENV)
