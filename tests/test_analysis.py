@@ -31,6 +31,7 @@ from analysis.gather import collect, gather, gather_report
 from analysis.importance import param_importances, pareto_front
 from analysis.query import load, select, summarize
 from analysis.query import main as query_main
+from analysis.report import correct_median_distances
 from analysis.report import main as report_main
 from analysis.schema import REQUIRED, SCHEMA_VERSION
 from analysis.stats import compare_to_baseline
@@ -118,8 +119,8 @@ def write_fake_sweep(storage: Path, name: str = "fake", seeds=(0, 1, 2), error_t
             for norm, scale in (("l2", 0.3), ("linf", 0.01)):
                 for img in range(N_IMAGES):
                     d = 0.0 if img == 0 else float(rng.gamma(2.0, scale * (1 + gain)))
-                    adv.append({"norm": norm, "image": img, "label": img % 3, "distance": d,
-                                "attack": "ddn+bb" if norm == "l2" else "fmn+bb"})
+                    attack = "misclassified" if img == 0 else "ddn+bb" if norm == "l2" else "fmn+bb"
+                    adv.append({"norm": norm, "image": img, "label": img % 3, "distance": d, "attack": attack})
             adv[N_IMAGES - 1]["distance"] = math.inf  # one unbroken l2 image
             adv_summary = []
             for norm in ("l2", "linf"):
@@ -513,6 +514,21 @@ def test_report_cli_gathers_a_sweep_folder_prints_tables_and_writes_markdown(swe
         assert f"]({link})" in text, link
         _png_ok(out / link)
     assert "not drawn" not in text, [ln for ln in text.splitlines() if "not drawn" in ln]
+    assert "| median_l2_correct |" in text and "| median_linf_correct |" in text
+
+
+def test_correct_median_leaves_out_clean_errors_and_keeps_unbroken_images():
+    rows = [("a", "l2", 0.0, "misclassified"), ("a", "l2", 0.0, "misclassified"), ("a", "l2", 1.0, "ddn"),
+            ("a", "l2", 2.0, "bb_l2"), ("a", "l2", 3.0, "ddn"),
+            ("b", "l2", 0.0, "misclassified"), ("b", "l2", 1.0, "ddn"), ("b", "l2", 2.0, "ddn"),
+            ("b", "l2", math.inf, "none"), ("b", "linf", 0.5, "fmn_linf")]
+    adv = pd.DataFrame(rows, columns=["trial_id", "norm", "distance", "attack"]).assign(sweep="s")
+    out = correct_median_distances(adv).set_index("trial_id")
+    # The all-image median of trial a is 1.0 (two zeros); over its correct images it is 2.0.
+    assert float(np.median(adv[(adv.trial_id == "a")].distance)) == 1.0
+    assert out.loc["a", "median_l2_correct"] == 2.0
+    assert out.loc["b", "median_l2_correct"] == 2.0  # the unbroken image counts as +inf, not dropped
+    assert out.loc["b", "median_linf_correct"] == 0.5 and math.isnan(out.loc["a", "median_linf_correct"])
 
 
 # --- a real sweep ------------------------------------------------------------------------------
