@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: sweep test lint bench repro-mnist repro-cifar10 investigate-mnist clean-venv
+.PHONY: sweep test lint bench repro-mnist repro-cifar10 investigate-mnist investigate-cifar10 clean-venv
 
 # Real data for the reproductions: MNIST/ and cifar10-jpg.tar.gz (see ../shared/data/README.md).
 DATA_ROOT ?= $(or $(NEUROREG_DATA_ROOT),../shared/data)
@@ -40,6 +40,11 @@ repro-cifar10: $(STAMP)
 investigate-mnist: $(STAMP)
 	$(PY) -m sweep.run --space mnist_investigate.yaml --data-root $(DATA_ROOT) --name mnist_investigate-$$(date +%Y%m%d-%H%M%S)
 	$(PY) -m analysis.report mnist_investigate --out docs/results/mnist_investigate
+
+# The MNIST finding (MSE on conv1+conv5) on grayscale CIFAR-10 (search_spaces/cifar10_investigate.yaml).
+investigate-cifar10: $(STAMP)
+	$(PY) -m sweep.run --space cifar10_investigate.yaml --data-root $(DATA_ROOT) --name cifar10_investigate-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m analysis.report cifar10_investigate --out docs/results/cifar10_investigate
 
 clean-venv:
 	rm -rf $(VENV)
