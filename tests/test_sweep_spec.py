@@ -208,6 +208,11 @@ def test_shipped_spaces_parse(tmp_path, monkeypatch):
     m = load_spec("mnist_paper", check_files=False).base_config
     assert (m.regularizer.alpha, m.regularizer.th) == (4.0, 0.2)
     assert counts["mnist_repro"] == 6 and counts["cifar10_repro"] == 6 and counts["frequency"] == 4
+    assert counts["mnist_investigate"] == 15 and counts["cifar10_investigate"] == 6
+    # The conditional grid gives MSE its matched alpha and leaves the atanh arms at the base's 4.
+    inv = enumerate_trials(load_spec("mnist_investigate", check_files=False))
+    assert {t.get("regularizer.alpha") for t in inv if t.get("regularizer.loss") == "mse"} == {16.0}
+    assert all("regularizer.alpha" not in t for t in inv if t.get("regularizer.loss") != "mse")
     rep = load_spec("cifar10_repro", check_files=False)
     assert rep.base["data"]["root"] == str((tmp_path / "cifar10-jpg.tar.gz").resolve())  # $VAR expanded
 
