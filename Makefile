@@ -28,23 +28,25 @@ bench: $(STAMP)
 	$(PY) bench/sweep_overhead.py
 
 # Issue 7: the papers' headline comparison on CPU, from scratch; report into docs/results/.
+# $(call sweep_report,SPACE,OUT): run search_spaces/SPACE.yaml on the real data, then report it.
+define sweep_report
+	$(PY) -m sweep.run --space $(1).yaml --data-root $(DATA_ROOT) --name $(1)-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m analysis.report $(1) --out docs/results/$(2)
+endef
+
 repro-mnist: $(STAMP)
-	$(PY) -m sweep.run --space mnist_repro.yaml --data-root $(DATA_ROOT) --name mnist_repro-$$(date +%Y%m%d-%H%M%S)
-	$(PY) -m analysis.report mnist_repro --out docs/results/mnist
+	$(call sweep_report,mnist_repro,mnist)
 
 repro-cifar10: $(STAMP)
-	$(PY) -m sweep.run --space cifar10_repro.yaml --data-root $(DATA_ROOT) --name cifar10_repro-$$(date +%Y%m%d-%H%M%S)
-	$(PY) -m analysis.report cifar10_repro --out docs/results/cifar10
+	$(call sweep_report,cifar10_repro,cifar10)
 
 # Why the MNIST effect is weak: loss convention x layer set (search_spaces/mnist_investigate.yaml).
 investigate-mnist: $(STAMP)
-	$(PY) -m sweep.run --space mnist_investigate.yaml --data-root $(DATA_ROOT) --name mnist_investigate-$$(date +%Y%m%d-%H%M%S)
-	$(PY) -m analysis.report mnist_investigate --out docs/results/mnist_investigate
+	$(call sweep_report,mnist_investigate,mnist_investigate)
 
 # The MNIST finding (MSE on conv1+conv5) on grayscale CIFAR-10 (search_spaces/cifar10_investigate.yaml).
 investigate-cifar10: $(STAMP)
-	$(PY) -m sweep.run --space cifar10_investigate.yaml --data-root $(DATA_ROOT) --name cifar10_investigate-$$(date +%Y%m%d-%H%M%S)
-	$(PY) -m analysis.report cifar10_investigate --out docs/results/cifar10_investigate
+	$(call sweep_report,cifar10_investigate,cifar10_investigate)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -222,7 +222,8 @@ def build_report(
                 f"checkpoint `{top['checkpoint']}`.", "")
 
     # Per-arm summary and comparison with the baseline.
-    adv_images = _finished_rows(load("adversarial", root, [sweep], join_trials=False))
+    # No status column without the join; merging into `done` keeps finished trials only.
+    adv_images = load("adversarial", root, [sweep], join_trials=False)
     if len(adv_images) and len(done):
         done = done.merge(correct_median_distances(adv_images), on=["sweep", "trial_id"], how="left")
     extra = [c for c in ("median_l2_correct", "median_linf_correct") if c in done.columns]
