@@ -151,6 +151,17 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     """Cap steps per epoch (quick runs, benchmarks); None = a full pass."""
     eval_batch_size: int = 256
+    precision: str = "auto"
+    """auto | fp32 | bf16: autocast dtype of the CNN while training. auto = bf16 where the
+    device multiplies bf16 natively (CPU with AMX or AVX512-BF16, CUDA with bf16), else
+    fp32. Similarity head, losses and optimizer state stay fp32; evaluation is always fp32."""
+    channels_last: bool = True
+    """NHWC memory format for the model and the batches while training (faster convolutions
+    on CPU and CUDA; the same numbers up to summation order)."""
+    compile: bool = False
+    """torch.compile the model's forward pass (needs a C++ compiler on CPU)."""
+    check_finite_every: int = 50
+    """Steps between checks that the loss is finite; each check waits for the device."""
 
 
 @dataclass
@@ -275,6 +286,9 @@ class RunConfig:
             _positive(t.num_threads, "train.num_threads")
         if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
             raise ConfigError("train.device", "must be auto, cpu, cuda or cuda:N")
+        if t.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError("train.precision", f"{t.precision!r} is not a precision; use auto, fp32 or bf16")
+        _positive(t.check_finite_every, "train.check_finite_every")
         self.evaluation.validate("evaluation")
         return self
 

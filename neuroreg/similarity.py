@@ -86,10 +86,8 @@ class SimilarityHead(nn.Module):
         if update:
             with torch.no_grad():
                 m = channel_mean(f.detach())
-                if bool(self.mu_initialised):
-                    mu.mul_(self.beta).add_(m, alpha=1 - self.beta)
-                else:
-                    mu.copy_(m)
+                # torch.where instead of `if bool(mu_initialised)`: no host sync per step on CUDA.
+                mu.copy_(torch.where(self.mu_initialised, mu * self.beta + m * (1 - self.beta), m))
         return mu
 
     def layer_unit_vectors(self, feats: dict[str, torch.Tensor], update: bool = True) -> list[torch.Tensor]:

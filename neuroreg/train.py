@@ -35,6 +35,7 @@ from neuroreg.data import (
 )
 from neuroreg.evaluate.common import accuracy
 from neuroreg.loss import similarity_loss
+from neuroreg.precision import FP32, Precision
 from neuroreg.similarity import SimilarityHead, upper_pairs
 from neuroreg.targets import Target, build_target
 
@@ -123,21 +124,29 @@ def joint_loss(
     y: torch.Tensor,
     x_reg: torch.Tensor | None,
     gen_pairs: torch.Generator,
+    precision: Precision = FP32,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """One step's loss: (total, task, similarity, logits, pairs used).
 
     Without a head (alpha = 0 or target = none) no pair batch is drawn or forwarded.
     The pair images go through the CNN only as far as the deepest selected layer.
+    Only the CNN runs under ``precision``'s autocast: its tap features are cast back to
+    fp32 before centring and cosines, and both losses are computed in fp32.
+    ``forward`` replaces ``model`` for the classification pass (a compiled model).
     """
-    logits = model(x)
-    loss_task = F.cross_entropy(logits, y)
+    with precision.autocast():
+        logits = (forward or model)(x)
+    loss_task = F.cross_entropy(logits.float(), y)
     if head is None:
         return loss_task, loss_task, torch.zeros((), device=x.device), logits, 0
     reg = cfg.regularizer
     ridx, i, j = sample_pairs(cfg, len(x_reg), gen_pairs)
-    s_t = target.pairs(ridx[i].to(x.device), ridx[j].to(x.device))
-    feats = model.features(to_float(x_reg[ridx.to(x_reg.device)]), reg.layers)
-    s_cnn = head(feats, i.to(x.device), j.to(x.device))
+    ridx, i, j = ridx.to(x.device), i.to(x.device), j.to(x.device)
+    s_t = target.pairs(ridx[i], ridx[j])
+    with precision.autocast():
+        feats = model.features(precision.layout(to_float(x_reg[ridx])), reg.layers)
+    s_cnn = head({k: v.float() for k, v in feats.items()}, i, j)
     loss_sim = similarity_loss(s_cnn, s_t, reg.loss, reg.eps)
     return loss_task + reg.alpha * loss_sim, loss_task, loss_sim, logits, len(i)
 
@@ -168,6 +177,14 @@ def fixed_pair_similarity_loss(
         s_cnn = head(feats, ar, ar + n_pairs, update=False)
         s_t = target.pairs(a.to(x_reg.device), b.to(x_reg.device))
         return similarity_loss(s_cnn, s_t, cfg.regularizer.loss, cfg.regularizer.eps).item()
+
+
+def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
+    step = int(first_bad)
+    if step >= 0:
+        raise TrainingDiverged(
+            f"loss became NaN or infinite at epoch {epoch + 1}, step {step}; lower optim.lr or regularizer.alpha"
+        )
 
 
 def _tap_channels(model: nn.Module, layers: list[str], in_chans: int, device: torch.device) -> list[int]:
@@ -207,6 +224,9 @@ def train(
     num_classes = len(train_set.classes)
     in_chans = train_set.images.shape[1]
     model = build_model(cfg, num_classes, in_chans).to(device)
+    precision = Precision.for_run(cfg.train.precision, device, cfg.train.channels_last, model)
+    model = precision.prepare_model(model)
+    forward = torch.compile(model) if cfg.train.compile else None
     head: SimilarityHead | None = None
     target: Target | None = None
     if reg.active:
@@ -256,38 +276,39 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
-        perm = torch.randperm(n_train, generator=gen_data)
+        perm = torch.randperm(n_train, generator=gen_data).to(device)
         steps = max(1, n_train // bs) if n_train >= bs else 1
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # task loss, sim loss, correct, seen
-        n_pairs_seen = 0
+        # Running sums stay on the device and the finiteness check reads back only every
+        # check_finite_every steps: no host synchronisation per step (CUDA).
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # task loss, sim loss, correct
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        seen = n_pairs_seen = 0
         t0 = time.perf_counter()
         for step in range(steps):
-            idx = perm[step * bs : (step + 1) * bs].to(device)
+            idx = perm[step * bs : (step + 1) * bs]
             x = to_float(x_train[idx])
             if cfg.data.augment:
                 x = augment_batch(x, cfg.data.crop_padding, cfg.data.hflip, gen_data)
-            y = y_train[idx]
-            loss, loss_task, loss_sim, logits, n_pairs = joint_loss(model, head, target, cfg, x, y, x_reg, gen_pairs)
-            n_pairs_seen += n_pairs
-            if not torch.isfinite(loss).item():
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                    f"(task {loss_task.item():.4g}, similarity {loss_sim.item():.4g}); "
-                    "lower optim.lr or regularizer.alpha"
-                )
+            x, y = precision.layout(x), y_train[idx]
+            loss, loss_task, loss_sim, logits, n_pairs = joint_loss(
+                model, head, target, cfg, x, y, x_reg, gen_pairs, precision, forward
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
-                sums += torch.stack(
-                    [loss_task.detach() * len(y), loss_sim.detach() * len(y), (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=device)]
-                ).double()
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + 1, first_bad)
+                sums += torch.stack([loss_task * len(y), loss_sim * len(y), (logits.argmax(1) == y).sum()]).double()
+            seen += len(y)
+            n_pairs_seen += n_pairs
+            if (step + 1) % cfg.train.check_finite_every == 0 or step + 1 == steps:
+                _check_finite(first_bad, epoch)
             if progress and (step + 1) % max(1, steps // 10) == 0:
                 print(f"  epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}", file=sys.stderr)
+        task_sum, sim_sum, correct = sums.tolist()
         epoch_s = time.perf_counter() - t0
-        task_sum, sim_sum, correct, seen = sums.tolist()
         model.eval()
         val_acc = accuracy(model, val_set.images, val_set.labels, cfg.train.eval_batch_size, device)
         improved = math.isnan(val_acc) or val_acc > best_val
@@ -306,6 +327,8 @@ def train(
             "images_per_s": seen / epoch_s,
             "pairs_per_s": n_pairs_seen / epoch_s,
             "epoch_s": epoch_s,
+            "precision": precision.name,
+            "channels_last": precision.channels_last,
         }
         if head is not None:
             for name, w in zip(reg.layers, head.layer_weights().tolist()):
@@ -335,6 +358,8 @@ def train(
             callback(dict(metrics))
 
     best = load_checkpoint(best_path if best_path.exists() else last_path, map_location=device)
+    # Evaluation runs in fp32 on a contiguous model, whatever the training precision and layout.
+    model = model.to(memory_format=torch.contiguous_format)
     model.load_state_dict(best["model"])
     model.eval()
     return TrainResult(

@@ -112,7 +112,7 @@ def test_same_seed_same_run_other_seed_differs(tmp_path, digits_data):
 
 
 def test_nan_loss_stops_with_epoch_and_step(tmp_path, digits_data):
-    cfg = tiny(optim__lr=1e6, train__epochs=2, optim__momentum=0.0)
+    cfg = tiny(optim__lr=1e12, train__epochs=2, optim__momentum=0.0)
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+"):
         train(cfg, tmp_path / "nan", data=digits_data)
 
