@@ -105,7 +105,7 @@ def main() -> None:
     if a.compile:
         best = {"precision": "bf16" if fast else "fp32", "channels_last": True}
         settings.append((f"trainer {best['precision']} + channels_last + compile", {**best, "compile": True}))
-    print(f"| width | setting | training | images/s | x plain | reg/base |")
+    print("| width | setting | training | images/s | x plain | reg/base |")
     print("| ---: | --- | --- | ---: | ---: | ---: |")
     for w in a.widths:
         data_reg = prepare_data(run_config(w, a.steps, a.device, a.threads, True))

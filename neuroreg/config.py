@@ -160,6 +160,9 @@ class TrainConfig:
     on CPU and CUDA; the same numbers up to summation order)."""
     compile: bool = False
     """torch.compile the model's forward pass (needs a C++ compiler on CPU)."""
+    evaluate_checkpoint: Literal["best", "last"] = "best"
+    """Which checkpoint the evaluation suites see: best validation accuracy (ties keep the
+    later epoch) or the last epoch (the protocol of the papers' reference notebooks)."""
     check_finite_every: int = 50
     """Steps between checks that the loss is finite; each check waits for the device."""
 
@@ -289,6 +292,8 @@ class RunConfig:
         if t.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError("train.precision", f"{t.precision!r} is not a precision; use auto, fp32 or bf16")
         _positive(t.check_finite_every, "train.check_finite_every")
+        if t.evaluate_checkpoint not in ("best", "last"):
+            raise ConfigError("train.evaluate_checkpoint", "must be best or last")
         self.evaluation.validate("evaluation")
         return self
 

@@ -173,8 +173,8 @@ def augment_batch(
     return padded[
         torch.arange(n, device=dev)[:, None, None, None],
         torch.arange(c, device=dev)[None, :, None, None],
-        row_idx.to(dev)[:, None, :, None],
-        col_idx.to(dev)[:, None, None, :],
+        row_idx.to(dev, non_blocking=True)[:, None, :, None],
+        col_idx.to(dev, non_blocking=True)[:, None, None, :],
     ]
 
 

@@ -62,10 +62,37 @@ class TrainResult:
     last_checkpoint: Path
     wall_s: float
     initial_val_sim_loss: float = 0.0
+    evaluated_checkpoint: Path | None = None
+    """The checkpoint whose model this is (train.evaluate_checkpoint)."""
+    evaluated_epoch: int = 0
+    evaluated_layer_weights: dict[str, float] = field(default_factory=dict)
+    """Softmax layer weights of the evaluated checkpoint (not of the last epoch)."""
     test: ImageData | None = field(repr=False, default=None)
 
 
-# --- pieces ---------------------------------------------------------------------------
+# --- layer weights -------------------------------------------------------------------
+
+
+COLLAPSE_WEIGHT = 0.99
+"""A run has collapsed when one layer holds at least this share of the similarity weight."""
+
+
+def layer_weights_of(state: dict[str, Any], layers: list[str]) -> dict[str, float]:
+    """Softmax layer weights stored in a checkpoint's similarity head."""
+    logits = state["similarity"]["layer_logits"].float().cpu()
+    return dict(zip(layers, torch.softmax(logits, dim=0).tolist()))
+
+
+def collapse_summary(weights: dict[str, float]) -> dict[str, Any]:
+    """Dominant layer, its weight, and whether one layer holds >= COLLAPSE_WEIGHT of it."""
+    if not weights:
+        return {}
+    name = max(weights, key=weights.get)
+    return {"dominant_layer": name, "dominant_weight": weights[name],
+            "collapsed": bool(weights[name] >= COLLAPSE_WEIGHT)}
+
+
+# --- pieces ------------------------------------------------------------------------------
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,13 +163,15 @@ def joint_loss(
     ``forward`` replaces ``model`` for the classification pass (a compiled model).
     """
     with precision.autocast():
-        logits = (forward or model)(x)
+        logits = (model if forward is None else forward)(x)
     loss_task = F.cross_entropy(logits.float(), y)
     if head is None:
         return loss_task, loss_task, torch.zeros((), device=x.device), logits, 0
     reg = cfg.regularizer
     ridx, i, j = sample_pairs(cfg, len(x_reg), gen_pairs)
-    ridx, i, j = ridx.to(x.device), i.to(x.device), j.to(x.device)
+    # Drawn on the CPU generator (the same pairs on every device); non_blocking keeps the
+    # host-to-device copy from waiting on the GPU queue.
+    ridx, i, j = (t.to(x.device, non_blocking=True) for t in (ridx, i, j))
     s_t = target.pairs(ridx[i], ridx[j])
     with precision.autocast():
         feats = model.features(precision.layout(to_float(x_reg[ridx])), reg.layers)
@@ -276,7 +305,7 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
-        perm = torch.randperm(n_train, generator=gen_data).to(device)
+        perm = torch.randperm(n_train, generator=gen_data).to(device, non_blocking=True)
         steps = max(1, n_train // bs) if n_train >= bs else 1
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -311,7 +340,9 @@ def train(
         epoch_s = time.perf_counter() - t0
         model.eval()
         val_acc = accuracy(model, val_set.images, val_set.labels, cfg.train.eval_batch_size, device)
-        improved = math.isnan(val_acc) or val_acc > best_val
+        # Ties keep the later epoch: on a 1 % validation split equal accuracies are common,
+        # and the later model has trained longer.
+        improved = math.isnan(val_acc) or val_acc >= best_val
         val_sim = fixed_pair_similarity_loss(model, head, target, x_reg, cfg) if head is not None else 0.0
         if improved:
             best_val = val_acc if not math.isnan(val_acc) else best_val
@@ -357,10 +388,11 @@ def train(
         if callback is not None:
             callback(dict(metrics))
 
-    best = load_checkpoint(best_path if best_path.exists() else last_path, map_location=device)
+    chosen = last_path if cfg.train.evaluate_checkpoint == "last" or not best_path.exists() else best_path
+    evaluated = load_checkpoint(chosen, map_location=device)
     # Evaluation runs in fp32 on a contiguous model, whatever the training precision and layout.
     model = model.to(memory_format=torch.contiguous_format)
-    model.load_state_dict(best["model"])
+    model.load_state_dict(evaluated["model"])
     model.eval()
     return TrainResult(
         model=model,
@@ -368,6 +400,9 @@ def train(
         best_val_acc=best_val,
         out_dir=out,
         best_checkpoint=best_path,
+        evaluated_checkpoint=chosen,
+        evaluated_epoch=int(evaluated["epoch"]),
+        evaluated_layer_weights=layer_weights_of(evaluated, reg.layers) if head is not None else {},
         last_checkpoint=last_path,
         wall_s=time.perf_counter() - t_start,
         initial_val_sim_loss=init_sim,

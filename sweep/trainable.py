@@ -92,7 +92,7 @@ def run_trial(
     import torch
     from ray import tune
 
-    from neuroreg.train import PreparedData, train
+    from neuroreg.train import PreparedData, collapse_summary, train
 
     cfg = resolve_trial_config(config, base, seeds, cpus_per_trial)
     if cfg.train.device == "auto" and not ray.get_gpu_ids():
@@ -130,6 +130,13 @@ def run_trial(
     final: dict[str, Any] = {k: v for k, v in result.history[-1].items() if k != "checkpoint"}
     final["best_val_acc"] = result.best_val_acc
     final["train_wall_s"] = result.wall_s
+    # Layer weights and collapse of the checkpoint that is evaluated, not of the last epoch.
+    final["evaluated_checkpoint"] = cfg.train.evaluate_checkpoint
+    final["evaluated_epoch"] = result.evaluated_epoch
+    for name, w in result.evaluated_layer_weights.items():
+        final[f"last_layer_weight_{name}"] = final.get(f"layer_weight_{name}")
+        final[f"layer_weight_{name}"] = w
+    final.update(collapse_summary(result.evaluated_layer_weights))
     summary = evaluate(result, cfg, trial_dir / "evaluation")
     final.update(summary)
     final["evaluated"] = bool(summary)
