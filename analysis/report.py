@@ -29,7 +29,9 @@ from analysis.stats import (
     KEY_METRICS,
     arm_summary,
     best_arm,
-    compare_to_baseline,
+    CORRECTION,
+    compare_family,
+    family_metrics,
     finished,
     varying_columns,
 )
@@ -163,6 +165,59 @@ def searched_params(spec: dict[str, Any], trials: pd.DataFrame, configs: Sequenc
     return [c for c in varying_columns(trials, configs) if not is_seed_column(c)]
 
 
+def _family_table(fam: pd.DataFrame) -> pd.DataFrame:
+    t = fam[["metric", "arm", "test", "n", "mean", "baseline_mean", "diff"]].copy()
+    t["95 % CI"] = [f"[{fmt(lo, 3)}, {fmt(hi, 3)}]" for lo, hi in zip(fam["ci_low"], fam["ci_high"])]
+    t["p"], t["p (BH)"] = fam["p"], fam["p_adj"]
+    t["power"] = fam["power"]
+    t["seeds for 80 %"] = fam["n_80"]
+    return t
+
+
+def _family_text(fam: pd.DataFrame) -> str:
+    """How the family was tested, and its headline: the significant rows and the power."""
+    sig = fam[fam["p_adj"] < 0.05]
+    lines = [
+        "Difference = arm − baseline of the same condition, per metric (no metric is pooled "
+        "across noise types or levels). Paired t-test over the seeds both arms share "
+        "(`scipy.stats.ttest_rel`), Welch's t-test where seeds do not match; 95 % CI of the "
+        f"difference from scipy; p corrected over all {len(fam)} rows of this table "
+        f"({CORRECTION}, `scipy.stats.false_discovery_control`). *power*: the test's power for the "
+        "observed effect and variance at this number of seeds; *seeds for 80 %*: seeds per arm "
+        "that would give 80 % power.",
+        "",
+    ]
+    if len(sig):
+        lines.append(f"**Significant after correction ({len(sig)} of {len(fam)}):** " + "; ".join(
+            f"{r.metric} {r.arm}: {r.diff:+.4g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}], p_BH = {r.p_adj:.2g}"
+            for r in sig.itertuples()) + ".")
+    else:
+        lines.append(f"**No difference is significant after correction** (0 of {len(fam)}).")
+    return "\n".join(lines)
+
+
+def _collapse_section(doc: _Doc, done: pd.DataFrame) -> None:
+    """Collapse rate per arm and the comparison without the collapsed runs."""
+    if "collapsed" not in done.columns:
+        return
+    active = done[~done["baseline"].astype(bool)]
+    if not len(active) or active["collapsed"].isna().all():
+        return
+    col = active["collapsed"].fillna(False).astype(bool)
+    t = active.assign(collapsed=col).groupby("arm").agg(
+        n=("collapsed", "size"), collapsed=("collapsed", "sum"),
+        dominant=("dominant_layer", lambda s: ", ".join(f"{k} x{v}" for k, v in s.value_counts().items())),
+    ).reset_index()
+    t["rate"] = t["collapsed"] / t["n"]
+    doc.add("### Layer-weight collapse (evaluated checkpoint)", "",
+            "A run has collapsed when one layer holds >= 0.99 of the softmax layer weight.", "", md_table(t))
+    if col.any():
+        keep = done[done["baseline"].astype(bool) | ~done["collapsed"].fillna(False).astype(bool)]
+        fam = compare_family(keep, family_metrics(keep))
+        doc.add("Without the collapsed runs (their seeds drop out of the pairing):", "",
+                _family_text(fam), "", md_table(_family_table(fam)))
+
+
 def build_report(
     sweep: str,
     root: str | os.PathLike,
@@ -234,15 +289,11 @@ def build_report(
         for m in metrics:
             table[m] = [pm(a, b) for a, b in zip(s[f"{m}_mean"], s[f"{m}_sem"])]
         doc.add("## Arms (mean ± SEM over seeds)", "", md_table(table))
-    comp = compare_to_baseline(done, metrics)
     doc.add("## Against the baseline", "")
-    if len(comp):
-        doc.add("Difference = arm − baseline of the same condition; SEM of the difference = "
-                "sqrt(s²ₐ/nₐ + s²ᵦ/nᵦ); p from Welch's t-test over seeds "
-                "(`scipy.stats.ttest_ind(equal_var=False)`).", "")
-        comp = comp.sort_values("metric", key=lambda m: m.map(metrics.index), kind="stable")
-        c = comp[["metric", "arm", "n", "n_baseline", "mean", "baseline_mean", "diff", "sem_diff", "t", "p"]]
-        doc.add(md_table(c))
+    fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
+    if len(fam):
+        doc.add(_family_text(fam), "", md_table(_family_table(fam)))
+        _collapse_section(doc, done)
     else:
         doc.add("_No unregularized baseline arm (target none or alpha 0) in this sweep._", "")
 

@@ -109,3 +109,144 @@ def best_arm(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.Series 
 def varying_columns(trials: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     """The given columns that take more than one value among these trials."""
     return [c for c in columns if c in trials.columns and trials[c].astype(str).nunique(dropna=False) > 1]
+
+
+# --- the family of comparisons: paired by seed, CI, corrected p, power -----------------
+
+ALPHA = 0.05
+TARGET_POWER = 0.8
+CORRECTION = "Benjamini-Hochberg"
+"""Multiple-comparison correction over the whole family (scipy.stats.false_discovery_control)."""
+
+
+def family_metrics(trials: pd.DataFrame, metrics: Sequence[str] | None = None) -> list[str]:
+    """Metrics of the comparison family: clean accuracy, every noise type at every level,
+    the median distances (papers' and over correct images), and any extra ones given."""
+    base = ["clean_acc"]
+    noise = sorted(
+        (c for c in trials.columns if c.startswith("noise_acc_") and c != "noise_acc_mean"),
+        key=lambda c: (c.rsplit("_", 1)[0], float(c.rsplit("_", 1)[1]) if _is_float(c.rsplit("_", 1)[1]) else 0.0),
+    )
+    dist = ["median_l2", "median_linf", "median_l2_correct", "median_linf_correct"]
+    out = [m for m in dict.fromkeys([*base, *noise, *dist, *(metrics or [])]) if m in trials.columns]
+    return out
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def power_paired(effect: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of a two-sided one-sample (paired) t-test for standardized effect d at n pairs."""
+    if n < 2 or not np.isfinite(effect):
+        return np.nan
+    df = n - 1
+    tc = sps.t.ppf(1 - alpha / 2, df)
+    nc = effect * np.sqrt(n)
+    return float(sps.nct.sf(tc, df, nc) + sps.nct.cdf(-tc, df, nc))
+
+
+def power_welch(effect: float, n1: int, n2: int, alpha: float = ALPHA) -> float:
+    """Power of a two-sided two-sample t-test (pooled df) for standardized effect d."""
+    if n1 < 2 or n2 < 2 or not np.isfinite(effect):
+        return np.nan
+    df = n1 + n2 - 2
+    tc = sps.t.ppf(1 - alpha / 2, df)
+    nc = effect * np.sqrt(n1 * n2 / (n1 + n2))
+    return float(sps.nct.sf(tc, df, nc) + sps.nct.cdf(-tc, df, nc))
+
+
+def seeds_for_power(effect: float, paired: bool, power: float = TARGET_POWER, n_max: int = 1000) -> float:
+    """Smallest number of seeds (per arm) that gives ``power`` for the effect; inf beyond n_max."""
+    if not np.isfinite(effect) or effect == 0:
+        return np.inf
+    for n in range(2, n_max + 1):
+        p = power_paired(effect, n) if paired else power_welch(effect, n, n)
+        if p >= power:
+            return float(n)
+    return np.inf
+
+
+def compare_family(
+    trials: pd.DataFrame, metrics: Sequence[str] | None = None, seed_col: str = "train.seed"
+) -> pd.DataFrame:
+    """Every regularized arm against its condition's baseline, for every metric of the family.
+
+    Paired by seed (``scipy.stats.ttest_rel``) where the arm and the baseline share seeds,
+    on the shared seeds; otherwise Welch's t-test (``ttest_ind(equal_var=False)``). Columns:
+    metric, arm, baseline_arm, test, n, n_baseline, mean, baseline_mean, diff (arm -
+    baseline), ci_low, ci_high (95 % CI of the difference, scipy's), p, p_adj (corrected
+    over all rows, Benjamini-Hochberg), power (for the observed effect at this n), n_80
+    (seeds per arm for 80 % power at the observed effect and variance). Infinite values
+    (median distances with most images unbroken) are dropped and counted in n_inf.
+    """
+    metrics = list(metrics) if metrics is not None else family_metrics(trials)
+    rows = []
+    has_seed = seed_col in trials.columns
+    for _cond, d in trials.groupby("condition", sort=True, dropna=False):
+        base = d[d["baseline"].astype(bool)]
+        if not len(base):
+            continue
+        base_arm = " / ".join(sorted(base["arm"].unique()))
+        for arm, a in d[~d["baseline"].astype(bool)].groupby("arm", sort=True):
+            for m in metrics:
+                if m not in d.columns:
+                    continue
+                rows.append({"metric": m, "arm": arm, "baseline_arm": base_arm,
+                             **_compare_one(a, base, m, seed_col if has_seed else None)})
+    cols = ["metric", "arm", "baseline_arm", "test", "n", "n_baseline", "n_inf", "mean", "baseline_mean",
+            "diff", "ci_low", "ci_high", "p", "p_adj", "power", "n_80"]
+    out = pd.DataFrame(rows, columns=[c for c in cols if c != "p_adj"])
+    out["p_adj"] = np.nan
+    ok = out["p"].notna()
+    if ok.any():
+        out.loc[ok, "p_adj"] = sps.false_discovery_control(out.loc[ok, "p"].to_numpy(float), method="bh")
+    return out[cols]
+
+
+def _compare_one(a: pd.DataFrame, base: pd.DataFrame, m: str, seed_col: str | None) -> dict:
+    xa = pd.to_numeric(a[m], errors="coerce")
+    ya = pd.to_numeric(base[m], errors="coerce")
+    n_inf = int(np.isinf(xa).sum() + np.isinf(ya).sum())
+    x = pd.Series(xa.to_numpy(), index=a[seed_col].to_numpy() if seed_col else None)
+    y = pd.Series(ya.to_numpy(), index=base[seed_col].to_numpy() if seed_col else None)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    shared = sorted(set(x.index) & set(y.index)) if seed_col else []
+    paired = seed_col is not None and len(shared) >= 2 and x.index.is_unique and y.index.is_unique
+    res: dict = {"n_inf": n_inf, "mean": x.mean() if len(x) else np.nan,
+                 "baseline_mean": y.mean() if len(y) else np.nan}
+    nan = {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "power": np.nan, "n_80": np.nan}
+    if paired:
+        d = (x[shared] - y[shared]).to_numpy(float)
+        res.update(test="paired t", n=len(d), n_baseline=len(d), **{**nan, "diff": float(d.mean())})
+        sd = d.std(ddof=1)
+        if sd == 0:
+            return res
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            t = sps.ttest_rel(x[shared].to_numpy(float), y[shared].to_numpy(float))
+        ci = t.confidence_interval(1 - ALPHA)
+        effect = abs(d.mean()) / sd
+        res.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue),
+                   power=power_paired(effect, len(d)), n_80=seeds_for_power(effect, True))
+        return res
+    res.update(test="Welch t", n=len(x), n_baseline=len(y), **nan)
+    if len(x) and len(y):
+        res["diff"] = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return res
+    sa, sb = x.std(ddof=1), y.std(ddof=1)
+    if sa == 0 and sb == 0:
+        return res
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = sps.ttest_ind(x.to_numpy(float), y.to_numpy(float), equal_var=False)
+    ci = t.confidence_interval(1 - ALPHA)
+    effect = abs(res["diff"]) / np.sqrt((sa**2 + sb**2) / 2)
+    res.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue),
+               power=power_welch(effect, len(x), len(y)), n_80=seeds_for_power(effect, False))
+    return res

@@ -29,16 +29,21 @@ def start_ray(address: str | None, num_cpus: int | None, dashboard: bool = True)
     import ray
 
     t0 = time.perf_counter()
+    reuse = running_local_cluster() if not address and num_cpus is None else None
     if ray.is_initialized():
         started = False
         node = getattr(ray._private.worker, "_global_node", None)
         url = getattr(node, "webui_url", None) if node is not None else None
-    elif address:
-        info = ray.init(address=address, log_to_driver=True)
+    elif address or reuse:
+        # A live `ray start` cluster on this machine saves the start-up of a new instance.
+        info = ray.init(address=address or reuse, log_to_driver=True)
         started = False
         url = info.dashboard_url
     else:
         info = ray.init(
+            # "local": always a new instance, never the cluster named in Ray's current-cluster
+            # file, which outlives a cluster that died without `ray stop` (ray.init would hang).
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=dashboard,
             dashboard_host=DASHBOARD_HOST,
@@ -48,6 +53,27 @@ def start_ray(address: str | None, num_cpus: int | None, dashboard: bool = True)
         started = True
         url = info.dashboard_url if dashboard else None
     return RayInfo(started, time.perf_counter() - t0, _http(url), token_auth_enabled())
+
+
+def running_local_cluster(temp_dir: str | None = None, timeout_s: float = 1.0) -> str | None:
+    """host:port of the `ray start` cluster named in Ray's current-cluster file, if its GCS
+    answers within ``timeout_s``; None when there is none or it is dead (a stale file)."""
+    import socket
+
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        addr = find_bootstrap_address(temp_dir)
+    except Exception:  # no file, unreadable file, another Ray layout
+        return None
+    if not addr or ":" not in addr:
+        return None
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return addr
+    except (OSError, ValueError):
+        return None
 
 
 def _http(url: str | None) -> str | None:

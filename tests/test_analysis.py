@@ -598,5 +598,7 @@ def test_gathers_a_real_tiny_sweep(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Noise accuracy" in printed and "gaussian 0.2" in printed
     text = (tmp_path / "rep" / "report.md").read_text()
-    assert "## Against the baseline" in text and "| noise_acc_mean | pixel_th |" in text
+    # per noise level, never a pooled mean (issue 11)
+    assert "## Against the baseline" in text and "| noise_acc_gaussian_0.2 | pixel_th |" in text
+    assert "| noise_acc_mean | pixel_th |" not in text
     _png_ok(tmp_path / "rep" / "plots" / "noise_accuracy.png")
