@@ -11,6 +11,7 @@ left out; it never stops the gather.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -240,12 +241,54 @@ def _trials_table(sweep: str, trials: list[TrialFolder], spec: dict[str, Any]) -
     df["arm"] = labels["arm"]
     df["condition"] = labels["condition"]
     df["baseline"] = labels["baseline"]
+    keys = _config_keys(df, config_cols, ~labels["baseline"])
+    df["arm_key"], df["condition_key"] = keys["arm_key"], keys["condition_key"]
     reg_data = df["regularizer.data.name"] if "regularizer.data.name" in df else pd.Series(None, index=df.index)
     data = df["data.name"] if "data.name" in df else pd.Series(None, index=df.index)
     df["reg_dataset"] = reg_data.where(reg_data.notna(), data)
-    fixed = list(REQUIRED["trials"]) + ["condition", "baseline"]
+    fixed = list(REQUIRED["trials"]) + ["condition", "baseline", "arm_key", "condition_key"]
     metric_cols = [c for c in df.columns if c not in fixed and c not in config_keys]
     return df[fixed + config_cols + sorted(metric_cols)]
+
+
+# Fields that change where or how fast a run goes, not what it trains; never part of a key.
+_NOT_IDENTITY = (
+    "train.device", "train.num_threads", "train.check_finite_every", "train.compile",
+    "data.root", "data.download", "regularizer.data.root", "regularizer.data.download",
+)
+
+
+def _config_keys(df: pd.DataFrame, config_cols: list[str], active: pd.Series) -> pd.DataFrame:
+    """Sweep-independent keys: ``arm_key`` identifies the trained configuration without its
+    seed (the same in every sweep that trains it), ``condition_key`` its non-regularizer part.
+    Evaluation settings are measurement, not configuration; an inactive regularizer's fields
+    do not matter (every baseline of a condition shares one key)."""
+    import hashlib
+
+    cols = [c for c in config_cols if not is_seed_column(c) and c not in _NOT_IDENTITY
+            and not c.startswith("evaluation.")]
+    cond_cols = [c for c in cols if not c.startswith("regularizer.")]
+    reg_cols = [c for c in cols if c.startswith("regularizer.")]
+
+    def digest(d: dict) -> str:
+        text = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    arm_keys, cond_keys = [], []
+    for i in df.index:
+        cond = {c: _key_value(df.at[i, c]) for c in cond_cols}
+        reg = {c: _key_value(df.at[i, c]) for c in reg_cols} if active[i] else {"regularizer.target": "none"}
+        cond_keys.append(digest(cond))
+        arm_keys.append(digest({**cond, **reg}))
+    return pd.DataFrame({"arm_key": arm_keys, "condition_key": cond_keys}, index=df.index)
+
+
+def _key_value(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v.item() if hasattr(v, "item") else v
 
 
 def _arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:

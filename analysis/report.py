@@ -26,10 +26,10 @@ from analysis.gather import default_results_root, gather_report, is_seed_column
 from analysis.importance import param_importances, pareto_front
 from analysis.query import config_columns, default_root, load, sweep_meta
 from analysis.stats import (
+    CORRECTION,
     KEY_METRICS,
     arm_summary,
     best_arm,
-    CORRECTION,
     compare_family,
     family_metrics,
     finished,

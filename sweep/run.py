@@ -189,7 +189,8 @@ def describe(spec) -> str:
                  f"max concurrent {r.max_concurrent or 'as many as fit'}; time budget {spec.time_budget_s or 'none'}")
     n = spec.num_trials()
     if spec.search.algorithm == "optuna":
-        lines.append(f"  trials: {n} ({spec.num_samples} configurations x {spec.repeats} seeds)")
+        extra = f" + {spec.baseline_trials()} baseline (regularizer.target none)" if spec.baseline_trials() else ""
+        lines.append(f"  trials: {n} ({spec.num_samples} configurations x {spec.repeats} seeds{extra})")
     else:
         trials = enumerate_trials(spec)
         lines.append(f"  trials: {n}")
@@ -301,6 +302,11 @@ def _gather(exp_path: str, storage: str) -> None:
         return
     for kind, path in (tables or {}).items():
         print(f"  table {kind}: {path}")
+    if "trials" in (tables or {}):
+        from analysis.summary import print_summary
+
+        print()
+        print_summary(results_root, Path(exp_path).name)
 
 
 if __name__ == "__main__":

@@ -63,8 +63,11 @@ SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 _TOP_KEYS = (
     "name", "description", "base", "space", "search", "scheduler", "seeds", "metric", "mode",
-    "num_samples", "time_budget_s", "resources",
+    "num_samples", "time_budget_s", "resources", "baseline",
 )
+
+BASELINE_PARAMS: dict[str, Any] = {"regularizer.target": "none"}
+"""The parameters of the baseline arm every sweep adds (unless ``baseline: false``)."""
 
 
 @dataclass
@@ -145,6 +148,9 @@ class SweepSpec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     description: str = ""
     source: str | None = None
+    baseline: bool = True
+    """Add an unregularized arm (regularizer.target none) for every seed, unless the trial
+    list already has one: a comparison needs its baseline."""
 
     # --- derived ------------------------------------------------------------------
     @property
@@ -165,8 +171,14 @@ class SweepSpec:
 
     def num_trials(self) -> int:
         if self.search.algorithm == "optuna":
-            return self.num_samples * self.repeats
+            return self.num_samples * self.repeats + self.baseline_trials()
         return len(enumerate_trials(self))
+
+    def baseline_trials(self) -> int:
+        """Baseline trials an Optuna sweep runs beside the searched ones (one per seed)."""
+        if self.search.algorithm != "optuna" or not self.baseline:
+            return 0
+        return self.repeats
 
     def max_epochs(self) -> int:
         """Largest train.epochs any trial can have (ASHA's horizon)."""
@@ -190,6 +202,7 @@ class SweepSpec:
             "num_samples": self.num_samples,
             "time_budget_s": self.time_budget_s,
             "resources": dict(vars(self.resources)),
+            "baseline": self.baseline,
         }
 
     def to_yaml(self) -> str:
@@ -260,6 +273,7 @@ def parse_spec(
         num_samples=_typed(raw, "num_samples", int, 1),
         time_budget_s=_typed(raw, "time_budget_s", (int, float), None),
         source=source,
+        baseline=_typed(raw, "baseline", bool, True),
     )
     if spec.mode not in MODES:
         raise ConfigError("mode", f"must be min or max, got {spec.mode!r}")
@@ -563,9 +577,33 @@ def enumerate_trials(spec: SweepSpec) -> list[dict[str, Any]]:
                 continue
             seen.add(ident)
             configs.append(values)
+    if spec.baseline:
+        configs = _with_baselines(spec.base, configs)
     if not spec.seeds:
         return configs
     return [{**c, "train.seed": s} for c in configs for s in spec.seeds]
+
+
+def _with_baselines(base: dict[str, Any], configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A baseline for every condition (the non-regularizer parameters, e.g. a width) that
+    has none, placed before the condition's first configuration."""
+    def condition(c: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in c.items() if not k.startswith("regularizer.")}, sort_keys=True)
+
+    covered = {condition(c) for c in configs if _inactive(base, c)}
+    out: list[dict[str, Any]] = []
+    for c in configs:
+        cond = condition(c)
+        if cond not in covered:
+            covered.add(cond)
+            out.append({**{k: v for k, v in c.items() if not k.startswith("regularizer.")}, **BASELINE_PARAMS})
+        out.append(c)
+    return out
+
+
+def _inactive(base: dict[str, Any], params: dict[str, Any]) -> bool:
+    """Whether base + params trains without the similarity loss (a baseline)."""
+    return not RunConfig.from_dict(_with_params(base, params), validate=False).regularizer.active
 
 
 def sample_value(p: ParamSpec, rng: Any) -> Any:

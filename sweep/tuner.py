@@ -16,10 +16,17 @@ from typing import Any
 
 import numpy as np
 from ray import tune
-from ray.tune.search import Repeater
+from ray.tune.search import Repeater, Searcher
 
-from sweep.spec import EPOCH_METRICS, ParamSpec, SweepSpec, condition_holds, enumerate_trials
-from sweep.trainable import data_key, prepare_shared_data, run_trial
+from sweep.spec import (
+    BASELINE_PARAMS,
+    EPOCH_METRICS,
+    ParamSpec,
+    SweepSpec,
+    condition_holds,
+    enumerate_trials,
+)
+from sweep.trainable import TRIAL_INDEX, data_key, prepare_shared_data, run_trial
 
 PARAMS = "params"  # a trial's config: {"params": {dotted key: value}} (+ "__trial_index__")
 
@@ -48,6 +55,53 @@ class MeanRepeater(Repeater):
                 result={m: float(v) for m, v in zip(metrics, means) if not math.isnan(v)},
                 **kwargs,
             )
+
+
+class BaselineFirst(Searcher):
+    """Hands out one baseline trial per seed first, then the wrapped searcher's trials.
+
+    The baseline trials never reach the wrapped searcher: Optuna's study holds only the
+    configurations it suggested, while every seed still gets its unregularized reference.
+    """
+
+    def __init__(self, searcher: Searcher, n_seeds: int):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher
+        self.pending = [{PARAMS: dict(BASELINE_PARAMS), TRIAL_INDEX: i} for i in range(n_seeds)]
+        self.ours: set[str] = set()
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.pending:
+            self.ours.add(trial_id)
+            return self.pending.pop(0)
+        return self.searcher.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.ours:
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.ours:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        from neuroreg.atomic import atomic_write
+
+        self.searcher.save(checkpoint_path + ".inner")
+        atomic_write(checkpoint_path, lambda f: pickle.dump({"pending": self.pending, "ours": self.ours}, f))
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        self.searcher.restore(checkpoint_path + ".inner")
+        with open(checkpoint_path, "rb") as f:  # written by save() above, in this sweep's folder
+            state = pickle.load(f)
+        self.pending, self.ours = state["pending"], state["ours"]
 
 
 class OptunaSpace:
@@ -125,7 +179,9 @@ def build_search(spec: SweepSpec) -> tuple[Any, dict[str, Any], int]:
     )
     if spec.repeats > 1:
         searcher = MeanRepeater(searcher, repeat=spec.repeats, set_index=True)
-    return searcher, {}, spec.num_samples * spec.repeats
+    if spec.baseline_trials():
+        searcher = BaselineFirst(searcher, spec.baseline_trials())
+    return searcher, {}, spec.num_trials()
 
 
 def build_scheduler(spec: SweepSpec) -> Any:

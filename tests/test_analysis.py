@@ -578,6 +578,16 @@ def test_gathers_a_real_tiny_sweep(tmp_path, capsys):
     assert set(trials["regularizer.target"]) == {"none", "pixel_th"}
     assert (trials["n_epochs"] == 2).all() and (trials["iterations"] == 3).all()
     assert trials["checkpoint"].map(lambda p: Path(p).is_file()).all()
+    # issue 11: sweep-independent keys, the evaluated checkpoint's layer weights and collapse
+    assert trials["arm_key"].nunique() == 2 and trials["condition_key"].nunique() == 1
+    reg = trials[trials["arm"] == "pixel_th"].iloc[0]
+    assert reg["evaluated_checkpoint"] == "best" and reg["dominant_layer"] in ("conv1", "conv5")
+    weights = [reg[f"layer_weight_{n}"] for n in ("conv1", "conv5")]
+    assert sum(weights) == pytest.approx(1.0) and reg["dominant_weight"] == pytest.approx(max(weights))
+    assert reg["collapsed"] == (max(weights) >= 0.99)
+    # ...and sweep.run's closing summary compares the arm with the baseline
+    assert "Against the baseline (none)" in proc.stdout
+    assert any(line.split()[:3] == ["pixel_th", "1", "clean_acc"] for line in proc.stdout.splitlines())
     # Trial metrics equal the trial's own evaluation summary and last Ray report.
     for _, row in trials.iterrows():
         summary = json.loads((Path(row["trial_dir"]) / "evaluation" / "summary.json").read_text())

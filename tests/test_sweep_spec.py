@@ -55,13 +55,17 @@ def test_space_maps_to_typed_params():
     assert kinds["model.width"] == ("int", 4, 8, None)
     assert kinds["regularizer.layers"][3] == [["conv1"], ["conv1", "conv5"]]
     assert s.space[1].when == {"regularizer.target": ["pixel_th"]}
-    assert s.seeds == [0, 1] and s.num_trials() == 8
+    assert s.seeds == [0, 1] and s.num_trials() == 16  # with a baseline per sampled width
     trials = enumerate_trials(s)
     # Each configuration is repeated with identical sampled values over the seeds.
     for a, b in zip(trials[::2], trials[1::2]):
         assert {k: v for k, v in a.items() if k != "train.seed"} == {k: v for k, v in b.items() if k != "train.seed"}
         assert (a["train.seed"], b["train.seed"]) == (0, 1)
+    base = [t for t in trials if t.get("regularizer.target") == "none"]
+    assert len(base) == 8 and all("regularizer.alpha" not in t for t in base)
     for t in trials:
+        if t in base:
+            continue
         assert 0.1 <= t["regularizer.alpha"] <= 10 and 0.1 <= t["regularizer.th"] <= 0.9
         assert t["model.width"] in range(4, 9) and isinstance(t["model.width"], int)
         assert t["regularizer.layers"] in (["conv1"], ["conv1", "conv5"])
@@ -132,7 +136,7 @@ def test_optuna_define_by_run_respects_conditions_and_list_choices():
         num_samples=3,
         seeds=2,
     )
-    assert s.num_trials() == 6
+    assert s.num_trials() == 6 + 2  # + a baseline per seed
     fn = optuna_space(s)
     t = FakeTrial({"params/regularizer.target": "pixel", "params/regularizer.alpha": 1.0,
                    "params/regularizer.layers": '["conv1", "conv5"]'})
@@ -200,6 +204,7 @@ def test_shipped_spaces_parse(tmp_path, monkeypatch):
     assert {"alpha_th", "reg_type", "layers", "cifar10_paper", "mnist_paper"} <= set(names)
     counts = {n: load_spec(n, check_files=False).num_trials() for n in names}
     assert counts["alpha_th"] <= 8 and counts["reg_type"] == 12
+    assert counts["layers"] == 12  # 5 layer sets + the added baseline, x 2 seeds
     assert counts["cifar10_paper"] == 14 and counts["mnist_paper"] == 14
     cifar = load_spec("cifar10_paper", check_files=False)
     assert cifar.base["data"]["root"] == str(tmp_path.resolve())  # pinned absolute for the workers
@@ -207,7 +212,7 @@ def test_shipped_spaces_parse(tmp_path, monkeypatch):
     assert (b.model.width, b.train.epochs, b.regularizer.alpha, b.regularizer.th) == (64, 40, 10.0, 0.8)
     m = load_spec("mnist_paper", check_files=False).base_config
     assert (m.regularizer.alpha, m.regularizer.th) == (4.0, 0.2)
-    assert counts["mnist_repro"] == 6 and counts["cifar10_repro"] == 6 and counts["frequency"] == 4
+    assert counts["mnist_repro"] == 10 and counts["cifar10_repro"] == 6 and counts["frequency"] == 4
     assert counts["mnist_investigate"] == 15 and counts["cifar10_investigate"] == 6
     # The conditional grid gives MSE its matched alpha and leaves the atanh arms at the base's 4.
     inv = enumerate_trials(load_spec("mnist_investigate", check_files=False))
@@ -279,7 +284,7 @@ def test_scheduler_and_searchers_are_built_from_the_spec():
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from sweep.tuner import MeanRepeater, build_scheduler, build_search, needs_lenient_metrics
+    from sweep.tuner import BaselineFirst, MeanRepeater, build_scheduler, build_search, needs_lenient_metrics
 
     s = spec_of(space={"regularizer.alpha": {"uniform": [0.5, 2]}}, search={"algorithm": "optuna"},
                 scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}, num_samples=4, seeds=3)
@@ -287,13 +292,17 @@ def test_scheduler_and_searchers_are_built_from_the_spec():
     # Horizon epochs + 1: the evaluation report comes after the last epoch.
     assert isinstance(sched, ASHAScheduler) and sched._max_t == s.max_epochs() + 1 == 2
     searcher, space, n = build_search(s)
-    assert isinstance(searcher, MeanRepeater) and searcher.repeat == 3 and n == 12 and space == {}
-    assert searcher.searcher.metric == "best_val_acc" and not needs_lenient_metrics(s)
+    assert isinstance(searcher, BaselineFirst) and n == 12 + 3 and space == {}
+    rep = searcher.searcher
+    assert isinstance(rep, MeanRepeater) and rep.repeat == 3
+    assert rep.searcher.metric == "best_val_acc" and not needs_lenient_metrics(s)
 
     multi = spec_of(space={"regularizer.alpha": {"uniform": [0.5, 2]}},
                     search={"algorithm": "optuna", "metrics": ["best_val_acc", "median_l2"], "modes": ["max", "max"]})
     searcher, _, n = build_search(multi)
-    assert isinstance(searcher, OptunaSearch) and searcher.metric == ["best_val_acc", "median_l2"] and n == 1
+    assert isinstance(searcher, BaselineFirst) and n == 1 + 1
+    searcher = searcher.searcher
+    assert isinstance(searcher, OptunaSearch) and searcher.metric == ["best_val_acc", "median_l2"]
     assert needs_lenient_metrics(multi) and build_scheduler(multi) is None
 
     grid = spec_of(space={"regularizer.target": {"grid": ["none", "pixel"]}}, search={"algorithm": "grid"}, seeds=2)
@@ -353,7 +362,7 @@ def test_cli_flags_reach_the_spec(tmp_path, monkeypatch, capsys):
                        "--set", "model.width=6"])
     spec, name = load_for_run(args, str(tmp_path))
     assert spec.base["data"]["root"] == str((tmp_path / "data").resolve())
-    assert (spec.num_samples, spec.num_trials(), spec.base_config.model.width) == (5, 10, 6)
+    assert (spec.num_samples, spec.num_trials(), spec.base_config.model.width) == (5, 12, 6)
     r = spec.resources
     assert (r.cpus_per_trial, r.gpus_per_trial, r.max_concurrent) == (0.5, 0.25, 3)
     assert name.startswith("opt-")
