@@ -25,6 +25,7 @@ from neuroreg.evaluate.frequency import (
     run_frequency,
     spectrum_records,
 )
+from neuroreg.evaluate.frequency import frequency_grid, power_within
 
 
 def _grating(size: int, cycles_x: int, cycles_y: int = 0, phase: float = 0.0) -> torch.Tensor:
@@ -36,7 +37,7 @@ def _grating(size: int, cycles_x: int, cycles_y: int = 0, phase: float = 0.0) ->
 def _f05(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     spec = power_spectrum(delta)
     centres, power = radial_profile(spec, n_bins=25, f_max=0.5)
-    cum = cumulative_power(power.double(), spec.double().sum())
+    cum = cumulative_power(power.double(), power_within(spec, 0.5))
     return centres, power, half_power_frequency(centres, cum)
 
 
@@ -132,7 +133,9 @@ def test_spectrum_records_drop_zero_and_nonfinite_perturbations():
 def test_hybrid_endpoints_are_the_source_images():
     g = torch.Generator().manual_seed(2)
     x_low, x_high = torch.rand(2, 3, 3, 16, 16, generator=g)
-    assert torch.allclose(hybrid(x_low, x_high, 0.0), x_high, atol=1e-6)
+    # c = 0: |f| <= 0 is the DC alone, so the high image with the low image's mean
+    dc = x_high - x_high.mean(dim=(-2, -1), keepdim=True) + x_low.mean(dim=(-2, -1), keepdim=True)
+    assert torch.allclose(hybrid(x_low, x_high, 0.0), dc.clamp(0, 1), atol=1e-6)
     assert torch.allclose(hybrid(x_low, x_high, 1.0), x_low, atol=1e-6)
     mid = hybrid(x_low, x_high, 0.5)
     assert not torch.allclose(mid, x_low, atol=1e-2) and not torch.allclose(mid, x_high, atol=1e-2)
@@ -148,12 +151,25 @@ def test_hybrid_takes_low_frequencies_from_one_image_and_high_from_the_other():
 
 def test_lowpass_mask_is_radial_and_grows_with_c():
     areas = [float(lowpass_mask(32, 32, c).sum()) for c in (0.0, 0.25, 0.5, 0.99, 1.0)]
-    assert areas[0] == 0 and areas[-1] == 32 * 32
+    assert areas[0] == 1 and areas[-1] == 32 * 32  # c = 0: |f| <= 0 is the DC alone (METHOD.md)
     assert areas == sorted(areas)
     # Radial: the disc |f| < 0.25 has about pi r^2 of the 32 x 32 grid's cells.
     assert areas[2] == pytest.approx(math.pi * (0.25 * 32) ** 2, rel=0.05)
     with pytest.raises(ValueError, match="c must be >= 0"):
         lowpass_mask(8, 8, -0.1)
+    # |f| <= c * Nyquist, not <: the ring at exactly |f| = 0.25 (8 cycles on 32 px) is inside
+    grid = frequency_grid(32, 32)
+    on_circle = torch.isclose(grid, torch.tensor(0.25, dtype=grid.dtype))
+    assert on_circle.any() and bool((lowpass_mask(32, 32, 0.5)[on_circle] == 1).all())
+
+
+def test_f05_of_white_noise_is_normalised_within_nyquist():
+    # METHOD.md: 50 % of the power within |f| <= 0.5. White noise has a flat spectrum, so
+    # f0.5 is the radius holding half the disc's cells: about 0.348 at 28 px; normalising
+    # by the total power (corners beyond Nyquist included) would give about 0.396.
+    delta = torch.randn(400, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    rec = [r for r in spectrum_records("l2", delta) if r["kind"] == "summary"][0]
+    assert rec["f05"] == pytest.approx(0.348, abs=0.01)
 
 
 def test_hybrid_pairs_have_different_labels_and_depend_on_seed():

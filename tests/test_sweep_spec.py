@@ -284,7 +284,13 @@ def test_scheduler_and_searchers_are_built_from_the_spec():
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from sweep.tuner import BaselineFirst, MeanRepeater, build_scheduler, build_search, needs_lenient_metrics
+    from sweep.tuner import (
+        BaselineFirst,
+        MeanRepeater,
+        build_scheduler,
+        build_search,
+        needs_lenient_metrics,
+    )
 
     s = spec_of(space={"regularizer.alpha": {"uniform": [0.5, 2]}}, search={"algorithm": "optuna"},
                 scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}, num_samples=4, seeds=3)

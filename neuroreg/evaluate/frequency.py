@@ -33,15 +33,15 @@ NYQUIST = 0.5
 F05_DEFINITION = (
     "f05: radial spatial frequency |f| (cycles/pixel, Nyquist 0.5) at which the cumulative "
     "power of the mean perturbation spectrum (mean over images of |fftshift(fft2(delta))|^2, "
-    "channels averaged) first reaches 50 % of the total power (all frequencies, DC and the "
-    "corners beyond 0.5 included); cumulative power is taken at the upper edges of {n_bins} "
+    "channels averaged) first reaches 50 % of the power within |f| <= 0.5 (DC included, the "
+    "corners beyond Nyquist excluded, METHOD.md); cumulative power is taken at the upper edges of {n_bins} "
     "equal bins over [0, {f_max}] (starting from 0 at f = 0) and linearly interpolated"
 )
 F_REV_DEFINITION = (
     "f_rev: mixing frequency c (fraction of Nyquist 0.5 cycles/pixel) at which p_low - p_high "
     "first crosses zero from below, linearly interpolated between grid points; hybrid = "
     "ifft2(F_low * mask + F_high * (1 - mask)) clipped to [0, 1] with the radial mask "
-    "|f| < c * 0.5 for c < 1 and the whole spectrum for c >= 1"
+    "|f| <= c * 0.5 for c < 1 (c = 0 takes only the low image's DC) and the whole spectrum for c >= 1"
 )
 FREQUENCY_GROUPS = ("low", "mid", "high")
 
@@ -99,6 +99,12 @@ def radial_profile(
     return centres.float(), power.float()
 
 
+def power_within(spectrum: Tensor, f: float) -> Tensor:
+    """Summed power of a centred spectrum at |f| <= ``f`` (the f0.5 denominator at Nyquist)."""
+    radius = frequency_grid(*spectrum.shape, device=spectrum.device)
+    return spectrum.double()[radius <= f + 1e-9].sum()
+
+
 def cumulative_power(power: Tensor, total: float | Tensor | None = None) -> Tensor:
     """Fraction of ``total`` power (default: the profile's sum) up to each bin's upper edge."""
     denom = power.sum() if total is None else torch.as_tensor(total, dtype=power.dtype)
@@ -136,16 +142,17 @@ def lowpass_mask(
 ) -> Tensor:
     """Radial low-pass mask (fftshift-ed, 1 = taken from the low image) at mixing frequency c.
 
-    ``|f| < c * Nyquist`` for ``c < 1``; ``c >= 1`` takes the whole spectrum, including the
-    corners up to |f| = 0.707, so that c = 1 gives exactly the low image and c = 0 exactly
-    the high image. (Only the corners, which carry little power in natural images, switch
-    between c just below 1 and c = 1.)
+    ``|f| <= c * Nyquist`` for ``c < 1`` (METHOD.md), so c = 0 takes the low image's DC
+    (its mean) and nothing else; ``c >= 1`` takes the whole spectrum, including the corners
+    up to |f| = 0.707, so that c = 1 gives exactly the low image. (Only the corners, which
+    carry little power in natural images, switch between c just below 1 and c = 1.)
     """
     if not 0.0 <= c:
         raise ValueError(f"mixing frequency c must be >= 0 (fraction of Nyquist), got {c}")
     if c >= 1.0:
         return torch.ones(height, width, device=device)
-    return (frequency_grid(height, width, device=device) < c * NYQUIST).float()
+    # The tolerance keeps grid frequencies exactly on the circle inside despite rounding.
+    return (frequency_grid(height, width, device=device) <= c * NYQUIST + 1e-9).float()
 
 
 def hybrid(x_low: Tensor, x_high: Tensor, c: float) -> Tensor:
@@ -310,7 +317,9 @@ def spectrum_records(
         return [_summary_f05(norm, math.nan, 0, "no finite, non-zero perturbation")]
     spec = power_spectrum(delta)
     centres, power = radial_profile(spec, n_bins, f_max)
-    total = spec.double().sum()
+    total = power_within(spec, NYQUIST)
+    if not float(total) > 0:  # all power beyond Nyquist (a checkerboard): f0.5 is never reached
+        total = spec.double().sum()
     cum = cumulative_power(power.double(), total)
     rel = power.double() / total
     rows = [
