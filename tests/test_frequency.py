@@ -13,6 +13,7 @@ from torch import nn
 from neuroreg.config import ConfigError
 from neuroreg.evaluate.frequency import (
     cumulative_power,
+    frequency_grid,
     group_corruptions,
     half_power_frequency,
     hybrid,
@@ -20,12 +21,12 @@ from neuroreg.evaluate.frequency import (
     hybrid_pairs,
     lowpass_mask,
     power_spectrum,
+    power_within,
     radial_profile,
     reversal_frequency,
     run_frequency,
     spectrum_records,
 )
-from neuroreg.evaluate.frequency import frequency_grid, power_within
 
 
 def _grating(size: int, cycles_x: int, cycles_y: int = 0, phase: float = 0.0) -> torch.Tensor:
