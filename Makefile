@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q --timeout=900 $(ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/joint_step.py
+	$(PY) bench/train_throughput.py
 	$(PY) bench/attacks.py
 	$(PY) bench/sweep_overhead.py
 
