@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from analysis import store
+from analysis.filters import parse_filter
 from analysis.schema import ALIASES, KEY, REQUIRED, TABLES
 
 AGGREGATES = ("mean", "sem", "median", "count", "std", "min", "max")
@@ -124,11 +125,11 @@ def resolve(name: str, columns: Iterable[str]) -> str:
 
 
 _KV = re.compile(r"^\s*([A-Za-z_][\w./-]*)\s*=(?!=)\s*(.*)$")
-_STRING = re.compile(r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")
 
 
 def select(df: pd.DataFrame, where: Sequence[str] | str | None) -> pd.DataFrame:
-    """Rows matching every filter (``key=value`` or a pandas query expression)."""
+    """Rows matching every filter (``key=value[,value]`` or a comparison expression of
+    analysis.filters: parsed, never evaluated as code)."""
     if not where:
         return df
     if isinstance(where, str):
@@ -139,7 +140,7 @@ def select(df: pd.DataFrame, where: Sequence[str] | str | None) -> pd.DataFrame:
         if m:
             mask &= _equals(df, resolve(m.group(1), df.columns), m.group(2))
         else:
-            mask &= df.eval(_backtick(item, df.columns), engine="python").astype(bool)
+            mask &= parse_filter(item, df, resolve)
     return df[mask]
 
 
@@ -157,23 +158,6 @@ def _equals(df: pd.DataFrame, col: str, text: str) -> pd.Series:
         else:
             out |= series.astype(str) == str(v)
     return out
-
-
-def _backtick(expr: str, columns: Iterable[str]) -> str:
-    """Quote column names that are no Python identifiers (dotted config names, metric
-    names like noise_acc_gaussian_0.08) and aliases, so pandas' query parser takes them."""
-    cols = set(columns)
-    names = {c: c for c in cols if not c.isidentifier()}
-    names.update({a: full for a, full in ALIASES.items() if full in cols and a not in cols})
-    if not names:
-        return expr
-    pattern = re.compile(
-        r"(?<![\w.`])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?![\w`])"
-    )
-    parts = _STRING.split(expr)
-    for i in range(0, len(parts), 2):  # even parts lie outside string literals
-        parts[i] = pattern.sub(lambda m: f"`{names[m.group(1)]}`", parts[i])
-    return "".join(parts)
 
 
 def summarize(
@@ -257,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("table", choices=TABLES)
     ap.add_argument("--results", default=None, help="results root (default: $NEUROREG_RESULTS or ./results)")
     ap.add_argument("--sweep", action="append", default=None, help="only this sweep (repeatable)")
-    ap.add_argument("--where", action="append", default=[], help="key=value[,value] or a pandas expression (repeatable)")
+    ap.add_argument("--where", action="append", default=[], help="key=value[,value] or comparisons joined by and/or, e.g. \"alpha >= 1 and th < 0.5\" (repeatable)")
     for name in SHORTHANDS:
         ap.add_argument(f"--{name}", default=None, help=f"shorthand for --where {name}=VALUE")
     ap.add_argument("--by", default="", help="group-by columns, comma-separated")
