@@ -95,6 +95,8 @@ def parse_filter(expr: str, df: pd.DataFrame, resolve: Callable[[str, Iterable[s
             return ~parse_factor()
         if t == ("op", "("):
             m = parse_expr()
+            if peek() != ("op", ")"):
+                raise FilterError(f"--where {expr!r}: missing ')'")
             if take() != ("op", ")"):
                 raise FilterError(f"--where {expr!r}: missing ')'")
             return m
