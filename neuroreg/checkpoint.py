@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from neuroreg.atomic import atomic_write
-from neuroreg.config import RunConfig
+from neuroreg.config import ConfigError, RunConfig
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -18,11 +18,45 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
+REQUIRED_KEYS = ("model", "config", "num_classes", "in_chans", "epoch")
+
+
+class CheckpointError(ConfigError):
+    """A file that is not a readable neuroreg checkpoint (corrupt, foreign or hostile)."""
+
+    def __init__(self, path: str | os.PathLike, why: str):
+        super().__init__(str(path), f"not a neuroreg checkpoint: {why}")
+        self.path, self.why = str(path), why
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.why))
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A trainer checkpoint, read with ``weights_only=True`` (no code in the file runs).
+
+    Anything else (random bytes, an empty file, a pickle with code, a dict without the
+    trainer's keys) raises CheckpointError saying why, never torch's advice to retry with
+    ``weights_only=False``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "the file is empty")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            first = "it holds Python objects beyond tensors and plain values (refused unread: loading it could run code)"
+        raise CheckpointError(path, first[:300]) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"holds a {type(state).__name__}, not the trainer's dict")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(path, f"missing {missing} (a trainer checkpoint has {list(REQUIRED_KEYS)})")
+    return state
 
 
 def build_model(cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
@@ -37,7 +71,10 @@ def build_model(cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig]:
     """The model of a trainer checkpoint (eval mode) and its run configuration."""
     state = load_checkpoint(path, map_location=device)
-    cfg = RunConfig.from_dict(state["config"], validate=False)
-    model = build_model(cfg, state["num_classes"], state["in_chans"])
-    model.load_state_dict(state["model"])
+    try:
+        cfg = RunConfig.from_dict(state["config"], validate=False)
+        model = build_model(cfg, state["num_classes"], state["in_chans"])
+        model.load_state_dict(state["model"])
+    except (ConfigError, RuntimeError, TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(path, f"its model does not load: {str(e).splitlines()[0][:300]}") from None
     return model.to(device).eval(), cfg

@@ -22,7 +22,11 @@ class ConfigError(ValueError):
 
     def __init__(self, field_name: str, message: str):
         self.field = field_name
+        self.message = message
         super().__init__(f"{field_name}: {message}")
+
+    def __reduce__(self):  # picklable across processes (Ray workers, multiprocessing)
+        return (type(self), (self.field, self.message))
 
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
@@ -189,8 +193,14 @@ class RunConfig:
         p = Path(path)
         if not p.is_file():
             raise ConfigError("--config", f"file {p} does not exist")
-        with open(p) as f:
-            d = yaml.safe_load(f) or {}
+        from neuroreg.yamlio import describe_error, load_strict
+
+        try:
+            d = load_strict(p.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ConfigError("--config", f"{p} is not a text file; give a YAML run config") from None
+        except yaml.YAMLError as e:
+            raise ConfigError("--config", f"{p} is not a valid run config YAML: {describe_error(e)}") from None
         if not isinstance(d, dict):
             raise ConfigError("--config", f"{p} must hold a mapping at top level")
         d = apply_overrides(d, overrides or [])

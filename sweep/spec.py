@@ -231,10 +231,14 @@ def load_spec(
 ) -> SweepSpec:
     """Read, parse and validate a sweep file; ``overrides`` (key=value) apply to ``base``."""
     path = resolve_space_path(name_or_path)
+    from neuroreg.yamlio import describe_error, load_strict
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_strict(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "is not a text file; give a YAML sweep file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"is not valid YAML: {e}") from None
+        raise ConfigError(str(path), f"is not a valid sweep file: {describe_error(e)}") from None
     return parse_spec(raw, overrides, default_name=path.stem, source=str(path), check_files=check_files)
 
 
