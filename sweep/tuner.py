@@ -87,21 +87,13 @@ class BaselineFirst(Searcher):
         if trial_id not in self.ours:
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        import pickle
+    # Tune saves a wrapper's own state with get_state and the innermost searcher by itself
+    # (SearchGenerator.save_to_dir walks the .searcher chain), as for Ray's Repeater.
+    def get_state(self) -> dict:
+        return {"pending": list(self.pending), "ours": set(self.ours)}
 
-        from neuroreg.atomic import atomic_write
-
-        self.searcher.save(checkpoint_path + ".inner")
-        atomic_write(checkpoint_path, lambda f: pickle.dump({"pending": self.pending, "ours": self.ours}, f))
-
-    def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
-        self.searcher.restore(checkpoint_path + ".inner")
-        with open(checkpoint_path, "rb") as f:  # written by save() above, in this sweep's folder
-            state = pickle.load(f)
-        self.pending, self.ours = state["pending"], state["ours"]
+    def set_state(self, state: dict) -> None:
+        self.pending, self.ours = list(state["pending"]), set(state["ours"])
 
 
 class OptunaSpace:

@@ -79,3 +79,14 @@ def test_arm_key_is_the_same_across_sweeps():
     assert ka["arm_key"][1] != kb["arm_key"][1]
     assert ka["arm_key"][2] == kb["arm_key"][2]  # baselines, whatever their inactive fields say
     assert len(set(ka["condition_key"]) | set(kb["condition_key"])) == 1
+
+
+def test_baseline_first_state_round_trips():
+    s = parse_spec({"name": "o", "base": BASE, "space": {"regularizer.alpha": {"loguniform": [0.1, 10]}},
+                    "search": {"algorithm": "optuna", "seed": 0}, "seeds": 3, "num_samples": 2})
+    a, _, _ = build_search(s)
+    a.set_search_properties(s.metric, s.mode, {})
+    a.suggest("x0")
+    b, _, _ = build_search(s)
+    b.set_state(a.get_state())  # what Tune's SearchGenerator saves for a wrapper on resume
+    assert [c["__trial_index__"] for c in b.pending] == [1, 2] and b.ours == {"x0"}

@@ -71,10 +71,14 @@ def test_three_trial_sweep_reports_metrics(ray_cluster, tmp_path, capsys):
     assert run_main("--space", str(space), "--storage", str(tmp_path / "res"), "--name", "three") == 0
     exp = tmp_path / "res" / "three"
     trials = trial_dirs(exp)
-    assert len(trials) == 3 and (exp / "sweep.yaml").is_file()
-    alphas = set()
+    assert len(trials) == 3 + 1 and (exp / "sweep.yaml").is_file()  # + the baseline, beside the study
+    alphas, targets = set(), []
     for t in trials:
         r = final_result(t)
+        targets.append(yaml.safe_load((t / "run" / "config.yaml").read_text())["regularizer"]["target"])
+        if targets[-1] == "none":
+            assert r["config"]["params"] == {"regularizer.target": "none"}
+            continue
         assert r["training_iteration"] == 3  # 2 epochs + the evaluation report
         assert 0.0 <= r["best_val_acc"] <= 1.0 and r["evaluated"] is True
         assert 0.0 <= r["clean_acc"] <= 1.0 and "noise_acc_mean" in r
@@ -84,9 +88,10 @@ def test_three_trial_sweep_reports_metrics(ray_cluster, tmp_path, capsys):
         assert cfg["regularizer"]["alpha"] == pytest.approx(r["config"]["params"]["regularizer.alpha"])
         alphas.add(cfg["regularizer"]["alpha"])
         assert cfg["train"]["num_threads"] == 1  # torch threads = the trial's 1 CPU
-    assert len(alphas) == 3
+    assert len(alphas) == 3 and sorted(targets).count("none") == 1
     out = capsys.readouterr().out
     assert "Best trial by best_val_acc" in out and "clean_acc" in out and str(exp) in out
+    assert "Against the baseline (none)" in out
 
 
 def test_grid_times_seeds_runs_exactly_those_trials(ray_cluster, tmp_path):
