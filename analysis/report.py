@@ -165,6 +165,17 @@ def searched_params(spec: dict[str, Any], trials: pd.DataFrame, configs: Sequenc
     return [c for c in varying_columns(trials, configs) if not is_seed_column(c)]
 
 
+def _relative(path: Any, root: str | os.PathLike) -> str:
+    """``path`` relative to the results root, so that a report holds no machine paths."""
+    if path is None or (isinstance(path, float) and math.isnan(path)):
+        return "–"
+    p, r = Path(str(path)), Path(root).resolve()
+    try:
+        return p.resolve().relative_to(r).as_posix() or "."
+    except ValueError:
+        return p.name  # outside the results folder: its name only
+
+
 def _family_table(fam: pd.DataFrame) -> pd.DataFrame:
     t = fam[["metric", "arm", "test", "n", "mean", "baseline_mean", "diff"]].copy()
     t["95 % CI"] = [f"[{fmt(lo, 3)}, {fmt(hi, 3)}]" for lo, hi in zip(fam["ci_low"], fam["ci_high"])]
@@ -244,7 +255,8 @@ def build_report(
     doc.add(f"# Sweep `{sweep}`", "")
     if spec.get("description"):
         doc.add(str(spec["description"]), "")
-    doc.add(f"Source: `{meta.get('sweep_dir', '?')}`; tables: `{store.tables_dir(root)}`.", "")
+    doc.add(f"Source: `{_relative(meta.get('sweep_dir', '?'), root)}`; tables: "
+            f"`{_relative(store.tables_dir(root), root)}` (paths relative to the results folder).", "")
     status = trials["status"].value_counts().rename_axis("status").reset_index(name="trials")
     doc.add("## Trials", "", md_table(status))
     if params:
@@ -274,7 +286,7 @@ def build_report(
         shown = [c for c in params if c in top.index] or [c for c in configs if c in top.index][:12]
         doc.add(md_table(pd.DataFrame({"field": shown, "value": [top[c] for c in shown]})))
         doc.add(f"Best single trial: `{top['trial_id']}` ({metric} = {fmt(top[metric])}), "
-                f"checkpoint `{top['checkpoint']}`.", "")
+                f"checkpoint `{_relative(top['checkpoint'], root)}`.", "")
 
     # Per-arm summary and comparison with the baseline.
     # No status column without the join; merging into `done` keeps finished trials only.

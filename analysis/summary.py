@@ -54,8 +54,14 @@ def sweep_summary(root: str | os.PathLike, sweep: str) -> str:
             ci = f"[{_num(r.ci_low)}, {_num(r.ci_high)}]"
             lines.append(f"  {r.arm:<{w}}  {int(seeds.get(r.arm, 0)):>5}  {r.metric:<14} {_num(r.diff):>9}  "
                          f"{ci:<21} {_num(r.p_adj, 2):>7}  ({r.test})")
-        sig = fam[fam.p_adj < 0.05]
-        lines.append(f"  {len(sig)} of {len(fam)} comparisons significant after correction.")
+        sig = fam[fam.p_adj < 0.05].sort_values("p_adj")
+        lines.append(f"  {len(sig)} of {len(fam)} comparisons significant after correction"
+                     + (":" if len(sig) else "."))
+        for r in sig.head(8).itertuples():
+            lines.append(f"    {r.arm}  {r.metric}  {_num(r.diff)} [{_num(r.ci_low)}, {_num(r.ci_high)}]  "
+                         f"p_BH {_num(r.p_adj, 2)}")
+        if len(sig) > 8:
+            lines.append(f"    ... {len(sig) - 8} more in analysis.report")
     if len(objectives) >= 2 and all(m in done.columns for m in objectives):
         means = done.groupby("arm")[list(objectives)].mean(numeric_only=True).reset_index()
         front = pareto_front(means, objectives)

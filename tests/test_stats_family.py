@@ -66,3 +66,12 @@ def test_family_lists_every_noise_level_not_a_pooled_mean():
                        "noise_acc_salt_pepper_0.1": 0, "noise_acc_mean": 0, "median_l2": 1}])
     assert family_metrics(t) == ["clean_acc", "noise_acc_gaussian_0.1", "noise_acc_gaussian_0.4",
                                  "noise_acc_salt_pepper_0.1", "median_l2"]
+
+
+def test_constant_differences_are_not_called_significant():
+    # Both arms at a constant prediction under extreme noise: the same difference on every
+    # seed up to rounding. No variance, no test (a t-test would give p ~ 1e-15).
+    base = [0.0980, 0.0980, 0.0980]
+    arm = [0.0980 + 0.181, 0.0980 + 0.181, 0.0980 + 0.181]
+    row = compare_family(trials(range(3), range(3), base, arm), ["noise_acc_gaussian_0.4"]).iloc[0]
+    assert row["diff"] == pytest.approx(0.181) and np.isnan(row.p) and np.isnan(row.p_adj)
