@@ -47,13 +47,16 @@ def sweep_summary(root: str | os.PathLike, sweep: str) -> str:
         seeds = done.groupby("arm").size()
         lines.append(f"Against the baseline ({', '.join(sorted(set(fam.baseline_arm)))}): difference arm - baseline, "
                      f"95 % CI, p {CORRECTION}-corrected over all {len(fam)} comparisons "
-                     "(every noise level too: see analysis.report)")
+                     "(every noise level too: see analysis.report); power of the test at the observed effect "
+                     "and variance, and the seeds per arm that would give 80 %")
         w = max(len(a) for a in t.arm)
-        lines.append(f"  {'arm':<{w}}  {'seeds':>5}  {'metric':<14} {'diff':>9}  {'95 % CI':<21} {'p_BH':>7}")
+        lines.append(f"  {'arm':<{w}}  {'seeds':>5}  {'metric':<14} {'diff':>9}  {'95 % CI':<21} {'p_BH':>7}"
+                     f"  {'power':>5}  {'seeds for 80 %':>14}")
         for r in t.itertuples():
             ci = f"[{_num(r.ci_low)}, {_num(r.ci_high)}]"
+            n80 = "–" if not r.n_80 == r.n_80 else ("> 1000" if r.n_80 == float("inf") else f"{int(r.n_80)}")
             lines.append(f"  {r.arm:<{w}}  {int(seeds.get(r.arm, 0)):>5}  {r.metric:<14} {_num(r.diff):>9}  "
-                         f"{ci:<21} {_num(r.p_adj, 2):>7}  ({r.test})")
+                         f"{ci:<21} {_num(r.p_adj, 2):>7}  {_num(r.power, 2):>5}  {n80:>14}")
         sig = fam[fam.p_adj < 0.05].sort_values("p_adj")
         lines.append(f"  {len(sig)} of {len(fam)} comparisons significant after correction"
                      + (":" if len(sig) else "."))
