@@ -123,8 +123,10 @@ def family_metrics(trials: pd.DataFrame, metrics: Sequence[str] | None = None) -
     """Metrics of the comparison family: clean accuracy, every noise type at every level,
     the median distances (papers' and over correct images), and any extra ones given."""
     base = ["clean_acc"]
+    # Level 0 is clean accuracy again (it would count the same comparison twice).
     noise = sorted(
-        (c for c in trials.columns if c.startswith("noise_acc_") and c != "noise_acc_mean"),
+        (c for c in trials.columns if c.startswith("noise_acc_") and c != "noise_acc_mean"
+         and not (_is_float(c.rsplit("_", 1)[1]) and float(c.rsplit("_", 1)[1]) == 0.0)),
         key=lambda c: (c.rsplit("_", 1)[0], float(c.rsplit("_", 1)[1]) if _is_float(c.rsplit("_", 1)[1]) else 0.0),
     )
     dist = ["median_l2", "median_linf", "median_l2_correct", "median_linf_correct"]
@@ -140,14 +142,19 @@ def _is_float(s: str) -> bool:
         return False
 
 
+def _t_power(tc: float, df: float, nc: float) -> float:
+    p = float(sps.nct.sf(tc, df, nc) + sps.nct.cdf(-tc, df, nc))
+    if not np.isfinite(p):  # scipy's noncentral t fails far in the tail: power is ~1 there
+        p = float(sps.norm.sf(tc - nc) + sps.norm.cdf(-tc - nc))
+    return min(1.0, max(0.0, p))
+
+
 def power_paired(effect: float, n: int, alpha: float = ALPHA) -> float:
     """Power of a two-sided one-sample (paired) t-test for standardized effect d at n pairs."""
     if n < 2 or not np.isfinite(effect):
         return np.nan
     df = n - 1
-    tc = sps.t.ppf(1 - alpha / 2, df)
-    nc = effect * np.sqrt(n)
-    return float(sps.nct.sf(tc, df, nc) + sps.nct.cdf(-tc, df, nc))
+    return _t_power(sps.t.ppf(1 - alpha / 2, df), df, effect * np.sqrt(n))
 
 
 def power_welch(effect: float, n1: int, n2: int, alpha: float = ALPHA) -> float:
@@ -155,9 +162,7 @@ def power_welch(effect: float, n1: int, n2: int, alpha: float = ALPHA) -> float:
     if n1 < 2 or n2 < 2 or not np.isfinite(effect):
         return np.nan
     df = n1 + n2 - 2
-    tc = sps.t.ppf(1 - alpha / 2, df)
-    nc = effect * np.sqrt(n1 * n2 / (n1 + n2))
-    return float(sps.nct.sf(tc, df, nc) + sps.nct.cdf(-tc, df, nc))
+    return _t_power(sps.t.ppf(1 - alpha / 2, df), df, effect * np.sqrt(n1 * n2 / (n1 + n2)))
 
 
 def seeds_for_power(effect: float, paired: bool, power: float = TARGET_POWER, n_max: int = 1000) -> float:

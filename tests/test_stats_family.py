@@ -63,7 +63,8 @@ def test_infinite_distances_are_counted_apart():
 
 def test_family_lists_every_noise_level_not_a_pooled_mean():
     t = pd.DataFrame([{"clean_acc": 1, "noise_acc_gaussian_0.4": 0, "noise_acc_gaussian_0.1": 0,
-                       "noise_acc_salt_pepper_0.1": 0, "noise_acc_mean": 0, "median_l2": 1}])
+                       "noise_acc_salt_pepper_0.1": 0, "noise_acc_mean": 0, "median_l2": 1,
+                       "noise_acc_gaussian_0": 1}])
     assert family_metrics(t) == ["clean_acc", "noise_acc_gaussian_0.1", "noise_acc_gaussian_0.4",
                                  "noise_acc_salt_pepper_0.1", "median_l2"]
 
