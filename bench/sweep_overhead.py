@@ -91,7 +91,8 @@ def trial_seconds(exp: Path) -> list[float]:
     return out
 
 
-def run_sweep(base: dict, n: int, out: Path) -> tuple[float, float, float, list[float]]:
+def run_sweep(base: dict, n: int, out: Path, reuse: bool = False) -> tuple[float, float, float, list[float]]:
+    """(b), or with ``reuse`` (d): sweep.run finding a running `ray start` cluster and joining it."""
     space = {
         "name": "bench",
         "base": base,
@@ -101,8 +102,9 @@ def run_sweep(base: dict, n: int, out: Path) -> tuple[float, float, float, list[
     }
     f = out / "bench.yaml"
     f.write_text(yaml.safe_dump(space))
+    name = "bench_reuse" if reuse else "bench"
     cmd = [sys.executable, "-m", "sweep.run", "--space", str(f), "--storage", str(out / "sweeps"),
-           "--name", "bench", "--num-cpus", "2", "--no-dashboard", "--quiet"]
+           "--name", name, "--no-dashboard", "--quiet"] + ([] if reuse else ["--num-cpus", "2"])
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -112,7 +114,20 @@ def run_sweep(base: dict, n: int, out: Path) -> tuple[float, float, float, list[
     f = re.search(r"trials in ([0-9.]+) s", p.stdout)
     ray_start = float(m.group(1)) if m else float("nan")
     fit = float(f.group(1)) if f else float("nan")
-    return wall, ray_start, fit, trial_seconds(out / "sweeps" / "bench")
+    if reuse and "Started a local Ray instance" in p.stdout + p.stderr:
+        sys.exit("(d) did not reuse the running cluster")
+    return wall, ray_start, fit, trial_seconds(out / "sweeps" / name)
+
+
+def with_ray_start(fn):
+    """Run ``fn`` while a `ray start` head (2 CPUs) is up on this machine, as a user would keep one."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
+                    "--disable-usage-stats"], check=True, capture_output=True)
+    try:
+        return fn()
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True)
 
 
 def main() -> None:
@@ -136,6 +151,7 @@ def main() -> None:
         seq, seq_each = run_sequential(base, a.trials, out)
         swept, ray_start, fit, ray_each = run_sweep(base, a.trials, out)
         par = float("nan") if a.no_control else run_two_processes(base, a.trials, out)
+        reused, reuse_start, reuse_fit, _ = with_ray_start(lambda: run_sweep(base, a.trials, out, reuse=True))
     load1 = os.getloadavg()
     per_trial = seq / a.trials
     steps = a.steps or "20"
@@ -149,6 +165,9 @@ def main() -> None:
     print(f"{'    of which the rest (imports, gather, exit)':<44}{swept - ray_start - fit:>9.1f}")
     print(f"{'    (b) without Ray start-up':<44}{swept - ray_start:>9.1f}{seq / (swept - ray_start):>9.2f}")
     print(f"{'(c) control: 2 plain processes, no Ray':<44}{par:>9.1f}{seq / par:>9.2f}")
+    print(f"{'(d) sweep.run joining a running ray start':<44}{reused:>9.1f}{seq / reused:>9.2f}")
+    print(f"{'    of which connecting to it':<44}{reuse_start:>9.1f}")
+    print(f"{'    of which Tuner.fit (the trials)':<44}{reuse_fit:>9.1f}{seq / reuse_fit:>9.2f}")
     print(f"mean time of one trial: {sum(seq_each) / len(seq_each):.1f} s sequential, "
           f"{sum(ray_each) / max(1, len(ray_each)):.1f} s inside Ray (2 at once)")
     print(f"load average (1 min) at start {load0[0]:.2f}, at end {load1[0]:.2f}")
