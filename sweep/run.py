@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from datetime import datetime
@@ -65,9 +66,37 @@ def latest_experiment(storage: str, prefix: str) -> str | None:
     return max(cands, key=lambda d: d.stat().st_mtime).name if cands else None
 
 
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(name: str, flag: str = "--name") -> str:
+    """A sweep name is one folder under --storage: letters, digits, '.', '_', '-' only."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise ConfigError(flag, f"{name!r} is not a safe sweep name; use letters, digits, '.', '_' and '-' "
+                                "(at most 128, starting with a letter or digit)")
+    return name
+
+
+def check_flags(args: argparse.Namespace, storage: str) -> None:
+    """Flags checked before anything starts or is written."""
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ConfigError("--num-cpus", f"must be >= 1, got {args.num_cpus}")
+    if "://" not in storage and Path(storage).exists() and not Path(storage).is_dir():
+        raise ConfigError("--storage", f"{storage} is a file; give a folder for the sweep results")
+    if args.resume:
+        ignored = [f for f, v in (("--num-samples", args.num_samples), ("--max-concurrent", args.max_concurrent),
+                                  ("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial))
+                   if v is not None]
+        if ignored:
+            raise ConfigError(ignored[0], "a resumed sweep keeps the settings it started with; "
+                                          "drop the flag, or start a new sweep to change it")
+
+
 def load_for_run(args: argparse.Namespace, storage: str):
     """(spec, experiment name); raises ConfigError on any bad input."""
     from sweep.spec import load_spec, parse_spec
+
+    check_flags(args, storage)
 
     if args.data_root:
         root = Path(args.data_root).expanduser().resolve()
@@ -85,6 +114,7 @@ def load_for_run(args: argparse.Namespace, storage: str):
             name = latest_experiment(storage, stem)
             if name is None:
                 raise ConfigError("--resume", f"no earlier sweep of {stem!r} in {storage}; pass --name")
+        check_name(name)  # before the name becomes a path: no ../ out of --storage
         saved = _read_saved_spec(storage, name)
         if args.set:
             raise ConfigError("--set", "a resumed sweep keeps its configuration; start a new sweep to change it")
@@ -106,9 +136,7 @@ def load_for_run(args: argparse.Namespace, storage: str):
     from sweep.spec import validate_spec
 
     validate_spec(spec)  # the command-line values too
-    name = args.name or f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if any(c in name for c in "/\\ "):
-        raise ConfigError("--name", f"must not contain slashes or spaces, got {name!r}")
+    name = check_name(args.name or f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     if "://" not in storage and (Path(storage) / name).exists():
         raise ConfigError("--name", f"{Path(storage) / name} exists; pass --resume to continue it or choose another name")
     return spec, name

@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,8 +267,9 @@ def parse_spec(
     base = absolute_paths(base)
 
     name = raw.get("name", default_name)
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
-        raise ConfigError("name", f"must be a non-empty string without slashes or spaces, got {name!r}")
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", name):
+        raise ConfigError("name", f"{name!r} is not a safe sweep name; use letters, digits, '.', '_' and '-' "
+                                  "(at most 128, starting with a letter or digit)")
     spec = SweepSpec(
         name=name,
         base=base,
