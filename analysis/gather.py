@@ -403,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: SWEEP_DIR {args.sweep_dir} is not a folder (expected Ray's STORAGE/NAME)", file=sys.stderr)
         return 2
     written, problems = gather_report(args.sweep_dir, args.results)
+    if not written:
+        print(f"error: SWEEP_DIR {args.sweep_dir} holds no trial folders (params.json / result.json); "
+              "give a sweep folder, e.g. results/sweeps/NAME", file=sys.stderr)
+        return 2
     root = Path(args.results) if args.results else default_results_root(args.sweep_dir)
     print(f"gathered {Path(args.sweep_dir).resolve().name} into {store.tables_dir(root)}")
     for name, path in written.items():

@@ -213,6 +213,10 @@ def query(
 
 def write(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
+    if path.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"--out: {path} must end in .csv or .parquet")
+    if path.is_dir():
+        raise ValueError(f"--out: {path} is a folder; give a file name ending in .csv or .parquet")
     if path.suffix == ".csv":
         df.to_csv(path, index=False)
     elif path.suffix == ".parquet":
@@ -280,11 +284,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     if args.out:
-        print(f"wrote {write(df, args.out)} ({len(df)} rows)")
+        try:
+            print(f"wrote {write(df, args.out)} ({len(df)} rows)")
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     else:
         print(format_table(df.head(args.limit) if args.limit else df))
     return 0
 
 
+def _run() -> int:
+    try:
+        return main()
+    except BrokenPipeError:  # `analysis.query ... | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run())

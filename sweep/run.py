@@ -94,7 +94,7 @@ def check_flags(args: argparse.Namespace, storage: str) -> None:
 
 def load_for_run(args: argparse.Namespace, storage: str):
     """(spec, experiment name); raises ConfigError on any bad input."""
-    from sweep.spec import load_spec, parse_spec
+    from sweep.spec import MAX_SAMPLES, load_spec, parse_spec
 
     check_flags(args, storage)
 
@@ -126,6 +126,8 @@ def load_for_run(args: argparse.Namespace, storage: str):
         raise ConfigError("--space", "give a search-space file or name, e.g. --space alpha_th.yaml")
     spec = load_spec(args.space, args.set)
     if args.num_samples is not None:
+        if not 1 <= args.num_samples <= MAX_SAMPLES:
+            raise ConfigError("--num-samples", f"must lie in [1, {MAX_SAMPLES}], got {args.num_samples}")
         spec.num_samples = args.num_samples
     if args.cpus_per_trial is not None:
         spec.resources.cpus_per_trial = args.cpus_per_trial
@@ -145,7 +147,13 @@ def load_for_run(args: argparse.Namespace, storage: str):
 def _spec_name(path: Path) -> str:
     import yaml
 
-    raw = yaml.safe_load(path.read_text()) or {}
+    from neuroreg.yamlio import describe_error, load_strict
+
+    try:
+        raw = load_strict(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        why = describe_error(e) if isinstance(e, yaml.YAMLError) else "not a text file"
+        raise ConfigError("--space", f"{path} is not a valid sweep file: {why}") from None
     return raw.get("name", path.stem) if isinstance(raw, dict) else path.stem
 
 

@@ -67,6 +67,9 @@ _TOP_KEYS = (
     "num_samples", "time_budget_s", "resources", "baseline",
 )
 
+MAX_SAMPLES = 10_000
+"""Most configurations one sweep draws: trial lists are enumerated up front (--dry-run)."""
+
 BASELINE_PARAMS: dict[str, Any] = {"regularizer.target": "none"}
 """The parameters of the baseline arm every sweep adds (unless ``baseline: false``)."""
 
@@ -283,8 +286,8 @@ def parse_spec(
     )
     if spec.mode not in MODES:
         raise ConfigError("mode", f"must be min or max, got {spec.mode!r}")
-    if spec.num_samples < 1:
-        raise ConfigError("num_samples", f"must be >= 1, got {spec.num_samples}")
+    if not 1 <= spec.num_samples <= MAX_SAMPLES:
+        raise ConfigError("num_samples", f"must lie in [1, {MAX_SAMPLES}], got {spec.num_samples}")
     if spec.time_budget_s is not None and not spec.time_budget_s > 0:
         raise ConfigError("time_budget_s", f"must be > 0 seconds or null, got {spec.time_budget_s}")
     spec.search = _dataclass_section(raw, "search", SearchSpec)
@@ -394,6 +397,9 @@ def _parse_space(v: Any) -> list[ParamSpec]:
                 raise ConfigError(where, f"needs low < high, got [{low}, {high}]")
             if kind == "loguniform" and low <= 0:
                 raise ConfigError(where, f"loguniform needs low > 0, got {low}")
+            if kind == "int" and not (-(2**62) <= low and high <= 2**62):
+                raise ConfigError(where, f"int bounds must lie within +-2**62 (numpy and Optuna draw 64-bit "
+                                         f"integers), got [{low}, {high}]")
             p.low, p.high = (low, high) if kind == "int" else (float(low), float(high))
         out.append(p)
     return out

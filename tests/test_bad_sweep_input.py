@@ -42,3 +42,34 @@ def test_storage_that_is_a_file(tmp_path):
     p = run(tmp_path, "--space", "alpha_th.yaml", "--storage", str(f))
     assert p.returncode == 2 and "--storage" in p.stderr and "Traceback" not in p.stderr
     assert f.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("space", "culprit"), [
+    ("name: s\nbase: {}\nnum_samples: 100000000\n", "num_samples"),
+    ("name: s\nbase: {}\nspace:\n  model.width: {int: [1, 100000000000000000000000]}\nsearch: {algorithm: random}\n",
+     "model.width"),
+    ("name: s\nbase: {}\nspace: [unclosed\n", "not a valid sweep file"),
+    ("name: s\nname: t\nbase: {}\n", "appears twice"),
+])
+def test_bad_space_files_refused_at_once(space, culprit, tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(space)
+    p = subprocess.run([sys.executable, "-m", "sweep.run", "--space", str(f), "--dry-run"], capture_output=True,
+                       text=True, cwd=PROJECT, timeout=60)  # never the minutes a huge enumeration took
+    assert p.returncode == 2 and culprit in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
+def test_resume_with_broken_space_file(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: [broken\n")
+    p = run(tmp_path, "--resume", "--space", str(f), "--storage", str(tmp_path / "res"))
+    assert p.returncode == 2 and "--space" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_query_out_and_gather_of_nothing(tmp_path):
+    empty = tmp_path / "empty_sweep"
+    empty.mkdir()
+    g = subprocess.run([sys.executable, "-m", "analysis.gather", str(empty), "--results", str(tmp_path / "r")],
+                       capture_output=True, text=True, cwd=PROJECT, timeout=60)
+    assert g.returncode == 2 and "no trial folders" in g.stderr and "Traceback" not in g.stderr
+    assert not (tmp_path / "r").exists()
