@@ -163,13 +163,13 @@ def test_resume_after_kill_finishes_without_rerunning(ray_cluster, tmp_path):
         time.sleep(0.1)
     log.close()
     assert killed_state is not None, (tmp_path / "first.log").read_text()[-3000:]
-    assert len(killed_state["done"]) < 3
+    assert len(killed_state["done"]) < 4
 
     p = subprocess.run(_sweep_cmd(space, tmp_path, ray_cluster, "--resume"), cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     trials = trial_dirs(exp)
-    assert len(trials) == 3 and all(finished(t) for t in trials)
+    assert len(trials) == 3 + 1 and all(finished(t) for t in trials)  # + the added baseline
     for name, mtime in killed_state["done"].items():
         # Finished trials were not trained again.
         assert (exp / name / "run" / "checkpoint_last.pt").stat().st_mtime_ns == mtime
@@ -178,5 +178,6 @@ def test_resume_after_kill_finishes_without_rerunning(ray_cluster, tmp_path):
         # Continued from its checkpoint: the first epoch is the one trained before the kill.
         assert (exp / name / "run" / "metrics.jsonl").read_text().splitlines()[0] == first_epoch
         assert r["iterations_since_restore"] < r["training_iteration"] == 7
-    alphas = sorted(yaml.safe_load((t / "run" / "config.yaml").read_text())["regularizer"]["alpha"] for t in trials)
-    assert alphas == [0.5, 1.0, 2.0]
+    regs = [yaml.safe_load((t / "run" / "config.yaml").read_text())["regularizer"] for t in trials]
+    assert sorted(r["alpha"] for r in regs if r["target"] != "none") == [0.5, 1.0, 2.0]
+    assert sum(r["target"] == "none" for r in regs) == 1
