@@ -122,12 +122,22 @@ def run_sweep(base: dict, n: int, out: Path, reuse: bool = False) -> tuple[float
 def with_ray_start(fn):
     """Run ``fn`` while a `ray start` head (2 CPUs) is up on this machine, as a user would keep one."""
     ray = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
-                    "--disable-usage-stats"], check=True, capture_output=True)
+    # --block keeps `ray start` in the foreground, so terminating it stops this head alone;
+    # `ray stop` would kill every Ray process on the machine, other users' sweeps included.
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard", "false",
+                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        from sweep.ray_session import running_local_cluster
+
+        deadline = time.time() + 60
+        while running_local_cluster() is None:
+            if time.time() > deadline or head.poll() is not None:
+                sys.exit("(d): `ray start --head` did not come up")
+            time.sleep(0.5)
         return fn()
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True)
+        head.terminate()
+        head.wait(timeout=60)
 
 
 def main() -> None:
