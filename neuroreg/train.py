@@ -432,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out: {out} is a file; give a folder for the run", file=sys.stderr)
+        return 2
     last = out / "checkpoint_last.pt"
     resume = last if a.resume and last.exists() else None
     if not a.resume and last.exists():

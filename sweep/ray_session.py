@@ -35,8 +35,14 @@ def start_ray(address: str | None, num_cpus: int | None, dashboard: bool = True)
         node = getattr(ray._private.worker, "_global_node", None)
         url = getattr(node, "webui_url", None) if node is not None else None
     elif address or reuse:
+        if address and address not in ("auto", "local") and "://" not in address:
+            _probe_address(address)
         # A live `ray start` cluster on this machine saves the start-up of a new instance.
-        info = ray.init(address=address or reuse, log_to_driver=True)
+        try:
+            info = ray.init(address=address or reuse, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError("--address", f"cannot join the Ray cluster at {address or reuse}: "
+                                           f"{str(e).splitlines()[0][:200]}") from None
         started = False
         url = info.dashboard_url
     else:
@@ -53,6 +59,21 @@ def start_ray(address: str | None, num_cpus: int | None, dashboard: bool = True)
         started = True
         url = info.dashboard_url if dashboard else None
     return RayInfo(started, time.perf_counter() - t0, _http(url), token_auth_enabled())
+
+
+def _probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail within ``timeout_s`` when nothing answers at HOST:PORT (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("--address", f"{address!r} is not HOST:PORT (e.g. 10.0.0.5:6379), auto or local")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except OSError as e:
+        raise ConfigError("--address", f"nothing answers at {address} within {timeout_s:g} s ({e.strerror or e}); "
+                                       "start the head with `ray start --head` or fix the address") from None
 
 
 def running_local_cluster(temp_dir: str | None = None, timeout_s: float = 1.0) -> str | None:

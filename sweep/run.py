@@ -268,7 +268,11 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     from sweep.report import best_result_metric, format_table, trial_rows, unfinished
     from sweep.tuner import build_tuner, restore_tuner
 
-    info = start_ray(args.address, args.num_cpus, dashboard=not args.no_dashboard)
+    try:
+        info = start_ray(args.address, args.num_cpus, dashboard=not args.no_dashboard)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"Ray ready in {info.startup_s:.1f} s")
     print(dashboard_help(info), flush=True)
     try:

@@ -73,3 +73,16 @@ def test_query_out_and_gather_of_nothing(tmp_path):
                        capture_output=True, text=True, cwd=PROJECT, timeout=60)
     assert g.returncode == 2 and "no trial folders" in g.stderr and "Traceback" not in g.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_unreachable_address_fails_fast(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    t0 = time.time()
+    p = run(tmp_path, "--space", "alpha_th.yaml", "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "r"))
+    assert p.returncode == 2 and f"127.0.0.1:{port}" in p.stderr and "Traceback" not in p.stderr
+    assert time.time() - t0 < 60

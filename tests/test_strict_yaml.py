@@ -50,3 +50,12 @@ def test_train_cli_exit_2_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=PROJECT, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--config" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_train_out_that_is_a_file(tmp_path):
+    f = tmp_path / "out.txt"
+    f.write_text("keep")
+    proc = subprocess.run([sys.executable, "-m", "neuroreg.train", "--out", str(f)],
+                          capture_output=True, text=True, cwd=PROJECT, timeout=120)
+    assert proc.returncode == 2 and "--out" in proc.stderr and "Traceback" not in proc.stderr
+    assert f.read_text() == "keep"
