@@ -46,6 +46,7 @@ from neuroreg.config import (
     field_paths,
     set_dotted,
 )
+from neuroreg.evaluate.metrics import EPOCH_METRICS, reported_metrics  # noqa: F401 (re-exported)
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 RANDOM_TYPES = ("uniform", "loguniform", "int", "choice")
@@ -55,10 +56,6 @@ MODES = ("min", "max")
 
 # Metrics every epoch's report holds (docs/ARCHITECTURE.md); anything else (clean_acc,
 # median_l2, ...) is only known after the end-of-trial evaluation.
-EPOCH_METRICS = (
-    "epoch", "lr", "train_loss", "sim_loss", "train_acc", "val_acc", "best_val_acc",
-    "images_per_s", "pairs_per_s", "epoch_s",
-)
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -485,6 +482,7 @@ def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
             raise ConfigError(where, "optuna cannot enumerate a grid: use choice, or search.algorithm grid / random")
         for value in _probe_values(p):
             _check_value(spec, p, value, check_files)
+    _check_metrics(spec)
     if algo == "grid" and spec.num_samples != 1:
         raise ConfigError("num_samples", "a grid runs each point once: set num_samples: 1 and repeat with seeds")
     if algo == "optuna" and not spec.space:
@@ -499,6 +497,27 @@ def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
             d = copy.deepcopy(spec.base)
             set_dotted(d, "train.seed", s)
             _validate(d, "seeds", check_files)
+
+
+def _check_metrics(spec: SweepSpec) -> None:
+    """``metric`` and every objective must be reported by some trial of this sweep
+    (neuroreg.evaluate.metrics, checked against a real evaluation in the tests)."""
+    configs = [spec.base] + [_with_params(spec.base, {p.key: v}) for p in spec.space for v in _probe_values(p)]
+    names: set[str] = set()
+    for d in configs:
+        try:
+            got = reported_metrics(RunConfig.from_dict(copy.deepcopy(d), validate=False))
+        except (ConfigError, KeyError, TypeError, ValueError):
+            continue  # an invalid value is reported by its own check
+        if got is None:
+            return  # a suite whose names are known only at run time (frequency)
+        names |= got
+    wanted = [("metric", spec.metric)] + [(f"search.metrics[{i}]", m) for i, m in enumerate(spec.search.metrics or [])]
+    for where, m in wanted:
+        if m not in names:
+            close = sorted(n for n in names if m.split("_")[0] in n)[:6] or sorted(names)[:6]
+            raise ConfigError(where, f"{m!r} is not a metric these trials report (their suites: "
+                                     f"{spec.base_config.evaluation.suites}); e.g. {close}")
 
 
 def _near(key: str, paths: set[str]) -> str:

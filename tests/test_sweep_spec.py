@@ -303,8 +303,10 @@ def test_scheduler_and_searchers_are_built_from_the_spec():
     assert isinstance(rep, MeanRepeater) and rep.repeat == 3
     assert rep.searcher.metric == "best_val_acc" and not needs_lenient_metrics(s)
 
-    multi = spec_of(space={"regularizer.alpha": {"uniform": [0.5, 2]}},
-                    search={"algorithm": "optuna", "metrics": ["best_val_acc", "median_l2"], "modes": ["max", "max"]})
+    multi = parse_spec({"base": {**TINY_BASE, "evaluation": {"suites": ["clean", "adversarial"]}},
+                        "space": {"regularizer.alpha": {"uniform": [0.5, 2]}},
+                        "search": {"algorithm": "optuna", "metrics": ["best_val_acc", "median_l2"],
+                                   "modes": ["max", "max"]}}, default_name="t")
     searcher, _, n = build_search(multi)
     assert isinstance(searcher, BaselineFirst) and n == 1 + 1
     searcher = searcher.searcher
