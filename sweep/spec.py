@@ -469,6 +469,17 @@ def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
                 raise ConfigError(f"{where}.when", "a key cannot depend on itself")
             if ck in keys[i + 1:]:
                 raise ConfigError(f"{where}.when", f"{ck!r} is sampled after {p.key}; list it earlier in space")
+            if ck in keys:
+                src = spec.space[keys.index(ck)]
+                if src.values is not None:
+                    can = any(v in allowed for v in src.values)
+                else:
+                    can = any(isinstance(v, (int, float)) and src.low <= v <= src.high for v in allowed)
+                if not can:
+                    raise ConfigError(
+                        f"{where}.when",
+                        f"{ck} never takes {allowed} (its values: {src.describe()}), so {p.key} would never be sampled",
+                    )
             if ck not in keys:
                 current = _get_dotted(spec.base, ck, spec.base_config)
                 if current not in allowed:

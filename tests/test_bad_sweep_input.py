@@ -86,3 +86,18 @@ def test_unreachable_address_fails_fast(tmp_path):
     p = run(tmp_path, "--space", "alpha_th.yaml", "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "r"))
     assert p.returncode == 2 and f"127.0.0.1:{port}" in p.stderr and "Traceback" not in p.stderr
     assert time.time() - t0 < 60
+
+
+def test_when_that_can_never_hold():
+    from neuroreg.config import ConfigError
+    from sweep.spec import parse_spec
+
+    raw = {"name": "w", "base": {"data": {"name": "digits"}, "regularizer": {"target": "pixel", "alpha": 1.0}},
+           "space": {"regularizer.target": {"choice": ["pixel", "shuffle"]},
+                     "regularizer.th": {"uniform": [0.1, 0.9], "when": {"regularizer.target": "pixel_th"}}},
+           "search": {"algorithm": "random"}}
+    with pytest.raises(ConfigError) as e:
+        parse_spec(raw)
+    assert e.value.field == "space.regularizer.th.when" and "never" in str(e.value)
+    raw["space"]["regularizer.target"]["choice"].append("pixel_th")
+    assert parse_spec(raw).space[1].when == {"regularizer.target": ["pixel_th"]}
