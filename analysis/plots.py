@@ -180,9 +180,18 @@ def parallel_coordinates(
     return save(fig, out)
 
 
+def _network_order(name: str) -> tuple[int, str]:
+    """conv1 < conv5 < conv9 < conv13 < conv17: the number in the tap name, then the name."""
+    import re
+
+    m = re.search(r"(\d+)$", name)
+    return (int(m.group(1)) if m else 10**6, name)
+
+
 def layer_weights(trials: pd.DataFrame, out: str | os.PathLike, group: str = "arm") -> list[Path]:
     """Final softmax layer weights (columns layer_weight_<name>) per group: mean ± SEM bars."""
-    cols = [c for c in trials.columns if c.startswith("layer_weight_")]
+    # Network order (conv1, conv5, ..., conv17), not the columns' alphabetical order.
+    cols = sorted((c for c in trials.columns if c.startswith("layer_weight_")), key=_network_order)
     if not cols:
         raise ValueError("layer_weights: the trials table has no layer_weight_<name> columns")
     _require(trials, [group], "layer_weights")
@@ -201,7 +210,7 @@ def layer_weights(trials: pd.DataFrame, out: str | os.PathLike, group: str = "ar
                label=str(name))
     ax.set_xticks(xs, [c.removeprefix("layer_weight_") for c in cols])
     ax.axhline(1.0 / len(cols), color="k", ls=":", lw=0.8, label="uniform")
-    ax.set(ylabel="softmax weight", title="Layer weights at the end of training (mean ± SEM)")
+    ax.set(ylabel="softmax weight", title="Layer weights of the evaluated checkpoint (mean ± SEM)")
     ax.legend(fontsize=7)
     return save(fig, out)
 
