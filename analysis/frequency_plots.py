@@ -102,7 +102,7 @@ def plot_spectrum_heatmaps(
             np.clip(values, lo, None),
             origin="lower",
             extent=extent,
-            cmap="jet",
+            cmap="viridis",  # perceptually uniform (jet is not)
             norm=LogNorm(vmin=lo, vmax=max(values.max(), lo * 10)),
         )
         ax.set_title(f"{g} ({sub['_unit'].nunique()} models)")

@@ -71,7 +71,7 @@ def noise_accuracy(noise: pd.DataFrame, out: str | os.PathLike, group: str = "ar
         _lines_with_bands(ax, noise[noise["noise"] == kind], "level", "accuracy", group)
         ax.set(title=f"{kind} noise", xlabel="level", ylabel="accuracy")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][-1].legend(fontsize=9, loc="best")
     fig.suptitle("Accuracy under random noise (mean ± SEM over seeds)")
     return save(fig, out)
 
@@ -95,7 +95,7 @@ def median_distance(summary: pd.DataFrame, out: str | os.PathLike, group: str = 
             ax.scatter(np.full(len(vals), i), vals, s=8, color="k", zorder=3)
             if n_inf.get(name, 0):
                 ax.annotate(f"{int(n_inf[name])} inf", (i, 0), ha="center", va="bottom", fontsize=7, color="tab:red")
-        ax.set_xticks(xs, [str(s) for s in stats.index], rotation=30, ha="right", fontsize=7)
+        ax.set_xticks(xs, [str(s) for s in stats.index], rotation=30, ha="right", fontsize=9)
         ax.set(title=f"median {norm} distance", ylabel="distance")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Minimal adversarial perturbation (median over images; mean ± SEM over seeds)")
@@ -211,7 +211,7 @@ def layer_weights(trials: pd.DataFrame, out: str | os.PathLike, group: str = "ar
     ax.set_xticks(xs, [c.removeprefix("layer_weight_") for c in cols])
     ax.axhline(1.0 / len(cols), color="k", ls=":", lw=0.8, label="uniform")
     ax.set(ylabel="softmax weight", title="Layer weights of the evaluated checkpoint (mean ± SEM)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
     return save(fig, out)
 
 
@@ -222,7 +222,7 @@ def transfer_accuracy(transfer: pd.DataFrame, out: str | os.PathLike, group: str
     _lines_with_bands(ax, transfer, "epsilon", "accuracy", group)
     ax.set(xlabel="epsilon (Linf)", ylabel="accuracy", title="Transferred FGSM (mean ± SEM over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
     return save(fig, out)
 
 
@@ -235,5 +235,5 @@ def pareto(points: pd.DataFrame, front: pd.DataFrame, x: str, y: str, out: str |
     ax.plot(f[x], f[y], "o-", color="tab:red", ms=5, label="Pareto front")
     ax.set(xlabel=x, ylabel=y, title="Pareto front")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
     return save(fig, out)
