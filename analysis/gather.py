@@ -394,7 +394,7 @@ def _order(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.gather", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m analysis.gather", description=__doc__.split("\n")[0].replace("``", ""))
     ap.add_argument("sweep_dir", help="a sweep folder (Ray's STORAGE/NAME)")
     ap.add_argument("--results", default=None, help="results root; tables go to ROOT/tables/ (default: the parent of SWEEP_DIR's parent, "
                     "e.g. results/ for results/sweeps/NAME)")

@@ -435,7 +435,7 @@ def _objectives(text: str | None) -> dict[str, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0].replace("``", ""))
     ap.add_argument("sweep", help="a gathered sweep's name (or its space's name: the newest run of it), "
                     "or a sweep folder (STORAGE/NAME)")
     ap.add_argument("--results", default=None, help="results root (default: the folder's, else $NEUROREG_RESULTS or ./results)")

@@ -13,7 +13,8 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 def build_parser() -> argparse.ArgumentParser:
     from neuroreg.evaluate.config import SUITES
 
-    p = argparse.ArgumentParser(prog="python -m neuroreg.evaluate", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m neuroreg.evaluate", description=__doc__.replace("``", ""),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt) to evaluate")
     p.add_argument("--out", required=True, help="folder for the records and summary.json")
     p.add_argument("--suites", nargs="+", choices=SUITES, help="suites to run (default: the checkpoint's evaluation.suites)")
