@@ -46,7 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
     p.add_argument("--no-resource-check", action="store_true",
                    help="skip the fail-fast resource check (autoscaling clusters that add nodes on demand)")
-    p.add_argument("--quiet", action="store_true", help="less Tune progress output")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (the final table and summary only)")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray Tune's own progress output (result boxes, status tables, checkpoint lines)")
     return p.parse_args(argv)
 
 
@@ -287,16 +289,16 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
             res = ray.cluster_resources()
             res = {"CPU": float(res.get("CPU", 1)), "GPU": float(res.get("GPU", 0))}
         concurrency = r.max_concurrent or default_concurrency(res, r.cpus_per_trial, r.gpus_per_trial)
-        verbose = 0 if args.quiet else 1
+        verbose = 1 if args.verbose else 0
         t0 = time.perf_counter()
         if args.resume:
             print(f"Resuming {storage}/{name}")
-            tuner = restore_tuner(spec, storage, name)
+            tuner = restore_tuner(spec, storage, name, verbose)
         else:
             saved = _write_saved_spec(storage, name, spec.to_yaml())
             print(f"Sweep {name}: {spec.num_trials()} trials, up to {concurrency} at a time; spec saved to {saved}",
                   flush=True)
-            tuner = build_tuner(spec, storage, name, concurrency, verbose)
+            tuner = build_tuner(spec, storage, name, concurrency, verbose, progress=not args.quiet)
         results = tuner.fit()
         wall = time.perf_counter() - t0
         df = trial_rows(results)

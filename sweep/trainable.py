@@ -86,8 +86,15 @@ def run_trial(
     cpus_per_trial: float = 1.0,
     shared: Any = None,
     shared_key: tuple | None = None,
+    quiet_logs: bool = True,
 ) -> None:
     """Tune function trainable; the keyword arguments arrive through ``tune.with_parameters``."""
+    if quiet_logs:
+        import logging
+
+        # One "Checkpoint successfully created" line per trial and epoch, forwarded to the console.
+        for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     import ray
     import torch
     from ray import tune

@@ -199,7 +199,7 @@ def needs_lenient_metrics(spec: SweepSpec) -> bool:
     return spec.search.algorithm == "optuna" and any(m not in EPOCH_METRICS for m in spec.search_metrics)
 
 
-def build_trainable(spec: SweepSpec, experiment_dir: str | None, share_data: bool = True) -> Any:
+def build_trainable(spec: SweepSpec, experiment_dir: str | None, share_data: bool = True, verbose: int = 0) -> Any:
     """run_trial with its large arguments in Ray's object store (once, not per trial)."""
     base_cfg = spec.base_config
     shared = prepare_shared_data(base_cfg) if share_data else None
@@ -211,6 +211,7 @@ def build_trainable(spec: SweepSpec, experiment_dir: str | None, share_data: boo
         cpus_per_trial=spec.resources.cpus_per_trial,
         shared=shared,
         shared_key=data_key(base_cfg),
+        quiet_logs=verbose < 1,
     )
     resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
     return tune.with_resources(fn, resources)
@@ -222,6 +223,7 @@ def build_tuner(
     name: str,
     max_concurrent: int,
     verbose: int = 1,
+    progress: bool = False,
 ) -> tune.Tuner:
     local = "://" not in storage
     experiment_dir = str(Path(storage) / name) if local else None
@@ -229,7 +231,7 @@ def build_tuner(
     if needs_lenient_metrics(spec):
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     return tune.Tuner(
-        build_trainable(spec, experiment_dir),
+        build_trainable(spec, experiment_dir, verbose=verbose),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -240,12 +242,21 @@ def build_tuner(
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),
-        run_config=run_config(storage, name, local, verbose),
+        run_config=run_config(storage, name, local, verbose, _callbacks(spec, verbose, progress)),
     )
 
 
-def run_config(storage: str, name: str, local: bool, verbose: int = 1) -> tune.RunConfig:
+def _callbacks(spec: SweepSpec, verbose: int, progress: bool) -> list:
+    if verbose >= 1 or not progress:
+        return []
+    from sweep.progress import CompactProgress
+
+    return [CompactProgress(spec.search_metrics, spec.num_trials())]
+
+
+def run_config(storage: str, name: str, local: bool, verbose: int = 1, callbacks: list | None = None) -> tune.RunConfig:
     return tune.RunConfig(
+        callbacks=callbacks or None,
         name=name,
         storage_path=storage,
         # Two, not one: Tune deletes the older checkpoint before it snapshots the experiment
@@ -260,7 +271,7 @@ def run_config(storage: str, name: str, local: bool, verbose: int = 1) -> tune.R
     )
 
 
-def restore_tuner(spec: SweepSpec, storage: str, name: str) -> tune.Tuner:
+def restore_tuner(spec: SweepSpec, storage: str, name: str, verbose: int = 1) -> tune.Tuner:
     """Continue an interrupted sweep: finished trials stay, interrupted ones continue from
     their last epoch checkpoint, errored ones start again."""
     local = "://" not in storage
@@ -269,7 +280,7 @@ def restore_tuner(spec: SweepSpec, storage: str, name: str) -> tune.Tuner:
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     return tune.Tuner.restore(
         path,
-        trainable=build_trainable(spec, path if local else None),
+        trainable=build_trainable(spec, path if local else None, verbose=verbose),
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=True,

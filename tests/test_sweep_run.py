@@ -181,3 +181,19 @@ def test_resume_after_kill_finishes_without_rerunning(ray_cluster, tmp_path):
     regs = [yaml.safe_load((t / "run" / "config.yaml").read_text())["regularizer"] for t in trials]
     assert sorted(r["alpha"] for r in regs if r["target"] != "none") == [0.5, 1.0, 2.0]
     assert sum(r["target"] == "none" for r in regs) == 1
+
+
+def test_console_is_compact(ray_cluster, tmp_path, capfd):
+    """One line per trial start and end, no result boxes or per-epoch checkpoint lines."""
+    from sweep.run import main
+
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 2}}
+    space = write_space(tmp_path / "c.yaml", base=base, space={"regularizer.alpha": {"grid": [0.5, 1.0]}},
+                        search={"algorithm": "grid"})
+    assert main(["--space", str(space), "--storage", str(tmp_path), "--name", "compact"]) == 0
+    out = capfd.readouterr()
+    lines = (out.out + out.err).splitlines()
+    assert sum("] start " in x for x in lines) == 3 and sum("] done " in x for x in lines) == 3  # + the baseline
+    assert not any("Checkpoint successfully created" in x for x in lines)
+    assert not any(x.startswith("│") for x in lines)
+    assert len(lines) < 80, "\n".join(lines)

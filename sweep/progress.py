@@ -1,0 +1,56 @@
+"""A compact console for sweeps: one line when a trial starts, one when it ends.
+
+Tune's own output (a result box per trial, a status table, a checkpoint line per epoch
+from every worker) runs to hundreds of lines for a few trials; ``--verbose`` brings it back.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ray import tune
+
+SHOWN = ("val_acc", "best_val_acc", "sim_loss", "clean_acc", "median_l2")
+
+
+def _short(params: dict[str, Any]) -> str:
+    out = []
+    for k, v in params.items():
+        k = k.rsplit(".", 1)[-1]
+        out.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(out)
+
+
+class CompactProgress(tune.Callback):
+    """Start / finish / error lines; the objective(s) and the metrics that matter."""
+
+    def __init__(self, objectives: list[str], total: int):
+        self.objectives = [m for m in objectives if m not in SHOWN]
+        self.total = total
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def _label(self, trial: Any) -> str:
+        cfg = trial.config or {}
+        seed = cfg.get("__trial_index__")
+        params = _short(cfg.get("params") or {})
+        return f"{trial.trial_id} {params}" + (f" seed#{seed}" if seed is not None else "")
+
+    def _say(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {text}", file=sys.stdout, flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(f"start  {self._label(trial)}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        r = trial.last_result or {}
+        vals = "  ".join(f"{m} {r[m]:.4g}" for m in (*SHOWN, *self.objectives)
+                         if isinstance(r.get(m), (int, float)) and not isinstance(r.get(m), bool))
+        self._say(f"done   {self._label(trial)}  {vals}  ({self.done}/{self.total})")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        self._say(f"ERROR  {self._label(trial)}  (see {trial.path}/error.txt)  ({self.done}/{self.total})")
