@@ -225,8 +225,12 @@ def _collapse_section(doc: _Doc, done: pd.DataFrame) -> None:
     if col.any():
         keep = done[done["baseline"].astype(bool) | ~done["collapsed"].fillna(False).astype(bool)]
         fam = compare_family(keep, family_metrics(keep))
-        doc.add("Without the collapsed runs (their seeds drop out of the pairing):", "",
-                _family_text(fam), "", md_table(_family_table(fam)))
+        if not len(fam) or fam["n"].max() < 2:
+            doc.add(f"Without the collapsed runs: {int((~col).sum())} regularized run(s) left, "
+                    "too few to compare.", "")
+        else:
+            doc.add("Without the collapsed runs (their seeds drop out of the pairing):", "",
+                    _family_text(fam), "", md_table(_family_table(fam)))
 
 
 def build_report(
