@@ -89,7 +89,7 @@ def format_table(df: pd.DataFrame) -> str:
     shown = df.drop(columns=["path"])
     shown = shown.dropna(axis=1, how="all")
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
-        return shown.to_string(index=False, float_format=lambda x: f"{x:.4g}")
+        return shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="–")
 
 
 def best_row(df: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
