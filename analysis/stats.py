@@ -62,6 +62,17 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return {"diff": float(diff), "sem_diff": se, "t": float(res.statistic), "p": float(res.pvalue), "df": float(dof)}
 
 
+def arms_with_baseline(trials: pd.DataFrame):
+    """(arm, its trials, the baseline trials of its condition, baseline label) per regularized arm."""
+    for _cond, d in trials.groupby("condition", sort=True, dropna=False):
+        base = d[d["baseline"].astype(bool)]
+        if not len(base):
+            continue
+        base_arm = " / ".join(sorted(base["arm"].unique()))
+        for arm, a in d[~d["baseline"].astype(bool)].groupby("arm", sort=True):
+            yield arm, a, base, base_arm
+
+
 def compare_to_baseline(trials: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Every regularized arm against the baseline of its condition, per metric.
 
@@ -71,25 +82,20 @@ def compare_to_baseline(trials: pd.DataFrame, metrics: Sequence[str] | None = No
     """
     metrics = [m for m in (metrics or KEY_METRICS) if m in trials.columns]
     rows = []
-    for _cond, d in trials.groupby("condition", sort=True, dropna=False):
-        base = d[d["baseline"].astype(bool)]
-        if not len(base):
-            continue
-        base_arm = " / ".join(sorted(base["arm"].unique()))
-        for arm, a in d[~d["baseline"].astype(bool)].groupby("arm", sort=True):
-            for m in metrics:
-                xa = pd.to_numeric(a[m], errors="coerce")
-                ya = pd.to_numeric(base[m], errors="coerce")
-                # One sample for n, mean and the test: infinite values (e.g. a median distance
-                # when most images are unbroken) are counted apart, not averaged.
-                x, y = xa[np.isfinite(xa)], ya[np.isfinite(ya)]
-                if not len(x) or not len(y):
-                    continue
-                rows.append({
-                    "metric": m, "arm": arm, "baseline_arm": base_arm, "n": len(x), "n_baseline": len(y),
-                    "n_inf": int(np.isinf(xa).sum()), "n_inf_baseline": int(np.isinf(ya).sum()),
-                    "mean": x.mean(), "baseline_mean": y.mean(), **welch(x, y),
-                })
+    for arm, a, base, base_arm in arms_with_baseline(trials):
+        for m in metrics:
+            xa = pd.to_numeric(a[m], errors="coerce")
+            ya = pd.to_numeric(base[m], errors="coerce")
+            # One sample for n, mean and the test: infinite values (e.g. a median distance
+            # when most images are unbroken) are counted apart, not averaged.
+            x, y = xa[np.isfinite(xa)], ya[np.isfinite(ya)]
+            if not len(x) or not len(y):
+                continue
+            rows.append({
+                "metric": m, "arm": arm, "baseline_arm": base_arm, "n": len(x), "n_baseline": len(y),
+                "n_inf": int(np.isinf(xa).sum()), "n_inf_baseline": int(np.isinf(ya).sum()),
+                "mean": x.mean(), "baseline_mean": y.mean(), **welch(x, y),
+            })
     cols = ["metric", "arm", "baseline_arm", "n", "n_baseline", "n_inf", "n_inf_baseline", "mean", "baseline_mean",
             "diff", "sem_diff", "t", "df", "p"]
     return pd.DataFrame(rows, columns=cols)
@@ -192,15 +198,9 @@ def compare_family(
     metrics = list(metrics) if metrics is not None else family_metrics(trials)
     rows = []
     has_seed = seed_col in trials.columns
-    for _cond, d in trials.groupby("condition", sort=True, dropna=False):
-        base = d[d["baseline"].astype(bool)]
-        if not len(base):
-            continue
-        base_arm = " / ".join(sorted(base["arm"].unique()))
-        for arm, a in d[~d["baseline"].astype(bool)].groupby("arm", sort=True):
-            for m in metrics:
-                if m not in d.columns:
-                    continue
+    for arm, a, base, base_arm in arms_with_baseline(trials):
+        for m in metrics:
+            if m in trials.columns:
                 rows.append({"metric": m, "arm": arm, "baseline_arm": base_arm,
                              **_compare_one(a, base, m, seed_col if has_seed else None)})
     cols = ["metric", "arm", "baseline_arm", "test", "n", "n_baseline", "n_inf", "mean", "baseline_mean",
