@@ -75,7 +75,16 @@ def load(
 
 
 def _read(table: str, root: Path, sweeps: list[str] | None) -> pd.DataFrame:
-    paths = store.files(root, table, sweeps)
+    tab = read_arrow(table, root, sweeps)
+    return tab if isinstance(tab, pd.DataFrame) else tab.to_pandas()
+
+
+def read_arrow(table: str, root: str | os.PathLike, sweeps: Sequence[str] | None = None) -> pa.Table | pd.DataFrame:
+    """One table over the sweeps' files, as Arrow (a DataFrame where Arrow cannot unify the types).
+
+    Every file's schema version is checked first (a stale file is refused, not misread).
+    """
+    paths = store.files(root, table, list(sweeps) if sweeps is not None else None)
     if not paths:
         return pd.DataFrame(columns=list(REQUIRED[table]))
     for p in paths:
@@ -86,8 +95,7 @@ def _read(table: str, root: Path, sweeps: list[str] | None) -> pd.DataFrame:
     schemas = [pq.read_schema(p).remove_metadata() for p in paths]
     try:
         schema = pa.unify_schemas(schemas, promote_options="permissive")
-        tab = ds.dataset([str(p) for p in paths], schema=schema, format="parquet").to_table()
-        return tab.to_pandas()
+        return ds.dataset([str(p) for p in paths], schema=schema, format="parquet").to_table()
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         # Types that Arrow cannot unify (a string column in one sweep, numbers in
         # another): let pandas concatenate them as objects instead.
