@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from neuroreg.atomic import atomic_write
-from neuroreg.config import ConfigError, RunConfig
+from neuroreg.config import RunConfig
+from neuroreg.errors import CheckpointError, ConfigError
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -19,17 +20,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 REQUIRED_KEYS = ("model", "config", "num_classes", "in_chans", "epoch")
-
-
-class CheckpointError(ConfigError):
-    """A file that is not a readable neuroreg checkpoint (corrupt, foreign or hostile)."""
-
-    def __init__(self, path: str | os.PathLike, why: str):
-        super().__init__(str(path), f"not a neuroreg checkpoint: {why}")
-        self.path, self.why = str(path), why
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.why))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -14,20 +14,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from neuroreg.errors import ConfigError
 from neuroreg.evaluate.config import EvalConfig
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong. The message names the field and the fix."""
-
-    def __init__(self, field_name: str, message: str):
-        self.field = field_name
-        self.message = message
-        super().__init__(f"{field_name}: {message}")
-
-    def __reduce__(self):  # picklable across processes (Ray workers, multiprocessing)
-        return (type(self), (self.field, self.message))
-
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 TARGETS = ("none", "pixel", "pixel_th", "shuffle", "neural", "features")

@@ -1,4 +1,4 @@
-"""Data sets decoded once into uint8 tensors in memory, splits, and batch augmentation.
+"""Data sources decoded once into uint8 tensors in memory, and their splits.
 
 Every loader returns an ``ImageData`` (uint8 N x C x H x W, int64 labels). Options of
 ``DataConfig`` apply in this order: grayscale, resize, ``subset`` / ``test_subset``.
@@ -8,25 +8,27 @@ first; the result is the same.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import shutil
-import tarfile
-import tempfile
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from neuroreg.atomic import atomic_write
-from neuroreg.config import ConfigError, DataConfig, RegularizerConfig, data_root
+from neuroreg.config import DataConfig, RegularizerConfig, data_root
+from neuroreg.errors import ConfigError
+from neuroreg.imagefolder import load_imagefolder
+from neuroreg.images import (
+    ImageData,
+    Splits,
+    augment_batch,
+    resize_uint8,
+    to_float,
+    to_grayscale,
+    to_uint8,
+)
 
+# The tensor helpers live in neuroreg.images; they stay importable from here.
 __all__ = [
     "ImageData",
     "Splits",
@@ -42,74 +44,6 @@ __all__ = [
 # Fixed seeds of splits that are part of a data set's definition, not of a run.
 _DIGITS_SPLIT_SEED = 0
 _SYNTHETIC_SEEDS = {True: 1, False: 2}
-_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-
-
-@dataclass
-class ImageData:
-    """A labelled image set: ``images`` uint8 N x C x H x W, ``labels`` int64 N."""
-
-    images: Tensor
-    labels: Tensor
-    classes: list[str]
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(
-                f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}"
-            )
-        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise ValueError(
-                f"labels must be int64 of length {self.images.shape[0]}, got {tuple(self.labels.shape)}"
-            )
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def select(self, index: Tensor) -> ImageData:
-        return ImageData(self.images[index], self.labels[index], list(self.classes))
-
-
-@dataclass
-class Splits:
-    train: ImageData
-    val: ImageData
-    test: ImageData
-
-
-# --- pixel helpers -------------------------------------------------------------------
-
-
-def to_float(x: Tensor) -> Tensor:
-    """uint8 pixels -> float32 in [0, 1]."""
-    if x.dtype != torch.uint8:
-        raise TypeError(f"to_float expects uint8 pixels, got {x.dtype}")
-    return x.to(torch.float32).div_(255.0)
-
-
-def _to_uint8(x: Tensor) -> Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def to_grayscale(images: Tensor) -> Tensor:
-    """uint8 N x C x H x W -> N x 1 x H x W, the mean over colour channels (METHOD.md)."""
-    if images.shape[1] == 1:
-        return images
-    return _to_uint8(images.to(torch.float32).mean(dim=1, keepdim=True))
-
-
-def resize_uint8(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
-    """Bilinear resize with antialias of a uint8 batch to size x size, in chunks."""
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    out = torch.empty((*images.shape[:2], size, size), dtype=torch.uint8)
-    for s in range(0, images.shape[0], chunk):
-        x = images[s : s + chunk].to(torch.float32)
-        y = F.interpolate(
-            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
-        out[s : s + chunk] = _to_uint8(y)
-    return out
 
 
 def _channels_and_size(images: Tensor, cfg: DataConfig) -> Tensor:
@@ -134,50 +68,6 @@ def _fixed_subset(n_total: int, n: int | None, seed: int, field: str, what: str)
     return perm[:n].sort().values
 
 
-# --- augmentation ----------------------------------------------------------------------
-
-
-def augment_batch(
-    x: Tensor, padding: int, hflip: bool, generator: torch.Generator | None = None
-) -> Tensor:
-    """Random crop (reflect padding) + horizontal flip, vectorised over the batch.
-
-    Random draws, in this order from ``generator`` (CPU): row offsets ``randint(0, 2p+1, (N,))``,
-    column offsets (same), then flips ``rand(N) < 0.5`` (only when ``hflip``).
-    The flip is folded into the column gather index, so one advanced-indexing gather
-    does both.
-    """
-    if x.dim() != 4:
-        raise ValueError(f"augment_batch expects N x C x H x W, got {tuple(x.shape)}")
-    n, c, h, w = x.shape
-    if padding < 0:
-        raise ConfigError("data.crop_padding", "must be >= 0")
-    if padding >= min(h, w):
-        raise ConfigError(
-            "data.crop_padding",
-            f"reflect padding {padding} must be smaller than the image ({h}x{w})",
-        )
-    if n == 0:
-        return x
-    p = padding
-    dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-    cols = torch.arange(w)
-    col_idx = dx[:, None] + cols[None, :]
-    if hflip:
-        flip = torch.rand(n, generator=generator) < 0.5
-        col_idx = torch.where(flip[:, None], dx[:, None] + cols.flip(0)[None, :], col_idx)
-    row_idx = dy[:, None] + torch.arange(h)[None, :]
-    padded = F.pad(x, (p, p, p, p), mode="reflect") if p > 0 else x
-    dev = x.device
-    return padded[
-        torch.arange(n, device=dev)[:, None, None, None],
-        torch.arange(c, device=dev)[None, :, None, None],
-        row_idx.to(dev, non_blocking=True)[:, None, :, None],
-        col_idx.to(dev, non_blocking=True)[:, None, None, :],
-    ]
-
-
 # --- data sets ---------------------------------------------------------------------------
 
 
@@ -196,7 +86,7 @@ def load_dataset(cfg: DataConfig, train: bool, field: str = "data") -> ImageData
         data = _load_torchvision(cfg, train, field)
     elif name == "imagefolder":
         # Decoding is the expensive part; it caches its own (grey, resized) result.
-        data = _load_imagefolder(cfg, train, field)
+        data = load_imagefolder(cfg, train, field, _require_root(cfg, field))
     else:
         raise ConfigError(f"{field}.name", f"unknown data set {name!r}")
     if train:
@@ -298,7 +188,7 @@ def _load_synthetic(train: bool) -> ImageData:
     proj = torch.cos(theta)[:, None, None] * xx + torch.sin(theta)[:, None, None] * yy
     img = 0.5 + 0.4 * torch.sin(2 * math.pi * freq[:, None, None] * proj + phase[:, None, None])
     img = img + 0.05 * torch.randn(img.shape, generator=g, dtype=torch.float64)
-    images = _to_uint8((img * 255).float())[:, None]
+    images = to_uint8((img * 255).float())[:, None]
     classes = [f"grating_{round(180 * k / _SYNTH_CLASSES)}deg" for k in range(_SYNTH_CLASSES)]
     return ImageData(images, labels.to(torch.int64), classes)
 
@@ -357,206 +247,3 @@ def _load_torchvision(cfg: DataConfig, train: bool, field: str) -> ImageData:
     return ImageData(images.contiguous(), labels, list(ds.classes))
 
 
-# --- image folders and archives ---------------------------------------------------------
-
-
-def _cache_home() -> Path:
-    env = os.environ.get("NEUROREG_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "neuroreg"
-
-
-def _key(*parts: object) -> str:
-    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
-
-
-def _is_archive(p: Path) -> bool:
-    return p.is_file() and p.name.lower().endswith(_ARCHIVE_SUFFIXES)
-
-
-def _archive_stem(p: Path) -> str:
-    name = p.name
-    for s in _ARCHIVE_SUFFIXES:
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return name
-
-
-def extract_archive(archive: Path) -> Path:
-    """Extract a .tar / .tar.gz once into the cache folder; returns the extracted tree.
-
-    The cache is $NEUROREG_CACHE or ~/.cache/neuroreg, never beside the archive: data
-    folders are often shared and read-only (and a root process would not notice).
-    Keyed by path, size and mtime, so a changed archive is extracted again. The
-    extraction goes to a temporary folder renamed into place, so a crash or a
-    concurrent process never sees a half-written tree.
-    """
-    archive = archive.resolve()
-    st = archive.stat()
-    cache = _cache_home()
-    final = cache / f"{_archive_stem(archive)}-{_key(archive, st.st_size, st.st_mtime_ns)}"
-    if final.is_dir():
-        return final
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache))
-    except OSError as e:
-        raise ConfigError(
-            "data.root",
-            f"cannot extract {archive}: cache folder {cache} is not writable ({e}); "
-            "set $NEUROREG_CACHE to a writable folder",
-        ) from e
-    try:
-        _extract_files(archive, tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # only a finished tree of a concurrent process is fine
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _extract_files(archive: Path, dest: Path) -> None:
-    """Write the archive's regular files under ``dest``.
-
-    Hand-written instead of ``TarFile.extractall(filter="data")``: that sets mode, owner
-    and times per member and is 2x slower on 60,000 small JPEGs (CIFAR-10: ~22 s vs ~10 s).
-    Only regular files are written, links and devices are skipped, and names that are
-    absolute or climb out with ``..`` are refused, so nothing lands outside ``dest``.
-    """
-    with tarfile.open(archive) as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            rel = Path(os.path.normpath(m.name))
-            if rel.is_absolute() or rel.parts[:1] == ("..",) or not rel.parts:
-                raise ConfigError("data.root", f"{archive} holds an unsafe member name {m.name!r}")
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(m)
-            if src is None:
-                continue
-            with open(target, "wb") as f:
-                shutil.copyfileobj(src, f)
-
-
-def _decode(path: str) -> np.ndarray:
-    """One image file -> uint8 H x W x 3 RGB, with PIL as ImageFolder's loader does."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _decode_chunk(paths: Sequence[str], grayscale: bool, size: int | None) -> list[Tensor]:
-    """Decode a chunk of files; grey + resize as one batch when the sizes agree."""
-    arrays = [_decode(p) for p in paths]
-    groups = (
-        [np.stack(arrays)] if len({a.shape for a in arrays}) == 1 else [a[None] for a in arrays]
-    )
-    out: list[Tensor] = []
-    for g in groups:
-        x = torch.from_numpy(g).permute(0, 3, 1, 2)
-        if grayscale:
-            x = to_grayscale(x)
-        if size is not None:
-            x = resize_uint8(x, size)
-        out.extend(x.contiguous().unbind(0))
-    return out
-
-
-def _load_imagefolder(cfg: DataConfig, train: bool, field: str) -> ImageData:
-    from torchvision.datasets import ImageFolder
-
-    root = _require_root(cfg, field)
-    if root.is_file():
-        if not _is_archive(root):
-            raise ConfigError(
-                f"{field}.root",
-                f"{root} is a file but not a .tar/.tar.gz/.tgz archive of class folders",
-            )
-        base = extract_archive(root)
-    else:
-        base = root
-    sub = cfg.train_dir if train else cfg.test_dir
-    sub_field = f"{field}.train_dir" if train else f"{field}.test_dir"
-    if not train and not sub:
-        # No test split in this folder: an empty test set of the right shape.
-        classes = (
-            ImageFolder(str(base / cfg.train_dir)).classes
-            if (base / cfg.train_dir).is_dir()
-            else []
-        )
-        c = 1 if cfg.grayscale else 3
-        hw = cfg.image_size or 0
-        return ImageData(
-            torch.zeros((0, c, hw, hw), dtype=torch.uint8),
-            torch.zeros(0, dtype=torch.int64),
-            classes,
-        )
-    split_dir = base / sub if sub else base
-    if not split_dir.is_dir():
-        raise ConfigError(
-            sub_field,
-            f"{split_dir} is not a folder; set {sub_field} to the split's sub-folder of {root}",
-        )
-    try:
-        ds = ImageFolder(str(split_dir))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise ConfigError(
-            f"{field}.root", f"no class folders with images in {split_dir}: {e}"
-        ) from e
-    paths = [p for p, _ in ds.samples]
-    labels = torch.tensor([t for _, t in ds.samples], dtype=torch.int64)
-    # Names, sizes and mtimes in the key: an edited folder is decoded again.
-    listing = _key(*(f"{os.path.relpath(p, split_dir)}:{_stat_key(p)}" for p in paths))
-    key = _key(split_dir.resolve(), cfg.image_size, cfg.grayscale, listing)
-    cache_name = f"{base.name}-{sub or 'root'}-decoded-{key}.npy"
-    # In the cache folder, never in the user's folder (a stray folder there would even
-    # become an ImageFolder class).
-    cached = _cache_home() / cache_name
-    try:
-        images = torch.from_numpy(np.load(cached, allow_pickle=False))
-        if images.dtype == torch.uint8 and images.dim() == 4 and images.shape[0] == len(labels):
-            return ImageData(images, labels, list(ds.classes))
-    except (OSError, ValueError):
-        pass  # absent or unreadable: decode
-
-    images = _decode_all(paths, cfg.grayscale, cfg.image_size, field, sub_field)
-    try:
-        atomic_write(cached, lambda fh: np.save(fh, images.numpy(), allow_pickle=False))
-    except OSError:
-        pass  # an unwritable cache only costs speed on the next load
-    return ImageData(images, labels, list(ds.classes))
-
-
-def _stat_key(path: str) -> str:
-    st = os.stat(path)
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def _decode_all(
-    paths: Sequence[str], grayscale: bool, size: int | None, field: str, split_field: str
-) -> Tensor:
-    if not paths:
-        raise ConfigError(split_field, "the split holds no images")
-    chunk = 256
-    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-    workers = max(1, min(8, (os.cpu_count() or 1), len(chunks)))
-    # PIL and torch release the GIL while decoding / resizing, so threads run in parallel.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        imgs = [
-            im
-            for part in pool.map(lambda c: _decode_chunk(c, grayscale, size), chunks)
-            for im in part
-        ]
-    shapes = {tuple(im.shape) for im in imgs}
-    if len(shapes) > 1:
-        raise ConfigError(
-            f"{field}.image_size", f"images differ in size {sorted(shapes)[:3]}...; set image_size"
-        )
-    return torch.stack(imgs)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from neuroreg.config import ConfigError
+from neuroreg.errors import ConfigError
 
 __all__ = [
     "BasicBlock",

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from neuroreg.config import ConfigError, RegularizerConfig
+from neuroreg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from neuroreg.config import RegularizerConfig
 
 
 class Target:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import neuroreg.data as data_mod
+import neuroreg.imagefolder as data_mod
 from neuroreg.config import ConfigError, DataConfig, RegularizerConfig
 from neuroreg.data import (
     ImageData,

@@ -11,13 +11,13 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from neuroreg.evaluate.config import SUITES
+    from neuroreg.evaluate.suites import suite_names
 
     p = argparse.ArgumentParser(prog="python -m neuroreg.evaluate", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt) to evaluate")
     p.add_argument("--out", required=True, help="folder for the records and summary.json")
-    p.add_argument("--suites", nargs="+", choices=SUITES, help="suites to run (default: the checkpoint's evaluation.suites)")
+    p.add_argument("--suites", nargs="+", choices=suite_names(), help="suites to run (default: the checkpoint's evaluation.suites)")
     p.add_argument("--n-images", type=int, help="test images of the attack suites (evaluation.n_images)")
     p.add_argument("--data-root", help="data root (data.root; default $NEUROREG_DATA_ROOT)")
     p.add_argument("--surrogate", help="surrogate checkpoint of the transfer suite (evaluation.surrogate)")

@@ -21,16 +21,19 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from neuroreg.evaluate.common import predict, progress
+from neuroreg.registry import Registry
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 BOUNDS = (0.0, 1.0)
+NORMS = ("l2", "linf")
 
 
 # --- norms --------------------------------------------------------------------------
@@ -195,25 +198,57 @@ class PGDBisection(Attack):
 # --- the ensemble -------------------------------------------------------------------------
 
 
-def build_attacks(norm: str, names: Sequence[str], cfg) -> list[Attack]:
+# --- the registry: name -> norm and a builder reading an EvalConfig's budgets --------------------
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    norm: str
+    build: Callable[[Any], Attack]
+    """Builds the attack from an EvalConfig (its steps and budgets)."""
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+
+
+def register_attack(name: str, norm: str) -> Callable[[Callable[[Any], Attack]], Callable[[Any], Attack]]:
+    """Decorator: register ``build(eval_config) -> Attack`` as attack ``name`` of ``norm``."""
+    if norm not in NORMS:
+        raise ValueError(f"attack {name!r}: unknown norm {norm!r}; choose from {NORMS}")
+
+    def wrap(build: Callable[[Any], Attack]) -> Callable[[Any], Attack]:
+        ATTACKS.add(name, AttackSpec(name, norm, build))
+        return build
+
+    return wrap
+
+
+def attack_names(norm: str) -> tuple[str, ...]:
+    """The registered attacks of one norm, in registration order."""
+    return tuple(a.name for a in ATTACKS if a.norm == norm)
+
+
+register_attack("ddn", "l2")(lambda ev: ddn(ev.ddn_steps, ev.ddn_init_epsilon))
+register_attack("bb_l2", "l2")(lambda ev: brendel_bethge("l2", ev.bb_steps, ev.bb_lr))
+register_attack("pgd_l2", "l2")(lambda ev: PGDBisection("l2", ev.pgd_eps_l2, ev.pgd_steps, ev.pgd_bisection_steps))
+register_attack("cw_l2", "l2")(lambda ev: carlini_wagner(ev.cw_steps, ev.cw_binary_search_steps))
+register_attack("fmn_linf", "linf")(lambda ev: fmn_linf(ev.fmn_steps))
+register_attack("bb_linf", "linf")(lambda ev: brendel_bethge("linf", ev.bb_steps, ev.bb_lr))
+register_attack("pgd_linf", "linf")(
+    lambda ev: PGDBisection("linf", ev.pgd_eps_linf, ev.pgd_steps, ev.pgd_bisection_steps))
+
+
+def build_attacks(norm: str, names: Sequence[str], cfg: Any) -> list[Attack]:
     """Attacks by name with the budgets of an EvalConfig (``cfg``)."""
-    makers: dict[str, Callable[[], Attack]] = {
-        "ddn": lambda: ddn(cfg.ddn_steps, cfg.ddn_init_epsilon),
-        "bb_l2": lambda: brendel_bethge("l2", cfg.bb_steps, cfg.bb_lr),
-        "pgd_l2": lambda: PGDBisection("l2", cfg.pgd_eps_l2, cfg.pgd_steps, cfg.pgd_bisection_steps),
-        "cw_l2": lambda: carlini_wagner(cfg.cw_steps, cfg.cw_binary_search_steps),
-        "fmn_linf": lambda: fmn_linf(cfg.fmn_steps),
-        "bb_linf": lambda: brendel_bethge("linf", cfg.bb_steps, cfg.bb_lr),
-        "pgd_linf": lambda: PGDBisection("linf", cfg.pgd_eps_linf, cfg.pgd_steps, cfg.pgd_bisection_steps),
-    }
     out = []
     for name in names:
-        if name not in makers:
-            raise ValueError(f"unknown attack {name!r}; choose from {sorted(makers)}")
-        attack = makers[name]()
-        if attack.norm != norm:
-            raise ValueError(f"attack {name!r} is an {attack.norm} attack, not {norm}")
-        out.append(attack)
+        if name not in ATTACKS:
+            raise ValueError(f"unknown attack {name!r}; choose from {sorted(ATTACKS.names())}")
+        spec = ATTACKS.get(name, "attack")
+        if spec.norm != norm:
+            raise ValueError(f"attack {name!r} is an {spec.norm} attack, not {norm}")
+        out.append(spec.build(cfg))
     return out
 
 

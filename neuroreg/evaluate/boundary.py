@@ -17,12 +17,17 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from neuroreg.evaluate.attacks import perturbation_norms
-from neuroreg.evaluate.common import predict, progress
+from neuroreg.evaluate.common import predict, progress, subset_index
+from neuroreg.evaluate.suite import SuiteContext, SuiteOutput, fmt_level, register_suite
+
+if TYPE_CHECKING:
+    from neuroreg.config import RunConfig
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
@@ -94,3 +99,19 @@ def boundary_success(
         {"budget": float(e), "success_rate": float((dist <= e).sum()) / max(n, 1), "n": n} for e in budgets
     ]
     return records, dist
+
+
+def _metrics(cfg: RunConfig) -> set[str]:
+    return {f"boundary_success_{fmt_level(b)}" for b in cfg.evaluation.boundary_budgets}
+
+
+@register_suite("boundary", metrics=_metrics)
+def run_suite(ctx: SuiteContext) -> SuiteOutput:
+    """Success rate of a decision-based attack at fixed Linf budgets."""
+    ev = ctx.ev
+    idx = subset_index(len(ctx.test), ev.boundary_n_images, ev.seed)
+    recs, _ = boundary_success(ctx.model, ctx.x_all[idx].to(ctx.device), ctx.y_all[idx], ctx.x_adv,
+                               ev.boundary_budgets, len(ctx.test.classes), ev.boundary_steps, ev.seed,
+                               ev.attack_batch_size, ev.progress, ev.boundary_attack)
+    return SuiteOutput({"boundary": recs},
+                       {f"boundary_success_{fmt_level(r['budget'])}": r["success_rate"] for r in recs})

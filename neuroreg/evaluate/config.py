@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-SUITES = ("clean", "noise", "adversarial", "transfer", "boundary", "corruptions", "frequency")
-NOISE_TYPES = ("gaussian", "uniform", "salt_pepper")
-NORMS = ("l2", "linf")
-ATTACKS = {
-    "l2": ("ddn", "bb_l2", "pgd_l2", "cw_l2"),
-    "linf": ("fmn_linf", "bb_linf", "pgd_linf"),
-}
+from neuroreg.errors import ConfigError
+from neuroreg.evaluate.attacks import NORMS, attack_names
+from neuroreg.evaluate.corruptions import CORRUPTIONS
+from neuroreg.evaluate.noise import NOISE_TYPES
+from neuroreg.evaluate.suites import suite_names
+
 # Data sets whose images are digits / clothing on a flat background (1 channel, 28 px).
 DIGIT_DATASETS = ("digits", "mnist", "fashion_mnist")
 
@@ -122,14 +121,12 @@ class EvalConfig:
         return {t: [float(v) for v in levels[t]] for t in self.noise_types}
 
     def validate(self, prefix: str = "evaluation") -> None:
-        from neuroreg.config import ConfigError
-
         def err(name: str, msg: str) -> ConfigError:
             return ConfigError(f"{prefix}.{name}", msg)
 
         for s in self.suites:
-            if s not in SUITES:
-                raise err("suites", f"unknown suite {s!r}; choose from {SUITES}")
+            if s not in suite_names():
+                raise err("suites", f"unknown suite {s!r}; choose from {suite_names()}")
         for name in ("n_images", "batch_size", "attack_batch_size", "ddn_steps", "fmn_steps", "bb_steps",
                      "pgd_steps", "cw_steps", "cw_binary_search_steps", "boundary_n_images",
                      "boundary_steps", "hybrid_pairs", "spectrum_bins"):
@@ -173,8 +170,8 @@ class EvalConfig:
                 raise err("norms", f"unknown norm {n!r}; choose from {NORMS}")
         for norm, names in (("l2", self.attacks_l2), ("linf", self.attacks_linf)):
             for a in names:
-                if a not in ATTACKS[norm]:
-                    raise err(f"attacks_{norm}", f"unknown {norm} attack {a!r}; choose from {ATTACKS[norm]}")
+                if a not in attack_names(norm):
+                    raise err(f"attacks_{norm}", f"unknown {norm} attack {a!r}; choose from {attack_names(norm)}")
             if norm in self.norms and "adversarial" in self.suites and not names:
                 raise err(f"attacks_{norm}", f"name at least one attack, or drop {norm!r} from norms")
         for name in ("pgd_eps_l2", "pgd_eps_linf", "boundary_budgets"):
@@ -182,8 +179,6 @@ class EvalConfig:
         eps = self.transfer_epsilons
         if not eps or any(e < 0 for e in eps):
             raise err("transfer_epsilons", "must be a non-empty list of numbers >= 0")
-
-        from neuroreg.evaluate.corruptions import CORRUPTIONS
 
         for c in self.corruptions or []:
             if c not in CORRUPTIONS:
@@ -194,8 +189,6 @@ class EvalConfig:
 
 
 def _increasing_positive(values: list[float], name: str) -> None:
-    from neuroreg.config import ConfigError
-
     if not values:
         raise ConfigError(name, "must be a non-empty list")
     if any(not (v > 0) for v in values) or any(b <= a for a, b in zip(values, values[1:])):

@@ -29,14 +29,23 @@ are low frequency.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
-from torch import Tensor
+from torch import Tensor, nn
+
+from neuroreg.evaluate.common import progress, subset_index
+from neuroreg.evaluate.suite import SuiteContext, SuiteOutput, register_suite
+from neuroreg.images import ImageData, to_float, to_grayscale
+
+if TYPE_CHECKING:
+    from neuroreg.config import RunConfig
 
 Array = np.ndarray
 
@@ -370,7 +379,7 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int = 0, to_gray: bo
     """Corrupted copy of uint8 N x C x H x W images (uint8, same shape unless ``to_gray``).
 
     Deterministic given (images, name, severity, seed). ``to_gray`` averages the colour
-    channels afterwards (neuroreg.data.to_grayscale), for grayscale models of RGB data.
+    channels afterwards (neuroreg.images.to_grayscale), for grayscale models of RGB data.
     """
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; choose from {sorted(CORRUPTIONS)}")
@@ -384,7 +393,73 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int = 0, to_gray: bo
     # np.uint8 truncation as in the original's final np.uint8(corruption(img)).
     out = torch.from_numpy(np.uint8(np.clip(y * 255, 0, 255))).permute(0, 3, 1, 2).contiguous()
     if to_gray and out.shape[1] != 1:
-        from neuroreg.data import to_grayscale
-
         out = to_grayscale(out)
     return out
+
+
+# --- the corruptions suite -----------------------------------------------------------------
+
+
+def corruption_accuracy(
+    model: nn.Module,
+    cfg: RunConfig,
+    test: ImageData,
+    test_rgb: ImageData | None = None,
+    device: torch.device | str = "cpu",
+) -> list[dict]:
+    """Records ``{corruption, severity, frequency, accuracy, n}`` over the corruption subset."""
+    ev = cfg.evaluation
+    idx = subset_index(len(test), ev.corruption_n_images, ev.seed)
+    source = test_rgb if test_rgb is not None else test
+    images = source.images[idx]
+    to_gray = test_rgb is not None and test.images.shape[1] == 1 and images.shape[1] == 3
+    y = test.labels[idx]
+    names = ev.corruptions or list(CORRUPTIONS)
+    jobs = [(c, s) for c in names for s in ev.severities]
+    records = []
+    chunk = 500  # bounds memory of the float64 intermediates; results do not depend on it per seed
+    for name, sev in progress(jobs, "corruptions", enabled=ev.progress):
+        correct = 0
+        for b in range(0, len(images), chunk):
+            xc = corrupt(images[b : b + chunk], name, sev, seed=ev.seed + b, to_gray=to_gray)
+            pred = []
+            with torch.no_grad():
+                for k in range(0, len(xc), ev.batch_size):
+                    pred.append(model(to_float(xc[k : k + ev.batch_size]).to(device)).argmax(1).cpu())
+            correct += int((torch.cat(pred) == y[b : b + chunk]).sum())
+        records.append({"corruption": name, "severity": sev, "frequency": FREQUENCY[name],
+                        "accuracy": correct / max(len(images), 1), "n": len(images)})
+    return records
+
+
+def _metrics(cfg: RunConfig) -> set[str]:
+    ev = cfg.evaluation
+    names = list(ev.corruptions) if ev.corruptions else list(CORRUPTIONS)
+    out = {f"corruption_acc_{n}_{s}" for n in names for s in ev.severities}
+    out |= {f"corruption_acc_{n}" for n in names} | {f"corruption_acc_{FREQUENCY[n]}" for n in names}
+    return out | {"corruption_acc_mean"}
+
+
+@register_suite("corruptions", metrics=_metrics)
+def run_suite(ctx: SuiteContext) -> SuiteOutput:
+    """Accuracy under the 15 common corruptions at 5 severities (CIFAR-10-C style)."""
+    summary: dict[str, object] = {}
+    test_rgb = ctx.test_rgb
+    if test_rgb is None and ctx.load_rgb is not None:
+        test_rgb, summary["corruptions_source"] = ctx.load_rgb()
+    recs = corruption_accuracy(ctx.model, ctx.cfg, ctx.test, test_rgb, ctx.device)
+    ctx.shared["corruptions"] = recs
+    by_group: dict[str, list[float]] = {}
+    by_name: dict[str, list[float]] = {}
+    for r in recs:
+        summary[f"corruption_acc_{r['corruption']}_{r['severity']}"] = r["accuracy"]
+        by_name.setdefault(r["corruption"], []).append(r["accuracy"])
+    for name, accs in by_name.items():
+        summary[f"corruption_acc_{name}"] = sum(accs) / len(accs)
+        by_group.setdefault(FREQUENCY[name], []).append(sum(accs) / len(accs))
+    for g, accs in by_group.items():
+        summary[f"corruption_acc_{g}"] = sum(accs) / len(accs)
+    all_acc = [r["accuracy"] for r in recs]
+    summary["corruption_acc_mean"] = sum(all_acc) / len(all_acc) if all_acc else math.nan
+    return SuiteOutput({"corruptions": recs}, summary)
+

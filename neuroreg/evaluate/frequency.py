@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from neuroreg.config import ConfigError
+from neuroreg.errors import ConfigError
+from neuroreg.evaluate.suite import SuiteContext, SuiteOutput, register_suite
 
 NYQUIST = 0.5
 """Nyquist frequency in cycles per pixel."""
@@ -404,7 +405,7 @@ def run_frequency(
         raise ConfigError("evaluation.spectrum_bins", f"must be >= 2, got {n_bins}")
     if not images.is_floating_point():
         raise ValueError(
-            f"images must be [0, 1] floats (see neuroreg.data.to_float), got {images.dtype}"
+            f"images must be [0, 1] floats (see neuroreg.images.to_float), got {images.dtype}"
         )
     if images.dim() != 4 or len(images) != len(labels):
         raise ValueError(
@@ -442,3 +443,27 @@ def run_frequency(
             {"kind": "corruption_group", "frequency": g, "accuracy": a} for g, a in groups.items()
         ]
     return records
+
+
+@register_suite("frequency", metrics=lambda cfg: None)
+def run_suite(ctx: SuiteContext) -> SuiteOutput:
+    """Spectra of the adversarial perturbations, hybrid-image reversal frequency, corruption groups."""
+    adversarial = ctx.shared.get("adversarial", {})
+    perts = {}
+    for norm in ctx.ev.norms:
+        res = adversarial.get(norm)
+        if res is None:
+            perts[norm] = None
+            continue
+        # Only images an attack actually moved: unbroken and misclassified ones have no delta.
+        keep = (torch.isfinite(res.distances) & (res.distances > 0)).to(ctx.x_adv.device)
+        perts[norm] = (res.adversarials - ctx.x_adv)[keep].cpu() if keep.any() else None
+    recs = run_frequency(ctx.model, ctx.x_adv, ctx.y_adv, perts, ctx.ev, ctx.device,
+                         corruption_records=ctx.shared.get("corruptions"))
+    summary = {}
+    for r in recs:
+        if r.get("kind") == "summary":
+            key, norm = r.get("metric", "f"), r.get("norm")
+            summary[f"{key}_{norm}" if norm else key] = r.get("value")
+    return SuiteOutput({"frequency": recs}, summary)
+

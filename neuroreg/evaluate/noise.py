@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from neuroreg.evaluate.common import progress
-from neuroreg.evaluate.config import NOISE_TYPES
+from neuroreg.evaluate.common import progress, subset_index
+from neuroreg.evaluate.suite import SuiteContext, SuiteOutput, fmt_level, register_suite
+
+if TYPE_CHECKING:
+    from neuroreg.config import RunConfig
+
+NOISE_TYPES = ("gaussian", "uniform", "salt_pepper")
 
 
 def gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
@@ -77,3 +84,21 @@ def noise_accuracy(
             correct += int((pred == y[b : b + batch_size]).sum())
         records.append({"noise": kind, "level": level, "accuracy": correct / max(len(x), 1), "n": len(x)})
     return records
+
+
+def _metrics(cfg: RunConfig) -> set[str]:
+    levels = cfg.evaluation.levels_for(cfg.data.name)
+    return {f"noise_acc_{k}_{fmt_level(lv)}" for k, lvs in levels.items() for lv in lvs} | {"noise_acc_mean"}
+
+
+@register_suite("noise", metrics=_metrics)
+def run_suite(ctx: SuiteContext) -> SuiteOutput:
+    """Accuracy under Gaussian, uniform and salt-and-pepper noise at every level."""
+    ev = ctx.ev
+    idx = subset_index(len(ctx.test), ev.noise_n_images, ev.seed)
+    recs = noise_accuracy(ctx.model, ctx.x_all[idx], ctx.y_all[idx], ev.levels_for(ctx.cfg.data.name), ev.seed,
+                          ev.batch_size, ctx.device, ev.progress)
+    summary = {f"noise_acc_{r['noise']}_{fmt_level(r['level'])}": r["accuracy"] for r in recs}
+    positive = [r["accuracy"] for r in recs if r["level"] > 0]
+    summary["noise_acc_mean"] = sum(positive) / len(positive) if positive else math.nan
+    return SuiteOutput({"noise": recs}, summary)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from neuroreg.evaluate.common import progress
+from neuroreg.evaluate.suite import SuiteContext, SuiteOutput, fmt_level, register_suite
+
+if TYPE_CHECKING:
+    from neuroreg.config import RunConfig
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
@@ -56,3 +61,17 @@ def fgsm_transfer(
         }
         for k, e in enumerate(eps)
     ]
+
+
+def _metrics(cfg: RunConfig) -> set[str]:
+    return {f"transfer_acc_{fmt_level(e)}" for e in cfg.evaluation.transfer_epsilons}
+
+
+@register_suite("transfer", metrics=_metrics, needs_surrogate=True)
+def run_suite(ctx: SuiteContext) -> SuiteOutput:
+    """Accuracy under FGSM perturbations computed on a surrogate model."""
+    ev = ctx.ev
+    surrogate = ctx.surrogate.to(ctx.device).eval()
+    recs = fgsm_transfer(ctx.model, surrogate, ctx.x_adv, ctx.y_adv, ev.transfer_epsilons, ev.batch_size,
+                         ev.surrogate or "surrogate", ev.progress)
+    return SuiteOutput({"transfer": recs}, {f"transfer_acc_{fmt_level(r['epsilon'])}": r["accuracy"] for r in recs})
