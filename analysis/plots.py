@@ -54,6 +54,15 @@ def _lines_with_bands(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, group: str
         ax.fill_between(g[x], g["mean"] - sem, g["mean"] + sem, color=line.get_color(), alpha=0.2, lw=0)
 
 
+def _legend_below(fig: plt.Figure, ax: plt.Axes, ncol: int | None = None) -> None:
+    """One legend for the figure, under the panels (needs layout="constrained"): long arm
+    labels then never cover a curve or run into the neighbouring panel."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(2, len(labels)), fontsize=9,
+                   frameon=False)
+
+
 def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
@@ -180,7 +189,7 @@ def parallel_coordinates(
     return save(fig, out)
 
 
-def _network_order(name: str) -> tuple[int, str]:
+def network_order(name: str) -> tuple[int, str]:
     """conv1 < conv5 < conv9 < conv13 < conv17: the number in the tap name, then the name."""
     import re
 
@@ -191,7 +200,7 @@ def _network_order(name: str) -> tuple[int, str]:
 def layer_weights(trials: pd.DataFrame, out: str | os.PathLike, group: str = "arm") -> list[Path]:
     """Final softmax layer weights (columns layer_weight_<name>) per group: mean ± SEM bars."""
     # Network order (conv1, conv5, ..., conv17), not the columns' alphabetical order.
-    cols = sorted((c for c in trials.columns if c.startswith("layer_weight_")), key=_network_order)
+    cols = sorted((c for c in trials.columns if c.startswith("layer_weight_")), key=network_order)
     if not cols:
         raise ValueError("layer_weights: the trials table has no layer_weight_<name> columns")
     _require(trials, [group], "layer_weights")
@@ -236,4 +245,40 @@ def pareto(points: pd.DataFrame, front: pd.DataFrame, x: str, y: str, out: str |
     ax.set(xlabel=x, ylabel=y, title="Pareto front")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
+    return save(fig, out)
+
+
+def robust_accuracy(adv: pd.DataFrame, n_eps: int = 40, group: str = "arm") -> pd.DataFrame:
+    """Per trial, norm and epsilon: the fraction of attacked images whose minimal perturbation
+    is larger than epsilon, i.e. the accuracy under the strongest attack of that budget.
+
+    From the per-image ``adversarial`` table: a clean error (distance 0) is wrong at every
+    epsilon, an unbroken image (distance inf) right at every one. The epsilon grid of a norm
+    runs from 0 to the largest finite distance of that norm, so every curve ends near 0.
+    """
+    _require(adv, ["norm", "distance", "trial_id", group], "robust_accuracy")
+    rows = []
+    for norm, d in adv.groupby("norm", sort=True):
+        dist = pd.to_numeric(d["distance"], errors="coerce")
+        finite = dist[np.isfinite(dist)]
+        top = float(finite.max()) if len(finite) else 1.0
+        grid = np.linspace(0.0, top * 1.02 or 1.0, n_eps)
+        for (g, trial), one in d.assign(_d=dist).groupby([group, "trial_id"], sort=True):
+            v = one["_d"].to_numpy(dtype=float)
+            acc = (v[None, :] > grid[:, None]).mean(axis=1)
+            rows += [{group: g, "trial_id": trial, "norm": norm, "epsilon": e, "accuracy": a} for e, a in zip(grid, acc)]
+    return pd.DataFrame(rows, columns=[group, "trial_id", "norm", "epsilon", "accuracy"])
+
+
+def robust_accuracy_curves(adv: pd.DataFrame, out: str | os.PathLike, group: str = "arm") -> list[Path]:
+    """Robust accuracy vs epsilon per norm (from the per-image minimal distances), SEM bands over seeds."""
+    curves = robust_accuracy(adv, group=group)
+    norms = sorted(curves["norm"].unique())
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.8 * len(norms), 3.8), squeeze=False, layout="constrained")
+    for ax, norm in zip(axes[0], norms):
+        _lines_with_bands(ax, curves[curves["norm"] == norm], "epsilon", "accuracy", group)
+        ax.set(title=f"{norm} attacks", xlabel=f"epsilon ({norm})", ylabel="robust accuracy", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    _legend_below(fig, axes[0][0])
+    fig.suptitle("Accuracy under minimal adversarial perturbations (mean ± SEM over seeds)")
     return save(fig, out)

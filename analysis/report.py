@@ -16,13 +16,20 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from analysis import plots, store
-from analysis.gather import default_results_root, gather_report, is_seed_column
+from analysis.gather import (
+    _NOT_IDENTITY,
+    _arm_labels,
+    default_results_root,
+    gather_report,
+    is_seed_column,
+)
 from analysis.importance import param_importances, pareto_front
 from analysis.query import config_columns, default_root, load, sweep_meta
 from analysis.stats import (
@@ -128,6 +135,89 @@ def console_tables(root: str | os.PathLike, sweep: str) -> str:
 
 def _finished_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "TERMINATED"] if "status" in df.columns and len(df) else df
+
+
+# --- the data of a report: one sweep, or several keyed by configuration ----------------------
+
+
+@dataclass
+class Frames:
+    """What a report shows, loaded once: trials and the finished trials' record tables.
+
+    ``done`` holds the finished trials with the per-trial median distances over correctly
+    classified images merged on. Across sweeps (``by_configuration``) ``arm`` is a label of
+    the configuration, ``condition`` its condition_key, and repeats of one configuration
+    and seed in several sweeps are averaged in ``done`` (``repeats`` counts them).
+    """
+
+    sweeps: list[str]
+    trials: pd.DataFrame
+    done: pd.DataFrame
+    noise: pd.DataFrame
+    adv: pd.DataFrame
+    adv_sum: pd.DataFrame
+    configs: list[str]
+    repeats: int = 0
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def load_frames(sweeps: Sequence[str], root: str | os.PathLike, by_config: bool = False) -> Frames:
+    """The tables of these sweeps; with ``by_config`` arms are labelled across sweeps by arm_key."""
+    sweeps = list(sweeps)
+    trials = load("trials", root, sweeps)
+    configs = config_columns(root, sweeps)
+    noise = _finished_rows(load("noise", root, sweeps))
+    adv = _finished_rows(load("adversarial", root, sweeps))
+    adv_sum = _finished_rows(load("adversarial_summary", root, sweeps))
+    repeats = 0
+    if by_config:
+        trials = by_configuration(trials, configs)
+        arms = trials.set_index(["sweep", "trial_id"])["arm"]
+        noise, adv, adv_sum = (
+            d.assign(arm=arms.reindex(pd.MultiIndex.from_frame(d[["sweep", "trial_id"]])).to_numpy()) if len(d) else d
+            for d in (noise, adv, adv_sum)
+        )
+    done = finished(trials)
+    if len(adv) and len(done):
+        done = done.merge(correct_median_distances(adv), on=["sweep", "trial_id"], how="left")
+    if by_config and len(done):
+        done, repeats = merge_repeats(done)
+    spec = sweep_meta(root, sweeps[0]).get("sweep_spec") or {} if len(sweeps) == 1 else {}
+    return Frames(sweeps, trials, done, noise, adv, adv_sum, configs, repeats, spec)
+
+
+def by_configuration(trials: pd.DataFrame, configs: Sequence[str]) -> pd.DataFrame:
+    """Trials of several sweeps with ``arm`` relabelled from the configuration fields that vary
+    across all of them (as gather labels one sweep) and ``condition`` set to condition_key.
+
+    The label is drawn from the fields arm_key hashes (no seeds, evaluation or run-time
+    fields), so one label is one arm_key; a sweep's own labels name only what varies in it.
+    """
+    ident = [c for c in configs if c in trials.columns and not is_seed_column(c)
+             and c not in _NOT_IDENTITY and not c.startswith("evaluation.")]
+    labels = _arm_labels(trials, ident)
+    out = trials.assign(arm=labels["arm"], condition=trials["condition_key"], baseline=labels["baseline"])
+    per_key = out.groupby("arm")["arm_key"].nunique()
+    if (per_key > 1).any():  # fields outside the label tell the arms apart: name the key too
+        clash = out["arm"].isin(per_key[per_key > 1].index)
+        out.loc[clash, "arm"] = out.loc[clash, "arm"] + " [" + out.loc[clash, "arm_key"].str[:6] + "]"
+    return out
+
+
+def merge_repeats(done: pd.DataFrame, seed_col: str = "train.seed") -> tuple[pd.DataFrame, int]:
+    """One row per (arm_key, seed): a configuration and seed trained in several sweeps is one
+    experiment repeated, so its metrics are averaged (the seed pairs it with its baseline)."""
+    if seed_col not in done.columns:
+        return done, 0
+    keys = ["arm_key", seed_col]
+    dup = done.duplicated(keys, keep=False)
+    if not dup.any():
+        return done, 0
+    numeric = [c for c in done.columns if c not in keys and pd.api.types.is_numeric_dtype(done[c])
+               and not pd.api.types.is_bool_dtype(done[c])]
+    g = done.groupby(keys, sort=False, dropna=False)
+    merged = g.first().drop(columns=numeric).join(g[numeric].mean()).reset_index()[list(done.columns)]
+    return merged, int(len(done) - len(merged))
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -246,10 +336,7 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = sweep_meta(root, sweep)
     spec = meta.get("sweep_spec") or {}
-    metric = metric or spec.get("metric") or "best_val_acc"
-    mode = mode or spec.get("mode") or "max"
-    if mode not in ("max", "min"):
-        raise ValueError(f"--mode must be max or min, got {mode!r}")
+    metric, mode = metric_mode(spec, metric, mode)
     trials = load("trials", root, [sweep])
     configs = config_columns(root, [sweep])
     done = finished(trials)
@@ -294,7 +381,7 @@ def build_report(
 
     # Per-arm summary and comparison with the baseline.
     # No status column without the join; merging into `done` keeps finished trials only.
-    adv_images = load("adversarial", root, [sweep], join_trials=False)
+    adv_images = _finished_rows(load("adversarial", root, [sweep]))
     if len(adv_images) and len(done):
         done = done.merge(correct_median_distances(adv_images), on=["sweep", "trial_id"], how="left")
     extra = [c for c in ("median_l2_correct", "median_linf_correct") if c in done.columns]
@@ -326,6 +413,9 @@ def build_report(
                 "over the images the model classifies correctly.", "",
                 md_table(distance_table(adv_sum)))
         doc.plot("median adversarial distance", lambda p: plots.median_distance(adv_sum, p), "median_distance")
+    if len(adv_images):
+        doc.plot("robust accuracy vs epsilon", lambda p: plots.robust_accuracy_curves(adv_images, p),
+                 "robust_accuracy")
     transfer = _finished_rows(load("transfer", root, [sweep]))
     if len(transfer):
         t = transfer.groupby(["arm", "epsilon"])["accuracy"].agg(["mean", "sem", "count"]).reset_index()
@@ -380,6 +470,69 @@ def build_report(
 
     path = out_dir / "report.md"
     return atomic_write_text(path, "\n".join(doc.lines) + "\n")
+
+
+def build_comparison(
+    sweeps: Sequence[str],
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    metric: str = "best_val_acc",
+) -> tuple[Path, Frames]:
+    """Write ``out_dir/comparison.md`` (+ plots): the arms of several sweeps keyed by configuration.
+
+    Trials are grouped by arm_key, not by sweep or by a sweep's own arm label, and every
+    regularized arm is compared with the baseline of its condition_key wherever that
+    baseline was trained, with the same statistics as within one sweep (compare_family).
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = load_frames(sweeps, root, by_config=True)
+    done, doc = frames.done, _Doc(out_dir)
+    doc.add(f"# Comparison of {len(frames.sweeps)} sweeps, arms keyed by configuration", "")
+    doc.add("Sweeps: " + ", ".join(f"`{s}` (`{_relative(sweep_meta(root, s).get('sweep_dir', '?'), root)}`)"
+                                   for s in frames.sweeps) + " (paths relative to the results folder).", "")
+    doc.add("An arm is one `arm_key` (the trained configuration without its seed, the same hash in every "
+            "sweep); its label names the configuration fields that vary across these sweeps. Its "
+            "baseline is the unregularized arm of the same `condition_key`, from any of the sweeps.", "")
+    t = frames.trials
+    arms = t.groupby("arm").agg(arm_key=("arm_key", "first"), sweeps=("sweep", lambda v: ", ".join(sorted(set(v)))),
+                                trials=("trial_id", "size")).reset_index()
+    doc.add("## Arms and where they were trained", "", md_table(arms))
+    if frames.repeats:
+        doc.add(f"{frames.repeats} finished trial(s) repeat a configuration and seed of another sweep; "
+                "their metrics are averaged into one seed before the statistics.", "")
+    metrics = [m for m in dict.fromkeys([metric, *KEY_METRICS, "median_l2_correct", "median_linf_correct"])
+               if m in done.columns]
+    if metrics and len(done):
+        s = arm_summary(done, metrics)
+        table = pd.DataFrame({"arm": s["arm"], "n": s["n"]})
+        for m in metrics:
+            table[m] = [pm(a, b) for a, b in zip(s[f"{m}_mean"], s[f"{m}_sem"])]
+        doc.add("## Arms (mean ± SEM over seeds)", "", md_table(table))
+    doc.add("## Against the baseline", "")
+    fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
+    if len(fam):
+        doc.add(_family_text(fam), "", md_table(_family_table(fam)))
+    else:
+        doc.add("_No arm has a baseline of its condition in these sweeps._", "")
+    if len(frames.noise):
+        doc.add("## Random noise", "", md_table(noise_table(frames.noise)))
+        doc.plot("noise accuracy", lambda p: plots.noise_accuracy(frames.noise, p), "noise_accuracy")
+    if len(frames.adv_sum):
+        doc.add("## Minimal adversarial perturbations", "", md_table(distance_table(frames.adv_sum)))
+        doc.plot("median adversarial distance", lambda p: plots.median_distance(frames.adv_sum, p), "median_distance")
+    if len(frames.adv):
+        doc.plot("robust accuracy vs epsilon", lambda p: plots.robust_accuracy_curves(frames.adv, p), "robust_accuracy")
+    return atomic_write_text(out_dir / "comparison.md", "\n".join(doc.lines) + "\n"), frames
+
+
+def metric_mode(spec: dict[str, Any], metric: str | None, mode: str | None) -> tuple[str, str]:
+    """The metric and mode of "best": the given ones, else the sweep's, else best_val_acc, max."""
+    metric = metric or spec.get("metric") or "best_val_acc"
+    mode = mode or spec.get("mode") or "max"
+    if mode not in ("max", "min"):
+        raise ValueError(f"--mode must be max or min, got {mode!r}")
+    return metric, mode
 
 
 def _spec_objectives(spec: dict[str, Any]) -> dict[str, str] | None:
@@ -438,46 +591,79 @@ def _objectives(text: str | None) -> dict[str, str] | None:
     return out
 
 
+def _resolve(sweep: str, results: str | None, regather: bool) -> tuple[Path, str]:
+    """(results root, gathered sweep name) of a SWEEP argument; ValueError with the fix when it is not gathered."""
+    folder = Path(sweep)
+    if folder.is_dir():
+        root = Path(results) if results else default_results_root(folder)
+        name = folder.resolve().name
+        if regather or name not in store.sweeps(root):
+            _, problems = gather_report(folder, root)
+            print(f"gathered {name} into {store.tables_dir(root)} ({len(problems)} problem(s))")
+        return root, name
+    root = Path(results) if results else default_root()
+    gathered = store.sweeps(root)
+    latest = sorted(s for s in gathered if s.startswith(f"{sweep}-"))
+    if sweep not in gathered and latest:
+        # sweep.run names sweeps SPACE-YYYYmmdd-HHMMSS: the space's name picks its newest.
+        print(f"sweep {sweep!r}: using the newest gathered run {latest[-1]!r}")
+        return root, latest[-1]
+    if sweep not in gathered:
+        raise ValueError(f"sweep {sweep!r} is not gathered in {root} (gathered: {gathered}); "
+                         "pass the sweep folder or --results")
+    return root, sweep
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0].replace("``", ""))
-    ap.add_argument("sweep", help="a gathered sweep's name (or its space's name: the newest run of it), "
-                    "or a sweep folder (STORAGE/NAME)")
+    ap = argparse.ArgumentParser(
+        prog="python -m analysis.report",
+        description="Write a sweep's report (report.md + plots, and report.html with --html); with several "
+                    "sweeps, compare their arms keyed by configuration (comparison.md).")
+    ap.add_argument("sweep", nargs="+", help="a gathered sweep's name (or its space's name: the newest run of it), "
+                    "or a sweep folder (STORAGE/NAME); several: a comparison across them")
     ap.add_argument("--results", default=None, help="results root (default: the folder's, else $NEUROREG_RESULTS or ./results)")
-    ap.add_argument("--out", default=None, help="output folder (default: ROOT/reports/SWEEP)")
+    ap.add_argument("--out", default=None, help="output folder (default: ROOT/reports/SWEEP, or ROOT/reports/compare-A+B)")
     ap.add_argument("--metric", default=None, help="metric of the best configuration (default: the sweep's)")
     ap.add_argument("--mode", default=None, choices=("max", "min"))
     ap.add_argument("--pareto", default=None, help="objectives, e.g. clean_acc:max,median_l2:max")
+    ap.add_argument("--html", action="store_true", help="also write one self-contained report.html (opens offline)")
     ap.add_argument("--regather", action="store_true", help="gather the sweep folder again first")
     args = ap.parse_args(argv)
     try:
         objectives = _objectives(args.pareto)
+        resolved = [_resolve(s, args.results, args.regather) for s in args.sweep]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    folder = Path(args.sweep)
-    if folder.is_dir():
-        root = Path(args.results) if args.results else default_results_root(folder)
-        name = folder.resolve().name
-        if args.regather or name not in store.sweeps(root):
-            _, problems = gather_report(folder, root)
-            print(f"gathered {name} into {store.tables_dir(root)} ({len(problems)} problem(s))")
-    else:
-        root = Path(args.results) if args.results else default_root()
-        name = args.sweep
-        gathered = store.sweeps(root)
-        latest = sorted(s for s in gathered if s.startswith(f"{name}-"))
-        if name not in gathered and latest:
-            # sweep.run names sweeps SPACE-YYYYmmdd-HHMMSS: the space's name picks its newest.
-            name = latest[-1]
-            print(f"sweep {args.sweep!r}: using the newest gathered run {name!r}")
-        if name not in gathered:
-            print(f"error: sweep {name!r} is not gathered in {root} (gathered: {store.sweeps(root)}); "
-                  "pass the sweep folder or --results", file=sys.stderr)
-            return 2
+    roots = {r.resolve() for r, _ in resolved}
+    if len(roots) > 1:
+        print(f"error: the sweeps are gathered in different results roots ({sorted(map(str, roots))}); "
+              "gather them into one with --results", file=sys.stderr)
+        return 2
+    root, names = resolved[0][0], list(dict.fromkeys(n for _, n in resolved))
+    from analysis import html_report
+
+    if len(names) > 1:
+        out = Path(args.out) if args.out else root / "reports" / ("compare-" + "+".join(names))
+        path, frames = build_comparison(names, root, out, args.metric or "best_val_acc")
+        print(f"report: {path}")
+        if args.html:
+            page = html_report.build_html(frames, root, out / "report.html", "Comparison: " + ", ".join(names),
+                                          args.metric or "best_val_acc", args.mode or "max", objectives=objectives)
+            print(f"html: {page}")
+        return 0
+    name = names[0]
     out = Path(args.out) if args.out else root / "reports" / name
     print(console_tables(root, name))
     path = build_report(name, root, out, args.metric, args.mode, objectives)
     print(f"\nreport: {path}")
+    if args.html:
+        frames = load_frames([name], root)
+        metric, mode = metric_mode(frames.spec, args.metric, args.mode)
+        page = html_report.build_html(
+            frames, root, out / "report.html", f"Sweep {name}", metric, mode,
+            searched_params(frames.spec, frames.trials, frames.configs), objectives or _spec_objectives(frames.spec))
+        print(f"html: {page}")
     return 0
 
 

@@ -612,3 +612,52 @@ def test_gathers_a_real_tiny_sweep(tmp_path, capsys):
     assert "## Against the baseline" in text and "| noise_acc_gaussian_0.2 | pixel_th |" in text
     assert "| noise_acc_mean | pixel_th |" not in text
     _png_ok(tmp_path / "rep" / "plots" / "noise_accuracy.png")
+
+
+def test_cross_sweep_comparison_keys_arms_by_configuration(tmp_path, capsys):
+    """analysis.report A B: the same configuration in two sweeps is one arm; its statistics
+    pool the seeds of both sweeps (paired with the baseline by seed, like within a sweep), and a
+    configuration and seed trained in both sweeps counts once (its repeats averaged)."""
+    from analysis.report import load_frames
+
+    a = write_fake_sweep(tmp_path / "sweeps", "a", seeds=(0, 1), error_trial=False, rng_seed=0)
+    b = write_fake_sweep(tmp_path / "sweeps", "b", seeds=(1, 2, 3), error_trial=False, rng_seed=1)
+    gather(a, tmp_path)
+    gather(b, tmp_path)
+    assert report_main(["a", "b", "--results", str(tmp_path)]) == 0
+    assert "comparison.md" in capsys.readouterr().out
+    text = (tmp_path / "reports" / "compare-a+b" / "comparison.md").read_text()
+
+    # Expected from the trial folders alone: one arm per (target, alpha, th), seeds 0-3, seed 1 averaged.
+    rows = []
+    for exp in (a, b):
+        for tdir in sorted(p for p in exp.iterdir() if (p / "params.json").exists()):
+            params = json.loads((tdir / "params.json").read_text())["params"]
+            seed = yaml.safe_load((tdir / "run" / "config.yaml").read_text())["train"]["seed"]
+            clean = json.loads((tdir / "evaluation" / "summary.json").read_text())["clean_acc"]
+            arm = "none" if params["regularizer.target"] == "none" else (
+                params["regularizer.alpha"], params["regularizer.th"])
+            rows.append({"arm": arm, "seed": seed, "clean_acc": clean})
+    raw = pd.DataFrame(rows).groupby(["arm", "seed"])["clean_acc"].mean()
+    base = raw.loc["none"]
+    arm = raw.loc[(8.0, 0.2)]
+    assert list(arm.index) == list(base.index) == [0, 1, 2, 3]
+    t = sps.ttest_rel(arm.to_numpy(), base.to_numpy())
+    diff = (arm - base).mean()
+    line = next(ln for ln in text.splitlines() if ln.startswith("| clean_acc | pixel_th alpha=8 th=0.2 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:4] == ["paired t", "4"]
+    assert float(cells[6]) == pytest.approx(diff, rel=1e-3)
+    assert float(cells[8]) == pytest.approx(t.pvalue, rel=1e-3)
+
+    frames = load_frames(["a", "b"], tmp_path, by_config=True)
+    assert frames.repeats == 5  # seed 1 of each of the 5 configurations
+    assert frames.done["arm"].nunique() == 5 and frames.done.groupby("arm")["arm_key"].nunique().max() == 1
+    assert "## Arms and where they were trained" in text and "| a, b |" in text
+    assert str(tmp_path) not in text
+
+
+def test_report_cli_refuses_unknown_sweep_among_several(root, capsys):
+    assert report_main(["fake", "nosuch", "--results", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch" in err and "Traceback" not in err
