@@ -16,9 +16,10 @@ import yaml
 
 from neuroreg.errors import ConfigError
 from neuroreg.evaluate.config import EvalConfig
+from neuroreg.models import available_models, tap_points
+from neuroreg.targets import validate_target
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
-TARGETS = ("none", "pixel", "pixel_th", "shuffle", "neural", "features")
 
 
 @dataclass
@@ -205,8 +206,6 @@ class RunConfig:
         """Check every field; raise ConfigError naming the first bad one."""
         _validate_data(self.data, "data", check_files)
         m = self.model
-        from neuroreg.models import available_models, tap_points
-
         if m.name not in available_models():
             raise ConfigError("model.name", f"unknown model {m.name!r}; choose one of {available_models()}")
         _positive(m.width, "model.width")
@@ -216,14 +215,11 @@ class RunConfig:
             raise ConfigError("model.blur_sigma", "must be >= 0 (0 = no blur)")
 
         r = self.regularizer
-        if r.target not in TARGETS:
-            raise ConfigError("regularizer.target", f"unknown target {r.target!r}; choose one of {TARGETS}")
+        validate_target(r, check_files)
         if not (r.alpha >= 0) or r.alpha != r.alpha:
             raise ConfigError("regularizer.alpha", f"must be >= 0, got {r.alpha}")
         if not (0.0 < r.th < 1.0):
             raise ConfigError("regularizer.th", f"must lie in (0, 1), got {r.th}")
-        if r.shuffle_of not in TARGETS or r.shuffle_of in ("none", "shuffle"):
-            raise ConfigError("regularizer.shuffle_of", "must name pixel, pixel_th, neural or features")
         taps = tap_points(m.name)
         if not r.layers:
             raise ConfigError("regularizer.layers", f"choose at least one of {taps}")
@@ -247,22 +243,6 @@ class RunConfig:
             raise ConfigError("regularizer.eps", "must be > 0 (it keeps d(+-1) finite)")
         if r.data is not None:
             _validate_data(r.data, "regularizer.data", check_files)
-        kind = r.shuffle_of if r.target == "shuffle" else r.target
-        if r.active and kind == "neural":
-            if (r.neural_responses is None) == (r.neural_matrix is None):
-                raise ConfigError(
-                    "regularizer.neural_responses",
-                    "the neural target needs exactly one of neural_responses (.npy responses) "
-                    "or neural_matrix (.npy N x N)",
-                )
-            path_field = "neural_responses" if r.neural_responses else "neural_matrix"
-            if check_files:
-                _existing_file(getattr(r, path_field), f"regularizer.{path_field}")
-        if r.active and kind == "features":
-            if not r.features_weights:
-                raise ConfigError("regularizer.features_weights", "the features target needs a weights file")
-            if check_files:
-                _existing_file(r.features_weights, "regularizer.features_weights")
 
         o = self.optim
         _positive(o.lr, "optim.lr")
@@ -348,11 +328,6 @@ def _validate_data(d: DataConfig, name: str, check_files: bool) -> None:
 def _positive(v: Any, name: str) -> None:
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
         raise ConfigError(name, f"must be a positive number, got {v!r}")
-
-
-def _existing_file(path: str, name: str) -> None:
-    if not Path(path).is_file():
-        raise ConfigError(name, f"file {path} does not exist")
 
 
 def _build(cls: type, d: Any, prefix: str) -> Any:

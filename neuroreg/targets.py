@@ -8,6 +8,8 @@ N = 50,000 fits in memory; an N x N matrix exists only where the user hands one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from neuroreg.errors import ConfigError
+from neuroreg.registry import Registry
 
 if TYPE_CHECKING:
     from neuroreg.config import RegularizerConfig
@@ -292,42 +295,135 @@ def feature_unit_vectors(
     return centred_unit_rows(torch.cat(feats))
 
 
-# --- factory --------------------------------------------------------------------------
+# --- the registry: one entry per target, declaring the regularizer fields it reads ------------
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    build: Callable[[RegularizerConfig, torch.Tensor], Target] | None
+    """Builds the target over the regularization images; None for the baseline ("none")."""
+    params: tuple[str, ...] = ()
+    """The ``regularizer.*`` fields this target reads beyond alpha, n, seed and layers."""
+    check: Callable[[RegularizerConfig, bool], None] | None = None
+    """Validates those fields (``check_files``: also that named files exist)."""
+    shuffleable: bool = True
+    """May be the target whose values ``shuffle`` permutes."""
+
+
+TARGETS: Registry[TargetSpec] = Registry("target")
+
+
+def register_target(
+    name: str,
+    params: tuple[str, ...] = (),
+    check: Callable[[RegularizerConfig, bool], None] | None = None,
+    shuffleable: bool = True,
+) -> Callable:
+    """Decorator: register ``build(cfg, reg_images) -> Target`` as the target ``name``."""
+
+    def wrap(build: Callable[[RegularizerConfig, torch.Tensor], Target] | None):
+        TARGETS.add(name, TargetSpec(name, build, params, check, shuffleable))
+        return build
+
+    return wrap
+
+
+def target_kind(target: str, shuffle_of: str | None) -> str:
+    """The target whose values are used: the shuffled one for ``shuffle``."""
+    return shuffle_of if target == "shuffle" and shuffle_of else target
+
+
+def target_params(target: str, shuffle_of: str | None = None) -> tuple[str, ...]:
+    """Every ``regularizer.*`` field a target reads (a shuffle reads its base's too)."""
+    if target not in TARGETS:
+        return ()
+    own = TARGETS.get(target, "regularizer.target").params
+    if target == "shuffle" and shuffle_of in TARGETS and shuffle_of != "shuffle":
+        return own + TARGETS.get(shuffle_of, "regularizer.shuffle_of").params
+    return own
+
+
+def validate_target(cfg: RegularizerConfig, check_files: bool) -> None:
+    """The target and shuffle_of names, and the fields the used target reads."""
+    TARGETS.get(cfg.target, "regularizer.target")
+    bases = tuple(t.name for t in TARGETS if t.shuffleable)
+    if cfg.shuffle_of not in bases:
+        raise ConfigError("regularizer.shuffle_of", f"must name one of {bases}, got {cfg.shuffle_of!r}")
+    spec = TARGETS.get(target_kind(cfg.target, cfg.shuffle_of), "regularizer.target")
+    if cfg.active and spec.check is not None:
+        spec.check(cfg, check_files)
 
 
 def build_target(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target | None:
     """The target of ``cfg`` over the regularization images (uint8 N x C x H x W)."""
     if not cfg.active:
         return None
-    n = reg_images.shape[0]
-    kind = cfg.shuffle_of if cfg.target == "shuffle" else cfg.target
-    base = _base_target(kind, cfg, reg_images, n)
-    if cfg.target == "shuffle":
-        return ShuffleTarget(base, seed=cfg.seed)
-    return base
+    build = TARGETS.get(cfg.target, "regularizer.target").build
+    return build(cfg, reg_images) if build is not None else None
 
 
-def _base_target(kind: str, cfg: RegularizerConfig, reg_images: torch.Tensor, n: int) -> Target:
-    if kind == "pixel":
-        return CosineTarget(pixel_unit_vectors(reg_images))
-    if kind == "pixel_th":
-        return ThresholdTarget(CosineTarget(pixel_unit_vectors(reg_images)), cfg.th)
-    if kind == "neural":
-        if cfg.neural_matrix:
-            m = _load_npy(cfg.neural_matrix, "regularizer.neural_matrix")
-            return MatrixTarget(check_matrix(m, n, "regularizer.neural_matrix"))
-        r = _load_npy(cfg.neural_responses, "regularizer.neural_responses")
-        stimuli = r.shape[-2] if r.ndim == 3 else r.shape[0]
-        if r.ndim not in (2, 3) or stimuli != n:
-            raise ConfigError(
-                "regularizer.neural_responses",
-                f"responses of shape {r.shape} do not match the regularization set of {n} images "
-                "(expected stimuli x neurons or repeats x stimuli x neurons, stimuli in the "
-                "order of the regularization set); set regularizer.n accordingly",
-            )
-        return CosineTarget(neural_unit_vectors(r))
-    if kind == "features":
-        return CosineTarget(
-            feature_unit_vectors(reg_images, cfg.features_weights, cfg.features_arch, cfg.features_layer)
+def _existing_file(path: str, name: str) -> None:
+    if not Path(path).is_file():
+        raise ConfigError(name, f"file {path} does not exist")
+
+
+register_target("none", shuffleable=False)(None)
+
+
+@register_target("pixel")
+def _pixel(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
+    return CosineTarget(pixel_unit_vectors(reg_images))
+
+
+@register_target("pixel_th", params=("th",))
+def _pixel_th(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
+    return ThresholdTarget(CosineTarget(pixel_unit_vectors(reg_images)), cfg.th)
+
+
+def _check_neural(cfg: RegularizerConfig, check_files: bool) -> None:
+    if (cfg.neural_responses is None) == (cfg.neural_matrix is None):
+        raise ConfigError(
+            "regularizer.neural_responses",
+            "the neural target needs exactly one of neural_responses (.npy responses) "
+            "or neural_matrix (.npy N x N)",
         )
-    raise ConfigError("regularizer.target", f"no target of kind {kind!r}")
+    path_field = "neural_responses" if cfg.neural_responses else "neural_matrix"
+    if check_files:
+        _existing_file(getattr(cfg, path_field), f"regularizer.{path_field}")
+
+
+@register_target("neural", params=("neural_responses", "neural_matrix", "order"), check=_check_neural)
+def _neural(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
+    n = reg_images.shape[0]
+    if cfg.neural_matrix:
+        m = _load_npy(cfg.neural_matrix, "regularizer.neural_matrix")
+        return MatrixTarget(check_matrix(m, n, "regularizer.neural_matrix"))
+    r = _load_npy(cfg.neural_responses, "regularizer.neural_responses")
+    stimuli = r.shape[-2] if r.ndim == 3 else r.shape[0]
+    if r.ndim not in (2, 3) or stimuli != n:
+        raise ConfigError(
+            "regularizer.neural_responses",
+            f"responses of shape {r.shape} do not match the regularization set of {n} images "
+            "(expected stimuli x neurons or repeats x stimuli x neurons, stimuli in the "
+            "order of the regularization set); set regularizer.n accordingly",
+        )
+    return CosineTarget(neural_unit_vectors(r))
+
+
+def _check_features(cfg: RegularizerConfig, check_files: bool) -> None:
+    if not cfg.features_weights:
+        raise ConfigError("regularizer.features_weights", "the features target needs a weights file")
+    if check_files:
+        _existing_file(cfg.features_weights, "regularizer.features_weights")
+
+
+@register_target("features", params=("features_weights", "features_arch", "features_layer"), check=_check_features)
+def _features(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
+    return CosineTarget(feature_unit_vectors(reg_images, cfg.features_weights, cfg.features_arch, cfg.features_layer))
+
+
+@register_target("shuffle", params=("shuffle_of",), shuffleable=False)
+def _shuffle(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
+    base = TARGETS.get(cfg.shuffle_of, "regularizer.shuffle_of").build
+    return ShuffleTarget(base(cfg, reg_images), seed=cfg.seed)
