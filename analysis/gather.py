@@ -226,6 +226,7 @@ def _trials_table(sweep: str, trials: list[TrialFolder], spec: dict[str, Any]) -
             "wall_time_s": float(wall) if wall is not None else math.nan,
             "iterations": int(last["training_iteration"]) if "training_iteration" in last else 0,
             "n_epochs": len(_epoch_rows(t)),
+            **_node_columns(t.results),
         }
         metrics = _final_metrics(t)
         for k, v in cfg.items():
@@ -249,6 +250,15 @@ def _trials_table(sweep: str, trials: list[TrialFolder], spec: dict[str, Any]) -
     fixed = list(REQUIRED["trials"]) + ["condition", "baseline", "arm_key", "condition_key"]
     metric_cols = [c for c in df.columns if c not in fixed and c not in config_keys]
     return df[fixed + config_cols + sorted(metric_cols)]
+
+
+def _node_columns(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the trial ran: the node of its last report, and every node it reported from
+    (more than one when it was retried on another node after losing its own)."""
+    last = results[-1] if results else {}
+    ids = list(dict.fromkeys(str(r["node_id"]) for r in results if r.get("node_id")))
+    return {"node_id": last.get("node_id"), "node_host": last.get("hostname"), "node_ip": last.get("node_ip"),
+            "node_ids": ",".join(ids) or None}
 
 
 # Fields that change where or how fast a run goes, not what it trains; never part of a key.

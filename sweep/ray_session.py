@@ -42,7 +42,7 @@ def start_ray(address: str | None, num_cpus: int | None, dashboard: bool = True)
             info = ray.init(address=address or reuse, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError("--address", f"cannot join the Ray cluster at {address or reuse}: "
-                                           f"{str(e).splitlines()[0][:200]}") from None
+                                           f"{str(e).splitlines()[0][:200]}{_token_hint()}") from None
         started = False
         url = info.dashboard_url
     else:
@@ -59,6 +59,43 @@ def start_ray(address: str | None, num_cpus: int | None, dashboard: bool = True)
         started = True
         url = info.dashboard_url if dashboard else None
     return RayInfo(started, time.perf_counter() - t0, _http(url), token_auth_enabled())
+
+
+def prepare_token_auth() -> str | None:
+    """Send this machine's Ray token when joining a cluster, without hand-set variables.
+
+    `ray start --head` (Ray >= 2.59) turns token authentication on, and a driver that does
+    not set RAY_AUTH_MODE=token is refused (after ~20 s of retries). Ray reads the mode once,
+    when it is imported, so this runs before ``import ray``: with a token at hand
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and no mode chosen, the mode
+    becomes token. A cluster without authentication accepts such a driver too.
+    Returns where the token came from, or None when nothing was changed."""
+    import sys
+
+    if "ray" in sys.modules or os.environ.get("RAY_AUTH_MODE"):
+        return None
+    source = token_source()
+    if source is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return source
+
+
+def token_source() -> str | None:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "$RAY_AUTH_TOKEN"
+    return str(token_path()) if token_path().is_file() else None
+
+
+def _token_hint() -> str:
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return "; RAY_AUTH_MODE=disabled is set: unset it if the cluster uses token authentication"
+    where = token_source()
+    if where is None:
+        return ("; if the cluster uses token authentication (the default of `ray start` since Ray 2.59), "
+                "set RAY_AUTH_TOKEN to the output of `ray get-auth-token` on the head node (or copy its "
+                f"~/.ray/auth_token to {token_path()})")
+    return (f"; if the cluster uses token authentication, the token in {where} is not its token: set "
+            "RAY_AUTH_TOKEN to the output of `ray get-auth-token` on the head node")
 
 
 def _probe_address(address: str, timeout_s: float = 5.0) -> None:

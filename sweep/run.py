@@ -39,7 +39,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (fractions allowed)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions allowed, e.g. 0.25)")
-    p.add_argument("--resume", action="store_true", help="continue the sweep --name (default: the latest of this space)")
+    p.add_argument("--study-storage", metavar="URL",
+                   help="SQLAlchemy URL of the Optuna study (default: sqlite:///STORAGE/NAME/study.db; "
+                        "in memory with remote --storage)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep --name (default: the latest of this space); with --num-samples N "
+                        "an Optuna study is extended to N configurations")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and the trial count; start nothing")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config field")
     p.add_argument("--data-root", help="sets NEUROREG_DATA_ROOT (made absolute) for data sets that need files")
@@ -86,8 +91,8 @@ def check_flags(args: argparse.Namespace, storage: str) -> None:
     if "://" not in storage and Path(storage).exists() and not Path(storage).is_dir():
         raise ConfigError("--storage", f"{storage} is a file; give a folder for the sweep results")
     if args.resume:
-        ignored = [f for f, v in (("--num-samples", args.num_samples), ("--max-concurrent", args.max_concurrent),
-                                  ("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial))
+        ignored = [f for f, v in (("--max-concurrent", args.max_concurrent), ("--cpus-per-trial", args.cpus_per_trial),
+                                  ("--gpus-per-trial", args.gpus_per_trial), ("--study-storage", args.study_storage))
                    if v is not None]
         if ignored:
             raise ConfigError(ignored[0], "a resumed sweep keeps the settings it started with; "
@@ -123,6 +128,8 @@ def load_for_run(args: argparse.Namespace, storage: str):
         import yaml
 
         spec = parse_spec(yaml.safe_load(saved), default_name=name, source=f"{storage}/{name}/{SPEC_FILE}")
+        if args.num_samples is not None:
+            _extend(spec, args.num_samples, MAX_SAMPLES)
         return spec, name
     if not args.space:
         raise ConfigError("--space", "give a search-space file or name, e.g. --space alpha_th.yaml")
@@ -140,10 +147,28 @@ def load_for_run(args: argparse.Namespace, storage: str):
     from sweep.spec import validate_spec
 
     validate_spec(spec)  # the command-line values too
+    if args.study_storage is not None:
+        if spec.search.algorithm != "optuna":
+            raise ConfigError("--study-storage", f"only an Optuna sweep has a study; this one searches by "
+                                                 f"{spec.search.algorithm}: drop the flag")
+        from sweep.study import check_study_url
+
+        check_study_url(args.study_storage)
     name = check_name(args.name or f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     if "://" not in storage and (Path(storage) / name).exists():
         raise ConfigError("--name", f"{Path(storage) / name} exists; pass --resume to continue it or choose another name")
     return spec, name
+
+
+def _extend(spec, n: int, max_samples: int) -> None:
+    """--resume --num-samples N: an Optuna study grows to N configurations; nothing else can."""
+    if spec.search.algorithm != "optuna":
+        raise ConfigError("--num-samples", f"a resumed {spec.search.algorithm} sweep keeps its trial list; only an "
+                                           "Optuna study can be extended: drop the flag or start a new sweep")
+    if not spec.num_samples <= n <= max_samples:
+        raise ConfigError("--num-samples", f"the sweep already has {spec.num_samples} configurations; give a number "
+                                           f"in [{spec.num_samples}, {max_samples}] to extend it")
+    spec.num_samples = n
 
 
 def _spec_name(path: Path) -> str:
@@ -264,6 +289,10 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     # num_to_keep=2 snapshots the experiment state at every epoch checkpoint (what makes
     # --resume exact); Tune warns about that frequency, which is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from sweep.ray_session import prepare_token_auth
+
+    if args.address not in (None, "local") and (source := prepare_token_auth()):
+        print(f"Token authentication: RAY_AUTH_MODE=token with the token in {source}")
     import ray
 
     from sweep.ray_session import check_resources, dashboard_help, default_concurrency, start_ray
@@ -288,17 +317,26 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         else:
             res = ray.cluster_resources()
             res = {"CPU": float(res.get("CPU", 1)), "GPU": float(res.get("GPU", 0))}
-        concurrency = r.max_concurrent or default_concurrency(res, r.cpus_per_trial, r.gpus_per_trial)
+        # An autoscaling cluster (--no-resource-check) may hold no GPU yet: every trial is
+        # queued at once, so the autoscaler sees the whole demand instead of one trial.
+        concurrency = r.max_concurrent or (spec.num_trials() if args.no_resource_check else
+                                           default_concurrency(res, r.cpus_per_trial, r.gpus_per_trial))
         verbose = 1 if args.verbose else 0
         t0 = time.perf_counter()
+        study = _study_storage(spec, storage, name, args)
         if args.resume:
-            print(f"Resuming {storage}/{name}")
+            if args.num_samples is not None:  # the extended count is what the next --resume sees
+                _write_saved_spec(storage, name, spec.to_yaml())
+            print(f"Resuming {storage}/{name} ({spec.num_trials()} trials)")
             tuner = restore_tuner(spec, storage, name, verbose)
         else:
             saved = _write_saved_spec(storage, name, spec.to_yaml())
             print(f"Sweep {name}: {spec.num_trials()} trials, up to {concurrency} at a time; spec saved to {saved}",
                   flush=True)
-            tuner = build_tuner(spec, storage, name, concurrency, verbose, progress=not args.quiet)
+            tuner = build_tuner(spec, storage, name, concurrency, verbose, progress=not args.quiet,
+                                study_storage=study, max_failures=spec.failure.max_failures)
+        if study:
+            print(f"Optuna study {name!r} in {study}  (browse: optuna-dashboard {study})", flush=True)
         results = tuner.fit()
         wall = time.perf_counter() - t0
         df = trial_rows(results)
@@ -324,6 +362,19 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     finally:
         if info.started_here:
             ray.shutdown()
+
+
+def _study_storage(spec, storage: str, name: str, args: argparse.Namespace) -> str | None:
+    """The study's URL: --study-storage, else the SQLite file in the sweep folder (local
+    storage); on --resume the one the study was created in (the searcher keeps its URL)."""
+    if spec.search.algorithm != "optuna":
+        return None
+    from sweep.study import STUDY_FILE, default_study_storage
+
+    if args.resume:
+        url = default_study_storage(storage, name)
+        return url if url and (Path(storage) / name / STUDY_FILE).is_file() else None
+    return args.study_storage or default_study_storage(storage, name)
 
 
 def _gather(exp_path: str, storage: str) -> None:

@@ -61,7 +61,7 @@ SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 _TOP_KEYS = (
     "name", "description", "base", "space", "search", "scheduler", "seeds", "metric", "mode",
-    "num_samples", "time_budget_s", "resources", "baseline",
+    "num_samples", "time_budget_s", "resources", "baseline", "failure",
 )
 
 MAX_SAMPLES = 10_000
@@ -133,6 +133,12 @@ class ResourcesSpec:
 
 
 @dataclass
+class FailureSpec:
+    max_failures: int = 0
+    """Retries of a failed trial (a lost node, an error) from its last checkpoint; -1: no limit."""
+
+
+@dataclass
 class SweepSpec:
     name: str
     base: dict[str, Any]
@@ -147,6 +153,7 @@ class SweepSpec:
     num_samples: int = 1
     time_budget_s: float | None = None
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    failure: FailureSpec = field(default_factory=FailureSpec)
     description: str = ""
     source: str | None = None
     baseline: bool = True
@@ -204,6 +211,7 @@ class SweepSpec:
             "time_budget_s": self.time_budget_s,
             "resources": dict(vars(self.resources)),
             "baseline": self.baseline,
+            "failure": dict(vars(self.failure)),
         }
 
     def to_yaml(self) -> str:
@@ -290,6 +298,9 @@ def parse_spec(
     spec.search = _dataclass_section(raw, "search", SearchSpec)
     spec.scheduler = _dataclass_section(raw, "scheduler", SchedulerSpec)
     spec.resources = _dataclass_section(raw, "resources", ResourcesSpec)
+    spec.failure = _dataclass_section(raw, "failure", FailureSpec)
+    if spec.failure.max_failures is None or spec.failure.max_failures < -1:
+        raise ConfigError("failure.max_failures", f"must be an integer >= -1 (-1: no limit), got {spec.failure.max_failures}")
     spec.seeds = _parse_seeds(raw.get("seeds"))
     spec.space = _parse_space(raw.get("space"))
     validate_spec(spec, check_files)

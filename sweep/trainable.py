@@ -113,6 +113,10 @@ def run_trial(
     if shared is not None and shared_key == data_key(cfg):
         data = PreparedData(shared.splits, shared.reg if cfg.regularizer.active else None)
 
+    # Ray adds hostname and node_ip to every result; the node id tells two nodes of one
+    # host apart and shows where a retried trial went after losing its node.
+    node = {"node_id": ray.get_runtime_context().get_node_id()}
+
     def report_epoch(metrics: dict[str, Any]) -> None:
         ckpt_file = Path(metrics.pop("checkpoint"))
         with tempfile.TemporaryDirectory(prefix="neuroreg_ckpt_") as tmp:
@@ -121,7 +125,7 @@ def run_trial(
             for src in (ckpt_file, ckpt_file.with_name("checkpoint_best.pt")):
                 if src.is_file():
                     _link_or_copy(src, Path(tmp) / src.name)
-            tune.report(_plain(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report({**_plain(metrics), **node}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     checkpoint = tune.get_checkpoint()
     ctx = checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)
@@ -147,7 +151,7 @@ def run_trial(
     summary = evaluate(result, cfg, trial_dir / "evaluation")
     final.update(summary)
     final["evaluated"] = bool(summary)
-    tune.report(_plain(final))
+    tune.report({**_plain(final), **node})
 
 
 def evaluate(result: Any, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from sweep.spec import (
     condition_holds,
     enumerate_trials,
 )
+from sweep.study import ExtendableSearch, rdb_storage, search_generator
 from sweep.trainable import TRIAL_INDEX, data_key, prepare_shared_data, run_trial
 
 PARAMS = "params"  # a trial's config: {"params": {dotted key: value}} (+ "__trial_index__")
@@ -144,8 +145,12 @@ def _suggest(trial: Any, name: str, p: ParamSpec) -> Any:
     return json.loads(trial.suggest_categorical(name, labels))
 
 
-def build_search(spec: SweepSpec) -> tuple[Any, dict[str, Any], int]:
-    """(search algorithm or None, param_space, num_samples for TuneConfig)."""
+def build_search(
+    spec: SweepSpec, study_storage: str | None = None, study_name: str | None = None
+) -> tuple[Any, dict[str, Any], int]:
+    """(search algorithm or None, param_space, num_samples for TuneConfig).
+
+    ``study_storage``: the Optuna study's SQLAlchemy URL (None: in memory)."""
     if spec.search.algorithm != "optuna":
         trials = enumerate_trials(spec)
         return None, {PARAMS: tune.grid_search(trials)}, 1
@@ -168,6 +173,9 @@ def build_search(spec: SweepSpec) -> tuple[Any, dict[str, Any], int]:
         metric=metrics if as_list else metrics[0],
         mode=modes if as_list else modes[0],
         sampler=sampler,
+        # The storage only decides where trials are kept; the seeded sampler draws the
+        # same configurations from either.
+        **({"storage": rdb_storage(study_storage), "study_name": study_name} if study_storage else {}),
     )
     if spec.repeats > 1:
         searcher = MeanRepeater(searcher, repeat=spec.repeats, set_index=True)
@@ -224,12 +232,17 @@ def build_tuner(
     max_concurrent: int,
     verbose: int = 1,
     progress: bool = False,
+    study_storage: str | None = None,
+    max_failures: int = 0,
 ) -> tune.Tuner:
     local = "://" not in storage
     experiment_dir = str(Path(storage) / name) if local else None
-    searcher, param_space, num_samples = build_search(spec)
+    searcher, param_space, num_samples = build_search(spec, study_storage, name)
     if needs_lenient_metrics(spec):
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if searcher is not None:
+        # Our own generator (same chain Tune would build) so --resume --num-samples can extend it.
+        searcher, max_concurrent = search_generator(searcher, max_concurrent), None
     return tune.Tuner(
         build_trainable(spec, experiment_dir, verbose=verbose),
         param_space=param_space,
@@ -242,7 +255,7 @@ def build_tuner(
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),
-        run_config=run_config(storage, name, local, verbose, _callbacks(spec, verbose, progress)),
+        run_config=run_config(storage, name, local, verbose, _callbacks(spec, verbose, progress), max_failures),
     )
 
 
@@ -254,7 +267,9 @@ def _callbacks(spec: SweepSpec, verbose: int, progress: bool) -> list:
     return [CompactProgress(spec.search_metrics, spec.num_trials())]
 
 
-def run_config(storage: str, name: str, local: bool, verbose: int = 1, callbacks: list | None = None) -> tune.RunConfig:
+def run_config(
+    storage: str, name: str, local: bool, verbose: int = 1, callbacks: list | None = None, max_failures: int = 0
+) -> tune.RunConfig:
     return tune.RunConfig(
         callbacks=callbacks or None,
         name=name,
@@ -263,7 +278,9 @@ def run_config(storage: str, name: str, local: bool, verbose: int = 1, callbacks
         # state, so a driver killed in between (SIGKILL) left a state pointing at a deleted
         # checkpoint with num_to_keep=1 and the trial could not be restored.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        failure_config=tune.FailureConfig(max_failures=0),
+        # A trial whose node dies (or that raises) is retried this often from its last
+        # checkpoint, on any node with room; the space's `failure: {max_failures: N}`.
+        failure_config=tune.FailureConfig(max_failures=max_failures),
         # Local storage: trials write run/ and evaluation/ straight into their folder.
         # Remote storage (s3://, gs://): they write to the working directory, synced here.
         sync_config=tune.SyncConfig(sync_artifacts=not local),
@@ -273,7 +290,9 @@ def run_config(storage: str, name: str, local: bool, verbose: int = 1, callbacks
 
 def restore_tuner(spec: SweepSpec, storage: str, name: str, verbose: int = 1) -> tune.Tuner:
     """Continue an interrupted sweep: finished trials stay, interrupted ones continue from
-    their last epoch checkpoint, errored ones start again."""
+    their last epoch checkpoint, errored ones start again. An Optuna sweep runs up to
+    ``spec.num_trials()`` trials, more than it started with when --num-samples grew."""
+    ExtendableSearch.extend_to = spec.num_trials() if spec.search.algorithm == "optuna" else None
     local = "://" not in storage
     path = str(Path(storage) / name) if local else f"{storage.rstrip('/')}/{name}"
     if needs_lenient_metrics(spec):

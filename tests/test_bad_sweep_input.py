@@ -23,7 +23,7 @@ def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     (["--space", "alpha_th.yaml", "--name", "ünï"], "--name"),
     (["--resume", "--name", "../outside/x"], "--name"),
     (["--space", "alpha_th.yaml", "--num-cpus", "-3"], "--num-cpus"),
-    (["--resume", "--name", "x", "--num-samples", "9"], "--num-samples"),
+    (["--resume", "--name", "x", "--max-concurrent", "2"], "--max-concurrent"),  # --num-samples extends a study
     (["--resume", "--name", "x", "--gpus-per-trial", "1"], "--gpus-per-trial"),
 ])
 def test_refused_with_exit_2(args, culprit, tmp_path):
