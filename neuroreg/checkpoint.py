@@ -68,3 +68,44 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     except (ConfigError, RuntimeError, TypeError, KeyError, ValueError) as e:
         raise CheckpointError(path, f"its model does not load: {str(e).splitlines()[0][:300]}") from None
     return model.to(device).eval(), cfg
+
+
+# --- the trainer's state: what checkpoint_last.pt holds for an exact resume ----------------
+
+
+def trainer_state(
+    cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, head: nn.Module | None,
+    gen_data: torch.Generator, gen_pairs: torch.Generator, num_classes: int, in_chans: int,
+    epoch: int, lr: float, best_val_acc: float, initial_val_sim_loss: float, history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The checkpoint dict after ``epoch`` (1-based): tensors and plain values only."""
+    return {
+        "model": model.state_dict(),
+        "config": cfg.to_dict(),
+        "num_classes": num_classes,
+        "in_chans": in_chans,
+        "epoch": epoch,
+        "optimizer": opt.state_dict(),
+        "schedule": {"name": cfg.optim.schedule, "lr": lr},
+        "similarity": head.state_dict() if head is not None else {},
+        "rng": {"data": gen_data.get_state(), "pairs": gen_pairs.get_state()},
+        "best_val_acc": best_val_acc,
+        "initial_val_sim_loss": initial_val_sim_loss,
+        "history": history,
+    }
+
+
+def restore_trainer_state(
+    path: str | os.PathLike, device: torch.device, model: nn.Module, opt: torch.optim.Optimizer,
+    head: nn.Module | None, gen_data: torch.Generator, gen_pairs: torch.Generator,
+) -> tuple[int, float, list[dict[str, Any]], float]:
+    """Load ``path`` into the live objects; returns (epoch, best_val_acc, history, initial_val_sim_loss)."""
+    st = load_checkpoint(path, map_location=device)
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    if head is not None:
+        head.load_state_dict(st["similarity"])
+    gen_data.set_state(st["rng"]["data"])
+    gen_pairs.set_state(st["rng"]["pairs"])
+    return st["epoch"], st["best_val_acc"], list(st["history"]), st.get("initial_val_sim_loss", float("nan"))
+

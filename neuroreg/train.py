@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuroreg.checkpoint import build_model, load_checkpoint, save_checkpoint
+from neuroreg.checkpoint import (
+    build_model,
+    load_checkpoint,
+    restore_trainer_state,
+    save_checkpoint,
+    trainer_state,
+)
 from neuroreg.config import ConfigError, RunConfig
 from neuroreg.data import (
     ImageData,
@@ -225,6 +231,90 @@ def _tap_channels(model: nn.Module, layers: list[str], in_chans: int, device: to
 # --- the loop --------------------------------------------------------------------------
 
 
+@dataclass
+class Learner:
+    """What one run trains: the CNN, its similarity head and target, the optimizer and the
+    two generators (data order + augmentation, pair sampling) that make a resume exact."""
+
+    model: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor] | None
+    precision: Precision
+    head: SimilarityHead | None
+    target: Target | None
+    opt: torch.optim.Optimizer
+    gen_data: torch.Generator
+    gen_pairs: torch.Generator
+    num_classes: int
+    in_chans: int
+
+
+def build_learner(cfg: RunConfig, data: PreparedData, device: torch.device) -> Learner:
+    reg = cfg.regularizer
+    train_set = data.splits.train
+    torch.manual_seed(cfg.train.seed)
+    num_classes, in_chans = len(train_set.classes), train_set.images.shape[1]
+    model = build_model(cfg, num_classes, in_chans).to(device)
+    precision = Precision.for_run(cfg.train.precision, device, cfg.train.channels_last, model)
+    model = precision.prepare_model(model)
+    forward = torch.compile(model) if cfg.train.compile else None
+    head: SimilarityHead | None = None
+    target: Target | None = None
+    if reg.active:
+        channels = _tap_channels(model, reg.layers, in_chans, device)
+        head = SimilarityHead(reg.layers, channels, reg.centering, reg.ema_beta, reg.train_layer_weights).to(device)
+        target = build_target(reg, data.reg.images).to(device)
+    params = list(model.parameters()) + ([head.layer_logits] if head and reg.train_layer_weights else [])
+    opt = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    gen_data = torch.Generator().manual_seed(cfg.train.seed)
+    gen_pairs = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
+    return Learner(model, forward, precision, head, target, opt, gen_data, gen_pairs, num_classes, in_chans)
+
+
+def train_epoch(
+    lrn: Learner, cfg: RunConfig, epoch: int, x_train: torch.Tensor, y_train: torch.Tensor,
+    x_reg: torch.Tensor | None, progress: bool = False,
+) -> dict[str, float]:
+    """One pass over the training set: SGD steps on the joint loss."""
+    model, device, bs = lrn.model, x_train.device, cfg.train.batch_size
+    model.train()
+    n_train = len(x_train)
+    perm = torch.randperm(n_train, generator=lrn.gen_data).to(device, non_blocking=True)
+    steps = max(1, n_train // bs) if n_train >= bs else 1
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    # Running sums stay on the device and the finiteness check reads back only every
+    # check_finite_every steps: no host synchronisation per step (CUDA).
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # task loss, sim loss, correct
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    seen = n_pairs_seen = 0
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = perm[step * bs : (step + 1) * bs]
+        x = to_float(x_train[idx])
+        if cfg.data.augment:
+            x = augment_batch(x, cfg.data.crop_padding, cfg.data.hflip, lrn.gen_data)
+        x, y = lrn.precision.layout(x), y_train[idx]
+        loss, loss_task, loss_sim, logits, n_pairs = joint_loss(
+            model, lrn.head, lrn.target, cfg, x, y, x_reg, lrn.gen_pairs, lrn.precision, lrn.forward
+        )
+        lrn.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        lrn.opt.step()
+        with torch.no_grad():
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + 1, first_bad)
+            sums += torch.stack([loss_task * len(y), loss_sim * len(y), (logits.argmax(1) == y).sum()]).double()
+        seen += len(y)
+        n_pairs_seen += n_pairs
+        if (step + 1) % cfg.train.check_finite_every == 0 or step + 1 == steps:
+            _check_finite(first_bad, epoch)
+        if progress and (step + 1) % max(1, steps // 10) == 0:
+            print(f"  epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}", file=sys.stderr)
+    task_sum, sim_sum, correct = sums.tolist()
+    epoch_s = time.perf_counter() - t0
+    return {"train_loss": task_sum / seen, "sim_loss": sim_sum / seen, "train_acc": correct / seen,
+            "images_per_s": seen / epoch_s, "pairs_per_s": n_pairs_seen / epoch_s, "epoch_s": epoch_s}
+
+
 def train(
     cfg: RunConfig,
     out_dir: str | os.PathLike,
@@ -246,139 +336,50 @@ def train(
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     data = data or prepare_data(cfg)
-    train_set, val_set = data.splits.train, data.splits.val
-    reg = cfg.regularizer
+    lrn = build_learner(cfg, data, device)
+    model, head, reg = lrn.model, lrn.head, cfg.regularizer
 
-    torch.manual_seed(cfg.train.seed)
-    num_classes = len(train_set.classes)
-    in_chans = train_set.images.shape[1]
-    model = build_model(cfg, num_classes, in_chans).to(device)
-    precision = Precision.for_run(cfg.train.precision, device, cfg.train.channels_last, model)
-    model = precision.prepare_model(model)
-    forward = torch.compile(model) if cfg.train.compile else None
-    head: SimilarityHead | None = None
-    target: Target | None = None
-    if reg.active:
-        head = SimilarityHead(
-            reg.layers,
-            _tap_channels(model, reg.layers, in_chans, device),
-            reg.centering,
-            reg.ema_beta,
-            reg.train_layer_weights,
-        ).to(device)
-        target = build_target(reg, data.reg.images).to(device)
-    params = list(model.parameters()) + ([head.layer_logits] if head and reg.train_layer_weights else [])
-    opt = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-    gen_data = torch.Generator().manual_seed(cfg.train.seed)
-    gen_pairs = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
-
-    start_epoch, best_val, history = 0, -1.0, []
+    start_epoch, best_val, history, init_sim = 0, -1.0, [], None
     if resume_from is not None:
-        st = load_checkpoint(resume_from, map_location=device)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        if head is not None:
-            head.load_state_dict(st["similarity"])
-        gen_data.set_state(st["rng"]["data"])
-        gen_pairs.set_state(st["rng"]["pairs"])
-        start_epoch, best_val, history = st["epoch"], st["best_val_acc"], list(st["history"])
+        start_epoch, best_val, history, init_sim = restore_trainer_state(
+            resume_from, device, model, lrn.opt, head, lrn.gen_data, lrn.gen_pairs)
         # The metrics file may have run ahead of the checkpoint we resume from: rewrite it.
         (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
     elif (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
 
     # Keep the decoded uint8 images on the device: one copy, no per-step host transfer.
-    x_train = train_set.images.to(device)
-    y_train = train_set.labels.to(device)
+    x_train, y_train = data.splits.train.images.to(device), data.splits.train.labels.to(device)
     x_reg = data.reg.images.to(device) if reg.active else None
-    if resume_from is None:
-        init_sim = fixed_pair_similarity_loss(model, head, target, x_reg, cfg) if head is not None else 0.0
-    else:
-        init_sim = st.get("initial_val_sim_loss", float("nan"))
+    if init_sim is None:
+        init_sim = fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg) if head is not None else 0.0
     last_path, best_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
     (out / "config.yaml").write_text(cfg.to_yaml())
-    n_train = len(train_set)
-    bs = cfg.train.batch_size
 
     for epoch in range(start_epoch, cfg.train.epochs):
         lr = learning_rate(cfg, epoch)
-        for g in opt.param_groups:
+        for g in lrn.opt.param_groups:
             g["lr"] = lr
-        model.train()
-        perm = torch.randperm(n_train, generator=gen_data).to(device, non_blocking=True)
-        steps = max(1, n_train // bs) if n_train >= bs else 1
-        if cfg.train.max_steps_per_epoch:
-            steps = min(steps, cfg.train.max_steps_per_epoch)
-        # Running sums stay on the device and the finiteness check reads back only every
-        # check_finite_every steps: no host synchronisation per step (CUDA).
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # task loss, sim loss, correct
-        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        seen = n_pairs_seen = 0
-        t0 = time.perf_counter()
-        for step in range(steps):
-            idx = perm[step * bs : (step + 1) * bs]
-            x = to_float(x_train[idx])
-            if cfg.data.augment:
-                x = augment_batch(x, cfg.data.crop_padding, cfg.data.hflip, gen_data)
-            x, y = precision.layout(x), y_train[idx]
-            loss, loss_task, loss_sim, logits, n_pairs = joint_loss(
-                model, head, target, cfg, x, y, x_reg, gen_pairs, precision, forward
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + 1, first_bad)
-                sums += torch.stack([loss_task * len(y), loss_sim * len(y), (logits.argmax(1) == y).sum()]).double()
-            seen += len(y)
-            n_pairs_seen += n_pairs
-            if (step + 1) % cfg.train.check_finite_every == 0 or step + 1 == steps:
-                _check_finite(first_bad, epoch)
-            if progress and (step + 1) % max(1, steps // 10) == 0:
-                print(f"  epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}", file=sys.stderr)
-        task_sum, sim_sum, correct = sums.tolist()
-        epoch_s = time.perf_counter() - t0
+        stats = train_epoch(lrn, cfg, epoch, x_train, y_train, x_reg, progress)
         model.eval()
-        val_acc = accuracy(model, val_set.images, val_set.labels, cfg.train.eval_batch_size, device)
+        val_acc = accuracy(model, data.splits.val.images, data.splits.val.labels, cfg.train.eval_batch_size, device)
         # Ties keep the later epoch: on a 1 % validation split equal accuracies are common,
         # and the later model has trained longer.
         improved = math.isnan(val_acc) or val_acc >= best_val
-        val_sim = fixed_pair_similarity_loss(model, head, target, x_reg, cfg) if head is not None else 0.0
+        val_sim = fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg) if head is not None else 0.0
         if improved:
             best_val = val_acc if not math.isnan(val_acc) else best_val
         metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": task_sum / seen,
-            "sim_loss": sim_sum / seen,
-            "val_sim_loss": val_sim,
-            "train_acc": correct / seen,
-            "val_acc": val_acc,
-            "best_val_acc": best_val,
-            "images_per_s": seen / epoch_s,
-            "pairs_per_s": n_pairs_seen / epoch_s,
-            "epoch_s": epoch_s,
-            "precision": precision.name,
-            "channels_last": precision.channels_last,
+            "epoch": epoch + 1, "lr": lr, "train_loss": stats["train_loss"], "sim_loss": stats["sim_loss"],
+            "val_sim_loss": val_sim, "train_acc": stats["train_acc"], "val_acc": val_acc, "best_val_acc": best_val,
+            "images_per_s": stats["images_per_s"], "pairs_per_s": stats["pairs_per_s"], "epoch_s": stats["epoch_s"],
+            "precision": lrn.precision.name, "channels_last": lrn.precision.channels_last,
         }
         if head is not None:
-            for name, w in zip(reg.layers, head.layer_weights().tolist()):
-                metrics[f"layer_weight_{name}"] = w
+            metrics.update({f"layer_weight_{n}": w for n, w in zip(reg.layers, head.layer_weights().tolist())})
         history.append(metrics)
-        state = {
-            "model": model.state_dict(),
-            "config": cfg.to_dict(),
-            "num_classes": num_classes,
-            "in_chans": in_chans,
-            "epoch": epoch + 1,
-            "optimizer": opt.state_dict(),
-            "schedule": {"name": cfg.optim.schedule, "lr": lr},
-            "similarity": head.state_dict() if head is not None else {},
-            "rng": {"data": gen_data.get_state(), "pairs": gen_pairs.get_state()},
-            "best_val_acc": best_val,
-            "initial_val_sim_loss": init_sim,
-            "history": history,
-        }
+        state = trainer_state(cfg, model, lrn.opt, head, lrn.gen_data, lrn.gen_pairs, lrn.num_classes,
+                              lrn.in_chans, epoch + 1, lr, best_val, init_sim, history)
         save_checkpoint(last_path, state)
         if improved:
             save_checkpoint(best_path, state)
@@ -395,17 +396,10 @@ def train(
     model.load_state_dict(evaluated["model"])
     model.eval()
     return TrainResult(
-        model=model,
-        history=history,
-        best_val_acc=best_val,
-        out_dir=out,
-        best_checkpoint=best_path,
-        evaluated_checkpoint=chosen,
-        evaluated_epoch=int(evaluated["epoch"]),
+        model=model, history=history, best_val_acc=best_val, out_dir=out, best_checkpoint=best_path,
+        evaluated_checkpoint=chosen, evaluated_epoch=int(evaluated["epoch"]),
         evaluated_layer_weights=layer_weights_of(evaluated, reg.layers) if head is not None else {},
-        last_checkpoint=last_path,
-        wall_s=time.perf_counter() - t_start,
-        initial_val_sim_loss=init_sim,
+        last_checkpoint=last_path, wall_s=time.perf_counter() - t_start, initial_val_sim_loss=init_sim,
         test=data.splits.test,
     )
 
