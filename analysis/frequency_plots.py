@@ -4,7 +4,8 @@ Every function takes DataFrames in the record format of ``frequency.jsonl`` (see
 ``neuroreg.evaluate.frequency.run_frequency``) with one extra column naming the model
 group (``group``) and, where curves of single models are drawn, a column naming the
 model/trial (``unit``, default ``trial_id``; optional: without it each group is one
-model). Each writes ``out_path`` as PNG and SVG and returns both paths.
+model). Each writes ``out_path`` as PNG, SVG and PDF (``analysis.plots.save``) and returns
+the paths; groups are coloured from viridis as in ``analysis.plots``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
+from analysis.plots import CMAP, arm_colors, legend_below, save, wrap  # noqa: E402
+
 __all__ = [
     "plot_spectrum_heatmaps",
     "plot_radial_profiles",
@@ -27,16 +30,6 @@ __all__ = [
     "plot_distance_vs_f05",
     "plot_corruption_vs_frev",
 ]
-
-
-def _save(fig: plt.Figure, out_path: str | Path) -> list[Path]:
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return paths
 
 
 def _rows(df: pd.DataFrame, kind: str, group: str, norm: str | None = None) -> pd.DataFrame:
@@ -73,7 +66,7 @@ def plot_spectrum_heatmaps(
     sel = _rows(df, "spectrum2d", group, norm).assign(_unit=lambda d: _units(d, unit))
     groups = _groups(sel, group)
     fig, axes = plt.subplots(
-        1, len(groups), figsize=(3.3 * len(groups), 3), squeeze=False, layout="constrained"
+        1, len(groups), figsize=(3.6 * len(groups), 3.4), squeeze=False, layout="constrained"
     )
     for ax, g in zip(axes[0], groups, strict=True):
         sub = sel[sel[group] == g]
@@ -102,15 +95,18 @@ def plot_spectrum_heatmaps(
             np.clip(values, lo, None),
             origin="lower",
             extent=extent,
-            cmap="viridis",  # perceptually uniform (jet is not)
+            cmap=CMAP,  # perceptually uniform (jet is not)
             norm=LogNorm(vmin=lo, vmax=max(values.max(), lo * 10)),
         )
-        ax.set_title(f"{g} ({sub['_unit'].nunique()} models)")
+        # Wrapped so that neighbouring titles do not run into each other; the model count
+        # only where a panel averages several.
+        n = sub["_unit"].nunique()
+        ax.set_title(wrap(g, 26) + (f"\nmean of {n} models" if n > 1 else ""), fontsize=9)
         ax.set_xlabel("f_x (cycles/px)")
         fig.colorbar(im, ax=ax, shrink=0.8)
     axes[0][0].set_ylabel("f_y (cycles/px)")
     fig.suptitle(f"Minimal {norm} perturbation spectrum")
-    return _save(fig, out_path)
+    return save(fig, out_path)
 
 
 def plot_radial_profiles(
@@ -123,9 +119,9 @@ def plot_radial_profiles(
     sel = _rows(df, "spectrum", group, norm).assign(_unit=lambda d: _units(d, unit))
     if "f_upper" not in sel.columns:
         raise ValueError("spectrum records lack column 'f_upper' (upper bin edge)")
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for i, g in enumerate(_groups(sel, group)):
-        colour = f"C{i}"
+    fig, ax = plt.subplots(figsize=(5, 4.4), layout="constrained")
+    colours = arm_colors(_groups(sel, group))
+    for g, colour in colours.items():
         sub = sel[sel[group] == g]
         for _, one in sub.groupby("_unit"):
             one = one.sort_values("f_upper")
@@ -139,8 +135,8 @@ def plot_radial_profiles(
     ax.set_ylabel("cumulative power fraction")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Radial profile of minimal {norm} perturbations")
-    ax.legend(title=group)
-    return _save(fig, out_path)
+    legend_below(fig, ax, title=group)
+    return save(fig, out_path)
 
 
 def plot_hybrid_curves(
@@ -149,9 +145,9 @@ def plot_hybrid_curves(
     """p_low - p_high vs mixing frequency c (``kind=hybrid``), as Li et al. Fig. 5a."""
     sel = _rows(df, "hybrid", group).assign(_unit=lambda d: _units(d, unit))
     sel = sel.assign(diff=sel["p_low"] - sel["p_high"])
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for i, g in enumerate(_groups(sel, group)):
-        colour = f"C{i}"
+    fig, ax = plt.subplots(figsize=(5, 4.4), layout="constrained")
+    colours = arm_colors(_groups(sel, group))
+    for g, colour in colours.items():
         sub = sel[sel[group] == g]
         for _, one in sub.groupby("_unit"):
             one = one.sort_values("c")
@@ -162,14 +158,14 @@ def plot_hybrid_curves(
     ax.set_xlabel("mixing frequency c (fraction of Nyquist)")
     ax.set_ylabel("p_low - p_high")
     ax.set_ylim(-1.05, 1.05)
-    ax.legend(title=group)
-    return _save(fig, out_path)
+    legend_below(fig, ax, title=group)
+    return save(fig, out_path)
 
 
 def _scatter(points: pd.DataFrame, group: str, x: str, y: str, ax: plt.Axes) -> None:
-    for i, g in enumerate(_groups(points, group)):
+    for g, colour in arm_colors(_groups(points, group)).items():
         sub = points[points[group] == g]
-        ax.scatter(sub[x], sub[y], color=f"C{i}", label=str(g), s=30)
+        ax.scatter(sub[x], sub[y], color=colour, label=str(g), s=30)
 
 
 def _per_unit(df: pd.DataFrame, unit: str, group: str) -> list[str]:
@@ -199,12 +195,12 @@ def plot_distance_vs_f05(
     points = f05[keys + ["f05"]].merge(adv[keys + ["median"]], on=keys)
     if points.empty:
         raise ValueError(f"no model has both an f05 and an adversarial summary (joined on {keys})")
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(5, 4.4), layout="constrained")
     _scatter(points, group, "f05", "median", ax)
     ax.set_xlabel("half-power frequency f0.5 (cycles/px)")
     ax.set_ylabel(f"median minimal {norm} distance")
-    ax.legend(title=group)
-    return _save(fig, out_path)
+    legend_below(fig, ax, title=group)
+    return save(fig, out_path)
 
 
 def plot_corruption_vs_frev(
@@ -228,9 +224,9 @@ def plot_corruption_vs_frev(
     points = frev[keys + ["f_rev"]].merge(acc, on=keys)
     if points.empty:
         raise ValueError(f"no model has both an f_rev and corruption records (joined on {keys})")
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(5, 4.4), layout="constrained")
     _scatter(points, group, "f_rev", "accuracy", ax)
     ax.set_xlabel("reversal frequency f_rev (fraction of Nyquist)")
     ax.set_ylabel("mean corruption accuracy")
-    ax.legend(title=group)
-    return _save(fig, out_path)
+    legend_below(fig, ax, title=group)
+    return save(fig, out_path)

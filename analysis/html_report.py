@@ -71,10 +71,9 @@ table.sortable th[data-dir=asc]::after { content: " \\25B2"; } table.sortable th
 
 
 def _colors(names: Sequence[Any]) -> dict[Any, str]:
-    """One colour per arm from viridis (perceptually uniform), stopping short of its pale yellow end."""
-    n = len(names)
-    points = [0.5] if n == 1 else list(np.linspace(0.0, 0.85, n))
-    return dict(zip(names, sample_colorscale("Viridis", points)))
+    """The arm colours of the static figures (analysis.plots.arm_colors, viridis), as CSS rgb()."""
+    return {k: "rgb({}, {}, {})".format(*(round(255 * c) for c in rgba[:3]))
+            for k, rgba in plots.arm_colors(list(names)).items()}
 
 
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:

@@ -1,15 +1,19 @@
-"""Plots of the gathered tables (matplotlib, Agg backend), each saved as PNG and SVG.
+"""Plots of the gathered tables (matplotlib, Agg backend), each saved as PNG, SVG and PDF.
 
 Every function takes DataFrames as ``analysis.query.load`` returns them (record tables
 joined with the trials' config columns, so ``arm`` is there), writes ``<out>.png`` and
-``<out>.svg`` and returns both paths. Error bands and bars are the standard error of
+``<out>.svg`` and ``<out>.pdf`` and returns the paths. Colours come from viridis
+(perceptually uniform, readable in grey), legends sit under the panels and labels are at
+least 8 pt, so the figures go into a paper as they are. Error bands and bars are the standard error of
 the mean over the trials of a group, i.e. over seeds when a group is one configuration.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import textwrap
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -18,12 +22,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-FORMATS = ("png", "svg")
+FORMATS = ("png", "svg", "pdf")
+CMAP = "viridis"
+"""The colormap of every figure: perceptually uniform, unlike jet."""
+_NO_DATE = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
+def arm_colors(names: Sequence) -> dict:
+    """One colour per group from viridis, stopping short of its pale yellow end (invisible on white)."""
+    cmap = plt.get_cmap(CMAP)
+    n = len(names)
+    return {name: cmap(0.5 if n == 1 else 0.85 * i / (n - 1)) for i, name in enumerate(names)}
+
+
+def wrap(label: object, width: int = 22) -> str:
+    """A long arm label broken into lines at spaces, so neighbouring labels do not overprint."""
+    return "\n".join(textwrap.wrap(str(label), width, break_long_words=False)) or str(label)
 
 
 def save(fig: plt.Figure, out: str | os.PathLike) -> list[Path]:
-    """Write ``out`` (without suffix) as PNG and SVG; closes the figure."""
+    """Write ``out`` (without suffix) as PNG, SVG and PDF; closes the figure."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -31,7 +51,7 @@ def save(fig: plt.Figure, out: str | os.PathLike) -> list[Path]:
     with matplotlib.rc_context({"svg.hashsalt": "neuroreg"}):
         for fmt in FORMATS:
             p = out.with_suffix(f".{fmt}")
-            fig.savefig(p, dpi=120, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+            fig.savefig(p, dpi=150, bbox_inches="tight", metadata=_NO_DATE.get(fmt))
             paths.append(p)
     plt.close(fig)
     return paths
@@ -45,22 +65,25 @@ def mean_sem(df: pd.DataFrame, x: str, y: str, group: str) -> pd.DataFrame:
     return out.rename(columns={"count": "n"})
 
 
-def _lines_with_bands(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, group: str) -> None:
+def _lines_with_bands(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, group: str,
+                      colors: Mapping | None = None) -> None:
     stats = mean_sem(df, x, y, group)
+    colors = colors or arm_colors(sorted(stats[group].unique(), key=str))
     for name, g in stats.groupby(group, sort=True):
         g = g.sort_values(x)
         sem = g["sem"].fillna(0.0).to_numpy()
-        line = ax.plot(g[x], g["mean"], marker="o", ms=3, label=f"{name} (n={int(g['n'].max())})")[0]
+        line = ax.plot(g[x], g["mean"], marker="o" if len(g) <= 15 else None, ms=3, color=colors[name],
+                       label=f"{name} (n={int(g['n'].max())})")[0]
         ax.fill_between(g[x], g["mean"] - sem, g["mean"] + sem, color=line.get_color(), alpha=0.2, lw=0)
 
 
-def _legend_below(fig: plt.Figure, ax: plt.Axes, ncol: int | None = None) -> None:
+def legend_below(fig: plt.Figure, ax: plt.Axes, ncol: int | None = None, title: str | None = None) -> None:
     """One legend for the figure, under the panels (needs layout="constrained"): long arm
     labels then never cover a curve or run into the neighbouring panel."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(2, len(labels)), fontsize=9,
-                   frameon=False)
+                   frameon=False, title=title)
 
 
 def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
@@ -75,12 +98,13 @@ def noise_accuracy(noise: pd.DataFrame, out: str | os.PathLike, group: str = "ar
     """Accuracy vs noise level, one panel per noise type, a line per group with SEM bands."""
     _require(noise, ["noise", "level", "accuracy", group], "noise_accuracy")
     kinds = sorted(noise["noise"].dropna().unique())
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
+    colors = arm_colors(sorted(noise[group].dropna().unique(), key=str))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 4.2), squeeze=False, layout="constrained")
     for ax, kind in zip(axes[0], kinds):
-        _lines_with_bands(ax, noise[noise["noise"] == kind], "level", "accuracy", group)
+        _lines_with_bands(ax, noise[noise["noise"] == kind], "level", "accuracy", group, colors)
         ax.set(title=f"{kind} noise", xlabel="level", ylabel="accuracy")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=9, loc="best")
+    legend_below(fig, axes[0][0], ncol=min(len(kinds) + 1, 3))
     fig.suptitle("Accuracy under random noise (mean ± SEM over seeds)")
     return save(fig, out)
 
@@ -89,7 +113,9 @@ def median_distance(summary: pd.DataFrame, out: str | os.PathLike, group: str = 
     """Median minimal adversarial distance per group and norm: mean ± SEM over trials, seeds as dots."""
     _require(summary, ["norm", "median", group], "median_distance")
     norms = sorted(summary["norm"].dropna().unique())
-    fig, axes = plt.subplots(1, len(norms), figsize=(4.8 * len(norms), 3.8), squeeze=False)
+    n_groups = summary[group].nunique()
+    fig, axes = plt.subplots(1, len(norms), figsize=(max(4.8, 1.4 * n_groups + 1.5) * len(norms), 4.2),
+                             squeeze=False, layout="constrained")
     for ax, norm in zip(axes[0], norms):
         d = summary[summary["norm"] == norm].copy()
         # A median of inf (most images unbroken) cannot be drawn as a bar; it is counted instead.
@@ -98,16 +124,18 @@ def median_distance(summary: pd.DataFrame, out: str | os.PathLike, group: str = 
         d.loc[np.isinf(d["median"]), "median"] = np.nan
         stats = d.groupby(group)["median"].agg(["mean", "sem"]).sort_index()
         xs = np.arange(len(stats))
-        ax.bar(xs, stats["mean"], yerr=stats["sem"].fillna(0.0), capsize=3, color="tab:blue", alpha=0.7)
+        colors = arm_colors(list(stats.index))
+        ax.bar(xs, stats["mean"], yerr=stats["sem"].fillna(0.0), capsize=3, color=[colors[k] for k in stats.index],
+               alpha=0.8)
         for i, name in enumerate(stats.index):
             vals = d.loc[d[group] == name, "median"].to_numpy(dtype=float)
             ax.scatter(np.full(len(vals), i), vals, s=8, color="k", zorder=3)
             if n_inf.get(name, 0):
-                ax.annotate(f"{int(n_inf[name])} inf", (i, 0), ha="center", va="bottom", fontsize=7, color="tab:red")
-        ax.set_xticks(xs, [str(s) for s in stats.index], rotation=30, ha="right", fontsize=9)
+                ax.annotate(f"{int(n_inf[name])} inf", (i, 0), ha="center", va="bottom", fontsize=8, color="k")
+        ax.set_xticks(xs, [wrap(s, 16) for s in stats.index], fontsize=8)
         ax.set(title=f"median {norm} distance", ylabel="distance")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Minimal adversarial perturbation (median over images; mean ± SEM over seeds)")
+    fig.suptitle("Minimal adversarial perturbation\n(median over images; mean ± SEM over seeds)")
     return save(fig, out)
 
 
@@ -125,14 +153,14 @@ def heatmap(
     mean = d.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
     count = d.pivot_table(index=y, columns=x, values=metric, aggfunc="count")
     fig, ax = plt.subplots(figsize=(1.2 * mean.shape[1] + 2.5, 0.8 * mean.shape[0] + 1.8))
-    im = ax.imshow(mean.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="viridis")
+    im = ax.imshow(mean.to_numpy(dtype=float), origin="lower", aspect="auto", cmap=CMAP)
     ax.set_xticks(range(mean.shape[1]), [f"{v:g}" if isinstance(v, float) else str(v) for v in mean.columns])
     ax.set_yticks(range(mean.shape[0]), [f"{v:g}" if isinstance(v, float) else str(v) for v in mean.index])
     for i in range(mean.shape[0]):
         for j in range(mean.shape[1]):
             v = mean.iat[i, j]
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.3g}\nn={int(count.iat[i, j])}", ha="center", va="center", fontsize=7, color="w")
+                ax.text(j, i, f"{v:.3g}\nn={int(count.iat[i, j])}", ha="center", va="center", fontsize=8, color="w")
     ax.set(xlabel=x, ylabel=y, title=f"{metric} (mean over seeds)")
     fig.colorbar(im, ax=ax, label=metric)
     return save(fig, out)
@@ -171,19 +199,21 @@ def parallel_coordinates(
             pos = {k: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, k in enumerate(cats)}
             scaled[c] = v.astype(str).map(pos)
             ticks[c] = (list(pos.values()), cats)
-    fig, ax = plt.subplots(figsize=(1.8 * len(cols) + 1.5, 4.0))
+    fig, ax = plt.subplots(figsize=(2.4 * len(cols) + 1.5, 4.2), layout="constrained")
     norm = plt.Normalize(d[metric].min(), d[metric].max())
-    cmap = plt.get_cmap("viridis")
+    cmap = plt.get_cmap(CMAP)
     xs = np.arange(len(cols))
     for i in d.index:
         ax.plot(xs, scaled.loc[i, cols].to_numpy(dtype=float), color=cmap(norm(d.at[i, metric])), alpha=0.7, lw=1)
     for k, c in enumerate(cols):
         ax.axvline(k, color="k", lw=0.6)
         for pos, label in zip(*ticks[c]):
-            ax.text(k + 0.03, pos, label, fontsize=7, va="center")
-    ax.set_xticks(xs, cols, rotation=20, ha="right", fontsize=8)
+            ax.text(k + 0.04, pos, label, fontsize=8, va="center",
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+    # The short names (alpha, not regularizer.alpha) fit under their axis without rotation.
+    ax.set_xticks(xs, [wrap(c.rsplit(".", 1)[-1], 14) for c in cols], fontsize=9)
     ax.set_yticks([])
-    ax.set_xlim(-0.2, len(cols) - 0.6)
+    ax.set_xlim(-0.2, len(cols) - 0.5)
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
     ax.set_title(f"{len(d)} trials")
     return save(fig, out)
@@ -211,37 +241,38 @@ def layer_weights(trials: pd.DataFrame, out: str | os.PathLike, group: str = "ar
     groups = list(stats.index)
     width = 0.8 / max(len(groups), 1)
     xs = np.arange(len(cols))
-    fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 3.5, 3.6))
+    colors = arm_colors(groups)
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 3.5, 4.2), layout="constrained")
     for k, name in enumerate(groups):
         means = [stats.loc[name, (c, "mean")] for c in cols]
         sems = [stats.loc[name, (c, "sem")] for c in cols]
         ax.bar(xs + (k - (len(groups) - 1) / 2) * width, means, width, yerr=np.nan_to_num(sems), capsize=2,
-               label=str(name))
+               color=colors[name], label=str(name))
     ax.set_xticks(xs, [c.removeprefix("layer_weight_") for c in cols])
     ax.axhline(1.0 / len(cols), color="k", ls=":", lw=0.8, label="uniform")
     ax.set(ylabel="softmax weight", title="Layer weights of the evaluated checkpoint (mean ± SEM)")
-    ax.legend(fontsize=9)
+    legend_below(fig, ax)
     return save(fig, out)
 
 
 def transfer_accuracy(transfer: pd.DataFrame, out: str | os.PathLike, group: str = "arm") -> list[Path]:
     """Accuracy vs epsilon of FGSM perturbations transferred from a surrogate, SEM bands."""
     _require(transfer, ["epsilon", "accuracy", group], "transfer_accuracy")
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    fig, ax = plt.subplots(figsize=(5.0, 4.2), layout="constrained")
     _lines_with_bands(ax, transfer, "epsilon", "accuracy", group)
     ax.set(xlabel="epsilon (Linf)", ylabel="accuracy", title="Transferred FGSM (mean ± SEM over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    legend_below(fig, ax, ncol=1)
     return save(fig, out)
 
 
 def pareto(points: pd.DataFrame, front: pd.DataFrame, x: str, y: str, out: str | os.PathLike) -> list[Path]:
     """All configurations and their Pareto front in the plane of two objectives."""
     _require(points, [x, y], "pareto")
-    fig, ax = plt.subplots(figsize=(5.0, 3.8))
+    fig, ax = plt.subplots(figsize=(5.0, 4.0), layout="constrained")
     ax.scatter(points[x], points[y], s=14, color="0.6", label="configurations")
     f = front.sort_values(x)
-    ax.plot(f[x], f[y], "o-", color="tab:red", ms=5, label="Pareto front")
+    ax.plot(f[x], f[y], "o-", color=plt.get_cmap(CMAP)(0.0), ms=5, label="Pareto front")
     ax.set(xlabel=x, ylabel=y, title="Pareto front")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
@@ -279,6 +310,62 @@ def robust_accuracy_curves(adv: pd.DataFrame, out: str | os.PathLike, group: str
         _lines_with_bands(ax, curves[curves["norm"] == norm], "epsilon", "accuracy", group)
         ax.set(title=f"{norm} attacks", xlabel=f"epsilon ({norm})", ylabel="robust accuracy", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-    _legend_below(fig, axes[0][0])
+    legend_below(fig, axes[0][0])
     fig.suptitle("Accuracy under minimal adversarial perturbations (mean ± SEM over seeds)")
     return save(fig, out)
+
+
+def _optuna_figure(kind: str, trials: pd.DataFrame, params: Sequence[str], metric: str, mode: str,
+                   space: Mapping | None, out: str | os.PathLike) -> list[Path]:
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    from analysis.importance import study_from_trials
+
+    _require(trials, [*params, metric], f"optuna {kind}")
+    study = study_from_trials(trials, params, {metric: mode}, space)
+    shown = [p for p in params if any(p in t.params for t in study.trials)]
+    if len(study.trials) < 2 or not shown:
+        raise ValueError(f"optuna {kind}: need >= 2 finished trials and a varying parameter")
+    # Optuna switches matplotlib to its ggplot style globally; rc_context restores ours afterwards.
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        draw = ovm.plot_contour if kind == "contour" else ovm.plot_slice
+        axes = draw(study, params=shown, target_name=metric)
+        return _finish_optuna(np.ravel(axes)[0].figure, kind, metric, len(study.trials), len(shown), out)
+
+
+def _finish_optuna(fig: plt.Figure, kind: str, metric: str, n_trials: int, n_params: int,
+                   out: str | os.PathLike) -> list[Path]:
+    # Optuna draws with Blues; the report's figures share viridis.
+    for ax in fig.axes:
+        for artist in ax.collections:
+            if artist.get_array() is not None:
+                artist.set_cmap(CMAP)
+        ax.set_xlabel(ax.get_xlabel().rsplit(".", 1)[-1])
+        ax.set_ylabel(ax.get_ylabel().rsplit(".", 1)[-1])
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":  # minor labels 7x10^-1, 8x10^-1, ... overprint: a few plain ticks
+                axis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(NullFormatter())
+    title = f"{metric}: Optuna {kind} plot over {n_trials} trials"
+    if kind == "contour":
+        fig.axes[0].set_title(title)
+    else:
+        fig.suptitle(title)
+    fig.set_size_inches(max(5.0, 4.0 * n_params) if kind == "slice" else 6.0, 4.2)
+    return save(fig, out)
+
+
+def optuna_contour(trials: pd.DataFrame, params: Sequence[str], metric: str, out: str | os.PathLike,
+                   mode: str = "max", space: Mapping | None = None) -> list[Path]:
+    """Optuna's contour plot of ``metric`` over pairs of searched parameters, from the trials
+    replayed into a study: for a continuous search, where an alpha x Th grid would be mostly empty."""
+    return _optuna_figure("contour", trials, params, metric, mode, space, out)
+
+
+def optuna_slice(trials: pd.DataFrame, params: Sequence[str], metric: str, out: str | os.PathLike,
+                 mode: str = "max", space: Mapping | None = None) -> list[Path]:
+    """Optuna's slice plot: ``metric`` against each searched parameter, one point per trial."""
+    return _optuna_figure("slice", trials, params, metric, mode, space, out)

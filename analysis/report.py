@@ -434,7 +434,18 @@ def build_report(
     # Sweep structure.
     doc.add("## Sweep structure", "")
     active = done[~done["baseline"].astype(bool)] if "baseline" in done else done
-    if {"regularizer.alpha", "regularizer.th"} <= set(active.columns) and len(active) and all(
+    continuous = continuous_params(spec, active)
+    if continuous and len(active):
+        # A continuous search samples each value once: an alpha x Th grid would be mostly
+        # empty cells, so Optuna's contour and slice plots show the surface instead.
+        modes = {metric: mode, **(objectives or _spec_objectives(spec) or {})}
+        for m, d in modes.items():
+            if m in active.columns and active[m].notna().any():
+                doc.plot(f"Optuna contour: {m}", lambda p, m=m, d=d: plots.optuna_contour(
+                    active, continuous, m, p, d, spec.get("space")), f"contour_{m}")
+                doc.plot(f"Optuna slice: {m}", lambda p, m=m, d=d: plots.optuna_slice(
+                    active, continuous, m, p, d, spec.get("space")), f"slice_{m}")
+    elif {"regularizer.alpha", "regularizer.th"} <= set(active.columns) and len(active) and all(
         active[c].nunique() > 1 for c in ("regularizer.alpha", "regularizer.th")
     ):
         for m in dict.fromkeys([metric, "noise_acc_mean", "median_l2"]):
@@ -533,6 +544,14 @@ def metric_mode(spec: dict[str, Any], metric: str | None, mode: str | None) -> t
     if mode not in ("max", "min"):
         raise ValueError(f"--mode must be max or min, got {mode!r}")
     return metric, mode
+
+
+def continuous_params(spec: dict[str, Any], trials: pd.DataFrame) -> list[str]:
+    """The searched parameters drawn from a continuous distribution (uniform, loguniform, int)
+    that vary among these trials."""
+    space = spec.get("space") or {}
+    return [k for k, v in space.items() if isinstance(v, dict) and {"uniform", "loguniform", "int"} & set(v)
+            and k in trials.columns and trials[k].nunique() > 1]
 
 
 def _spec_objectives(spec: dict[str, Any]) -> dict[str, str] | None:

@@ -476,9 +476,10 @@ def test_plots_are_written(root, tmp_path):
         plots.transfer_accuracy(load("transfer", root), tmp_path / "transfer"),
     ]
     for paths in made:
-        assert [p.suffix for p in paths] == [".png", ".svg"]
+        assert [p.suffix for p in paths] == [".png", ".svg", ".pdf"]
         _png_ok(paths[0])
         assert paths[1].read_text().lstrip().startswith("<?xml") and "<svg" in paths[1].read_text()
+        assert paths[2].read_bytes().startswith(b"%PDF")
     with pytest.raises(ValueError, match="lacks columns"):
         plots.heatmap(done, "nosuchmetric", tmp_path / "x")
 
@@ -661,3 +662,66 @@ def test_report_cli_refuses_unknown_sweep_among_several(root, capsys):
     assert report_main(["fake", "nosuch", "--results", str(root)]) == 2
     err = capsys.readouterr().err
     assert "nosuch" in err and "Traceback" not in err
+
+
+def test_robust_accuracy_counts_images_beyond_epsilon():
+    """Accuracy at epsilon = share of images whose minimal distance exceeds it: clean errors
+    (0) never count, unbroken images (inf) always do."""
+    adv = pd.DataFrame({"arm": "x", "trial_id": "t", "norm": "l2", "distance": [0.0, 0.5, math.inf, 1.0],
+                        "attack": ["misclassified", "ddn", "ddn", "ddn"]})
+    curve = plots.robust_accuracy(adv, n_eps=52)
+    eps, acc = curve["epsilon"].to_numpy(), curve["accuracy"].to_numpy()
+    assert eps[0] == 0 and eps[-1] == pytest.approx(1.02)
+    want = np.array([(np.array([0.0, 0.5, np.inf, 1.0]) > e).mean() for e in eps])
+    np.testing.assert_array_equal(acc, want)
+    assert acc[0] == 0.75 and acc[-1] == 0.25
+
+
+def _texts_overlap(fig, texts) -> list[tuple[str, str]]:
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(r)) for t in texts if t.get_text()]
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+
+
+def test_paper_figures_have_no_overlapping_text_and_no_one_model_titles(monkeypatch, tmp_path):
+    """Long arm labels: spectrum panel titles and bar labels must not run into each other."""
+    from analysis import frequency_plots
+
+    figs = []
+    monkeypatch.setattr(frequency_plots, "save", lambda fig, out: figs.append(fig) or [])
+    monkeypatch.setattr(plots, "save", lambda fig, out: figs.append(fig) or [])
+    arms = ["pixel_th alpha=1.60519 th=0.535907 | model.blur_sigma=1.5", "none | model.blur_sigma=1.5",
+            "pixel_th alpha=0.703574 th=0.616715 | model.blur_sigma=0"]
+    spec = pd.DataFrame([{"kind": "spectrum2d", "norm": "l2", "arm": a, "trial_id": a, "fy": fy, "fx": fx,
+                          "power": 1.0 + fx + fy} for a in arms for fy in (0.0, 0.25) for fx in (0.0, 0.25)])
+    frequency_plots.plot_spectrum_heatmaps(spec, "arm", tmp_path / "s")
+    titles = [ax.title for ax in figs[-1].axes if ax.get_title()]
+    assert len(titles) == 3 and not any("1 models" in t.get_text() for t in titles)
+    assert _texts_overlap(figs[-1], titles) == []
+    summary = pd.DataFrame([{"arm": a, "norm": n, "median": 0.5 + i, "trial_id": f"{a}{s}"}
+                            for i, a in enumerate(arms) for n in ("l2", "linf") for s in range(2)])
+    plots.median_distance(summary, tmp_path / "m")
+    fig = figs[-1]
+    labels = [t for ax in fig.axes for t in ax.get_xticklabels()]
+    assert len(labels) == 6 and _texts_overlap(fig, labels) == []
+    assert min(t.get_fontsize() for t in labels) >= 8
+
+
+def test_continuous_search_gets_optuna_contour_and_slice(root, tmp_path):
+    from analysis.report import continuous_params
+
+    trials = load("trials", root)
+    active = trials[(trials["status"] == "TERMINATED") & ~trials["baseline"]]
+    spec = {"space": {"regularizer.alpha": {"loguniform": [1.0, 10.0]}, "regularizer.th": {"uniform": [0.1, 0.9]},
+                      "regularizer.target": {"grid": ["none", "pixel_th"]}}}
+    params = continuous_params(spec, active)
+    assert params == ["regularizer.alpha", "regularizer.th"]
+    assert continuous_params({"space": {"regularizer.alpha": {"grid": [2.0, 8.0]}}}, active) == []
+    import matplotlib.pyplot as plt
+
+    for draw in (plots.optuna_contour, plots.optuna_slice):
+        paths = draw(active, params, "clean_acc", tmp_path / draw.__name__, "max", spec["space"])
+        assert plt.rcParams["axes.facecolor"] == "white"  # Optuna's ggplot style does not leak
+        assert [p.suffix for p in paths] == [".png", ".svg", ".pdf"]
+        _png_ok(paths[0])
