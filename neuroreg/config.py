@@ -172,7 +172,7 @@ class RunConfig:
     # --- construction -----------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, validate: bool = True) -> RunConfig:
-        cfg = _build(cls, d or {}, "")
+        cfg = build_dataclass(cls, d or {}, "")
         if validate:
             cfg.validate()
         return cfg
@@ -330,8 +330,9 @@ def _positive(v: Any, name: str) -> None:
         raise ConfigError(name, f"must be a positive number, got {v!r}")
 
 
-def _build(cls: type, d: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+def build_dataclass(cls: type, d: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types (the one
+    typed builder: the run config and the sweep file's sections both go through it)."""
     where = prefix or "config"
     if isinstance(d, cls):
         return d
@@ -381,7 +382,7 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             raise ConfigError(name, f"must be a mapping, got {type(value).__name__}")
         return dict(value)
     if is_dataclass(tp):
-        return _build(tp, value, name)
+        return build_dataclass(tp, value, name)
     if tp is Any:
         return value
     if tp is bool:
@@ -434,6 +435,17 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(key, f"{p} is not a section")
         node = nxt
     node[parts[-1]] = value
+
+
+def config_with(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the config dict ``base`` with dotted ``params`` set: a trial's config from
+    its sweep's base and its parameters (the trainable, --dry-run and gather all use it)."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for key, value in params.items():
+        set_dotted(out, key, value)
+    return out
 
 
 def field_paths(cls: type = None, prefix: str = "") -> list[str]:

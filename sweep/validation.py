@@ -1,0 +1,181 @@
+"""Cross-field checks of a parsed sweep, run before Ray starts: keys, conditions, every
+value a trial can take (through RunConfig validation) and the metrics it optimises."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from neuroreg.config import ConfigError, RunConfig, config_with, field_paths, set_dotted
+from neuroreg.evaluate.metrics import EPOCH_METRICS, reported_metrics
+from sweep.space import (
+    ALGORITHMS,
+    MODES,
+    SCHEDULERS,
+    ParamSpec,
+    SweepSpec,
+    config_value,
+    enumerate_trials,
+)
+
+
+def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
+    """Cross-field checks; each value a trial can take goes through RunConfig validation."""
+    paths = set(field_paths())
+    algo = spec.search.algorithm
+    if algo not in ALGORITHMS:
+        raise ConfigError("search.algorithm", f"must be one of {ALGORITHMS}, got {algo!r}")
+    if spec.scheduler.type not in SCHEDULERS:
+        raise ConfigError("scheduler.type", f"must be one of {SCHEDULERS}, got {spec.scheduler.type!r}")
+    if spec.scheduler.grace_period < 1:
+        raise ConfigError("scheduler.grace_period", "must be >= 1 epoch")
+    if not spec.scheduler.reduction_factor > 1:
+        raise ConfigError("scheduler.reduction_factor", "must be > 1")
+    r = spec.resources
+    if not r.cpus_per_trial > 0:
+        raise ConfigError("resources.cpus_per_trial", f"must be > 0 (fractions allowed), got {r.cpus_per_trial}")
+    if r.gpus_per_trial < 0:
+        raise ConfigError("resources.gpus_per_trial", f"must be >= 0 (fractions allowed), got {r.gpus_per_trial}")
+    if r.max_concurrent is not None and r.max_concurrent < 1:
+        raise ConfigError("resources.max_concurrent", "must be >= 1 or null")
+
+    # Metrics.
+    if spec.search.metrics is not None or spec.search.modes is not None:
+        if algo != "optuna":
+            raise ConfigError("search.metrics", "several objectives need search.algorithm: optuna")
+        ms, mo = spec.search.metrics or [], spec.search.modes or []
+        if not ms or len(ms) != len(mo):
+            raise ConfigError("search.modes", f"give one mode per metric: metrics {ms}, modes {mo}")
+        for i, m in enumerate(mo):
+            if m not in MODES:
+                raise ConfigError(f"search.modes[{i}]", f"must be min or max, got {m!r}")
+        if any(not isinstance(m, str) for m in ms):
+            raise ConfigError("search.metrics", f"must be a list of metric names, got {ms}")
+    if spec.scheduler.type == "asha" and spec.metric not in EPOCH_METRICS:
+        raise ConfigError(
+            "metric",
+            f"ASHA compares trials every epoch, but {spec.metric!r} is only known after the final "
+            f"evaluation; use a per-epoch metric ({', '.join(EPOCH_METRICS)}) or scheduler.type: none",
+        )
+
+    # Keys and conditions.
+    keys = [p.key for p in spec.space]
+    for i, p in enumerate(spec.space):
+        where = f"space.{p.key}"
+        if p.key not in paths:
+            raise ConfigError(where, f"is not a config field; see neuroreg/config.py (e.g. regularizer.alpha, {_near(p.key, paths)})")
+        if p.key in keys[:i]:
+            raise ConfigError(where, "appears twice")
+        if spec.seeds and p.key == "train.seed":
+            raise ConfigError(where, "conflicts with seeds: vary train.seed either here or with seeds, not both")
+        for ck, allowed in p.when.items():
+            if ck not in paths:
+                raise ConfigError(f"{where}.when", f"{ck!r} is not a config field")
+            if ck == p.key:
+                raise ConfigError(f"{where}.when", "a key cannot depend on itself")
+            if ck in keys[i + 1:]:
+                raise ConfigError(f"{where}.when", f"{ck!r} is sampled after {p.key}; list it earlier in space")
+            if ck in keys:
+                src = spec.space[keys.index(ck)]
+                if src.values is not None:
+                    can = any(v in allowed for v in src.values)
+                else:
+                    can = any(isinstance(v, (int, float)) and src.low <= v <= src.high for v in allowed)
+                if not can:
+                    raise ConfigError(
+                        f"{where}.when",
+                        f"{ck} never takes {allowed} (its values: {src.describe()}), so {p.key} would never be sampled",
+                    )
+            if ck not in keys:
+                current = config_value(spec.base_config, ck)
+                if current not in allowed:
+                    raise ConfigError(
+                        f"{where}.when",
+                        f"{ck} is fixed to {current!r} in base, so {p.key} would never be sampled",
+                    )
+        if algo == "grid" and p.type != "grid":
+            raise ConfigError(where, f"search.algorithm grid takes only grid values; {p.type} needs random or optuna")
+        if algo == "optuna" and p.type == "grid":
+            raise ConfigError(where, "optuna cannot enumerate a grid: use choice, or search.algorithm grid / random")
+        for value in _probe_values(p):
+            _check_value(spec, p, value, check_files)
+    _check_metrics(spec)
+    if algo == "grid" and spec.num_samples != 1:
+        raise ConfigError("num_samples", "a grid runs each point once: set num_samples: 1 and repeat with seeds")
+    if algo == "optuna" and not spec.space:
+        raise ConfigError("space", "optuna needs at least one parameter to search")
+    if spec.search.n_startup_trials is not None and spec.search.n_startup_trials < 0:
+        raise ConfigError("search.n_startup_trials", "must be >= 0")
+    if algo != "optuna":
+        for trial in enumerate_trials(spec):
+            _validate(config_with(spec.base, trial), "space", check_files)  # every full combination
+    if spec.seeds:
+        for s in spec.seeds:
+            d = copy.deepcopy(spec.base)
+            set_dotted(d, "train.seed", s)
+            _validate(d, "seeds", check_files)
+
+
+def _check_metrics(spec: SweepSpec) -> None:
+    """``metric`` and every objective must be reported by some trial of this sweep
+    (neuroreg.evaluate.metrics, checked against a real evaluation in the tests)."""
+    configs = [spec.base] + [config_with(spec.base, {p.key: v}) for p in spec.space for v in _probe_values(p)]
+    names: set[str] = set()
+    for d in configs:
+        try:
+            got = reported_metrics(RunConfig.from_dict(copy.deepcopy(d), validate=False))
+        except (ConfigError, KeyError, TypeError, ValueError):
+            continue  # an invalid value is reported by its own check
+        if got is None:
+            return  # a suite whose names are known only at run time (frequency)
+        names |= got
+    wanted = [("metric", spec.metric)] + [(f"search.metrics[{i}]", m) for i, m in enumerate(spec.search.metrics or [])]
+    for where, m in wanted:
+        if m not in names:
+            close = sorted(n for n in names if m.split("_")[0] in n)[:6] or sorted(names)[:6]
+            raise ConfigError(where, f"{m!r} is not a metric these trials report (their suites: "
+                                     f"{spec.base_config.evaluation.suites}); e.g. {close}")
+
+
+def _near(key: str, paths: set[str]) -> str:
+    last = key.split(".")[-1]
+    hits = sorted(p for p in paths if p.split(".")[-1] == last)
+    return f"did you mean {hits[0]}?" if hits else "run --dry-run on a shipped space for examples"
+
+
+def _probe_values(p: ParamSpec) -> list[Any]:
+    if p.values is not None:
+        return list(p.values)
+    if p.type == "int":
+        return [p.low, p.high]
+    # An interior, non-integer point catches a float range on an integer field.
+    return [p.low, p.high, p.low + 0.37 * (p.high - p.low)]
+
+
+def _condition_values(spec: SweepSpec, p: ParamSpec) -> dict[str, Any]:
+    """Settings that make p's conditions true (first allowed value of each), recursively."""
+    out: dict[str, Any] = {}
+    by_key = {q.key: q for q in spec.space}
+    for ck, allowed in p.when.items():
+        if ck in by_key:
+            out.update(_condition_values(spec, by_key[ck]))
+        out[ck] = allowed[0]
+    return out
+
+
+def _check_value(spec: SweepSpec, p: ParamSpec, value: Any, check_files: bool) -> None:
+    d = copy.deepcopy(spec.base)
+    for ck, cv in _condition_values(spec, p).items():
+        set_dotted(d, ck, cv)
+    set_dotted(d, p.key, value)
+    try:
+        RunConfig.from_dict(d, validate=False).validate(check_files)
+    except ConfigError as e:
+        raise ConfigError(f"space.{p.key}", f"value {value!r} is not a valid {p.key}: {e}") from None
+
+
+def _validate(d: dict[str, Any], where: str, check_files: bool) -> None:
+    try:
+        RunConfig.from_dict(d, validate=False).validate(check_files)
+    except ConfigError as e:
+        raise ConfigError(where, str(e)) from None
