@@ -241,9 +241,9 @@ class _Doc:
             return
         self.plots += paths
         png = next(p for p in paths if p.suffix == ".png")
-        svg = next((p for p in paths if p.suffix == ".svg"), None)
         rel = png.relative_to(self.out_dir).as_posix()
-        link = f" ([SVG]({svg.relative_to(self.out_dir).as_posix()}))" if svg else ""
+        others = [f"[{p.suffix[1:].upper()}]({p.relative_to(self.out_dir).as_posix()})" for p in paths if p != png]
+        link = f" ({', '.join(others)})" if others else ""
         self.add(f"![{title}]({rel}){link}", "")
 
 
