@@ -179,17 +179,11 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("--config", f"file {p} does not exist")
-        from neuroreg.yamlio import describe_error, load_strict
+        from neuroreg.yamlio import read_yaml_file
 
-        try:
-            d = load_strict(p.read_text()) or {}
-        except UnicodeDecodeError:
-            raise ConfigError("--config", f"{p} is not a text file; give a YAML run config") from None
-        except yaml.YAMLError as e:
-            raise ConfigError("--config", f"{p} is not a valid run config YAML: {describe_error(e)}") from None
+        p = Path(path)
+        d = read_yaml_file(p, "--config", "run config YAML")
+        d = {} if d is None else d
         if not isinstance(d, dict):
             raise ConfigError("--config", f"{p} must hold a mapping at top level")
         d = apply_overrides(d, overrides or [])

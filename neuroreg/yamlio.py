@@ -6,9 +6,17 @@ PyYAML's safe_load keeps the last of two equal keys without a word, so a file th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from neuroreg.errors import ConfigError
+
+MAX_FILE_BYTES = 1 << 20
+"""Largest configuration file read (1 MiB; the shipped ones are under 5 KiB)."""
+MAX_ALIASES = 64
+"""Most YAML aliases (*ref) one file may use: a few for reuse, never a 'billion laughs' bomb."""
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -16,6 +24,15 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
 
 
 class _StrictLoader(yaml.SafeLoader):
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_ALIASES} aliases (*ref): refused as an expansion bomb",
+                    self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
@@ -44,3 +61,30 @@ def describe_error(e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None)
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
     return f"{problem}{where}"
+
+
+def read_yaml_file(path: str | Path, field: str, what: str) -> Any:
+    """A YAML configuration file, parsed strictly; every way it can be wrong is a ConfigError
+    naming ``field`` (the flag or key that named the file) and the fix, never a traceback.
+
+    ``what`` names what the file should be ("run config YAML", "sweep file").
+    """
+    p = Path(path)
+    if not p.is_file():
+        kind = "a folder" if p.is_dir() else "a broken link" if p.is_symlink() else "missing"
+        raise ConfigError(field, f"{p} is {kind}; give the path of a {what}")
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(field, f"{p} is {size / 2**20:.1f} MiB; a {what} is a small text file "
+                                 f"(at most {MAX_FILE_BYTES >> 20} MiB)")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(field, f"{p} is not UTF-8 text; give a {what}") from None
+    except OSError as e:
+        raise ConfigError(field, f"cannot read {p}: {e.strerror or e}") from None
+    try:
+        return load_strict(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(field, f"{p} is not a valid {what}: {describe_error(e)}") from None
+

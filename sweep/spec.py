@@ -33,8 +33,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from neuroreg.config import (
     ConfigError,
     RunConfig,
@@ -44,6 +42,7 @@ from neuroreg.config import (
     set_dotted,
 )
 from neuroreg.evaluate.metrics import EPOCH_METRICS, reported_metrics  # noqa: F401 (re-exported)
+from neuroreg.yamlio import read_yaml_file
 from sweep.space import (  # noqa: F401 (the typed form, re-exported for callers)
     ALGORITHMS,
     BASELINE_PARAMS,
@@ -92,14 +91,7 @@ def load_spec(
 ) -> SweepSpec:
     """Read, parse and validate a sweep file; ``overrides`` (key=value) apply to ``base``."""
     path = resolve_space_path(name_or_path)
-    from neuroreg.yamlio import describe_error, load_strict
-
-    try:
-        raw = load_strict(path.read_text())
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), "is not a text file; give a YAML sweep file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"is not a valid sweep file: {describe_error(e)}") from None
+    raw = read_yaml_file(path, "--space", "sweep file")
     return parse_spec(raw, overrides, default_name=path.stem, source=str(path), check_files=check_files)
 
 
