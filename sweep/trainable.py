@@ -151,6 +151,7 @@ def run_trial(
     summary = evaluate(result, cfg, trial_dir / "evaluation")
     final.update(summary)
     final["evaluated"] = bool(summary)
+    final["device"] = str(next(result.model.parameters()).device)  # what `auto` became on this node
     tune.report({**_plain(final), **node})
 
 
