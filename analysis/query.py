@@ -23,7 +23,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -302,13 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run() -> int:
+def run_cli(entry: Callable[[], int]) -> int:
+    """A CLI's main, quiet when its output is piped into a reader that leaves early (``| head``)."""
     try:
-        return main()
-    except BrokenPipeError:  # `analysis.query ... | head`: the reader left, nothing to report
+        return entry()
+    except BrokenPipeError:  # the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_run())
+    sys.exit(run_cli(main))

@@ -1,12 +1,15 @@
-"""A sweep's report: ``python -m analysis.report SWEEP [--results ROOT] [--out DIR]``.
+"""A sweep's report: ``python -m analysis.report SWEEP [--results ROOT] [--out DIR] [--html]``.
 
 SWEEP is a sweep name gathered in ROOT, or a sweep folder (gathered first if its tables
-are not there yet). Writes ``DIR/report.md`` with tables and plots (PNG + SVG under
+are not there yet). Writes ``DIR/report.md`` with tables and plots (PNG + SVG + PDF under
 ``DIR/plots/``): trials by status and their errors, the best configuration, every
-regularizer against the baseline (difference, its SEM and Welch's t-test over seeds),
-noise accuracy, median adversarial distances, transferred FGSM, corruptions, frequency
-plots, parameter importance and the Pareto front of multi-objective sweeps. Prints the
-noise-accuracy and median-distance tables to stdout.
+regularizer against the baseline (paired by seed, 95 % CI, corrected p, power), noise
+accuracy, median adversarial distances and robust accuracy vs epsilon, transferred FGSM,
+corruptions, frequency plots, the search surface (heat map of a grid, Optuna contour and
+slice plots of a continuous search), parameter importance and the Pareto front of
+multi-objective sweeps. Prints the noise-accuracy and median-distance tables to stdout.
+``--html`` also writes ``DIR/report.html`` (analysis.html_report). Several sweeps:
+``DIR/comparison.md``, arms keyed by configuration (arm_key) across them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from analysis.gather import (
     is_seed_column,
 )
 from analysis.importance import param_importances, pareto_front
-from analysis.query import config_columns, default_root, load, sweep_meta
+from analysis.query import config_columns, default_root, load, run_cli, sweep_meta
 from analysis.stats import (
     CORRECTION,
     KEY_METRICS,
@@ -687,4 +690,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from analysis import store
-from analysis.query import default_root, format_table, read_arrow, write
+from analysis.query import default_root, format_table, read_arrow, run_cli, write
 from analysis.schema import TABLES
 
 
@@ -154,13 +154,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run() -> int:
-    try:
-        return main()
-    except BrokenPipeError:  # `analysis.sql ... | head`: the reader left, nothing to report
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_run())
+    sys.exit(run_cli(main))
