@@ -123,3 +123,23 @@ def test_sweep_filter_and_unknown_sweep(two_sweeps, capsys):
     assert capsys.readouterr().out.split() == ["n", "10"]
     assert sql_main(["SELECT 1", "--results", str(root), "--sweep", "nope"]) == 2
     assert "--sweep ['nope'] not gathered" in capsys.readouterr().err
+
+
+def test_sweeps_with_conflicting_column_types_and_stale_files(tmp_path, capsys):
+    """A column that is a number in one sweep and a string in another still reads (as text);
+    a file of another schema version is refused with the fix, exit 2."""
+    from analysis import store
+
+    (tmp_path / "tables").mkdir()
+    a = pd.DataFrame({"sweep": ["a", "a"], "trial_id": ["1", "2"], "accuracy": [1, 0], "note": [1.0, 2.0]})
+    b = pd.DataFrame({"sweep": ["b"], "trial_id": ["1"], "accuracy": [0.5], "note": ["x"]})
+    for name, df in (("a", a), ("b", b)):
+        store.write_atomic(store.to_arrow(df, "clean", name), store.sweep_file(tmp_path, "clean", name))
+    got = run("SELECT sweep, accuracy, note FROM clean ORDER BY sweep, trial_id", tmp_path)
+    assert got["accuracy"].tolist() == [1.0, 0.0, 0.5]
+    assert [str(v) for v in got["note"]] == ["1.0", "2.0", "x"]
+    old = store.to_arrow(a, "clean", "old")
+    old = old.replace_schema_metadata({**old.schema.metadata, b"neuroreg.schema_version": b"0"})
+    store.write_atomic(old, store.sweep_file(tmp_path, "clean", "old"))
+    assert sql_main(["SELECT count(*) FROM clean", "--results", str(tmp_path)]) == 2
+    assert "re-gather" in capsys.readouterr().err
