@@ -102,7 +102,10 @@ def parse_filter(expr: str, df: pd.DataFrame, resolve: Callable[[str, Iterable[s
             return m
         if t[0] not in ("word", "bt"):
             raise FilterError(f"--where {expr!r}: expected a column name, got {t[1]!r}")
-        col = resolve(t[1].strip("`"), df.columns)
+        try:
+            col = resolve(t[1].strip("`"), df.columns)
+        except KeyError as e:
+            raise FilterError(f"--where {expr!r}: {e.args[0]}") from None
         op = take()
         if op[0] != "op" or op[1] not in _OPS:
             raise FilterError(f"--where {expr!r}: expected one of {list(_OPS)} after {t[1]!r}, got {op[1]!r}")

@@ -36,6 +36,7 @@ import yaml
 from analysis import store
 from analysis.filters import parse_filter
 from analysis.schema import ALIASES, KEY, REQUIRED, TABLES
+from neuroreg.atomic import atomic_write
 
 AGGREGATES = ("mean", "sem", "median", "count", "std", "min", "max")
 TRIAL_COLUMNS = ("status", "arm", "condition", "baseline", "reg_dataset")
@@ -225,13 +226,10 @@ def write(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         raise ValueError(f"--out: {path} must end in .csv or .parquet")
     if path.is_dir():
         raise ValueError(f"--out: {path} is a folder; give a file name ending in .csv or .parquet")
+    # Atomic: a full disk or an interrupt leaves any earlier file of that name as it was.
     if path.suffix == ".csv":
-        df.to_csv(path, index=False)
-    elif path.suffix == ".parquet":
-        df.to_parquet(path, index=False)
-    else:
-        raise ValueError(f"--out: {path} must end in .csv or .parquet")
-    return path
+        return atomic_write(path, lambda f: df.to_csv(f, index=False))
+    return atomic_write(path, lambda f: df.to_parquet(f, index=False))
 
 
 def format_table(df: pd.DataFrame, digits: int = 4) -> str:
@@ -295,11 +293,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"wrote {write(df, args.out)} ({len(df)} rows)")
         except (ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(write_error(args.out, e), file=sys.stderr)
             return 2
     else:
         print(format_table(df.head(args.limit) if args.limit else df))
     return 0
+
+
+def write_error(out: str, e: OSError | ValueError) -> str:
+    """One line naming the --out file and why it could not be written (a full disk too)."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return f"error: --out {out}: not written ({why}); any earlier file of that name is untouched"
 
 
 def run_cli(entry: Callable[[], int]) -> int:

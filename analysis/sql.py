@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from analysis import store
-from analysis.query import default_root, format_table, read_arrow, run_cli, write
+from analysis.query import default_root, format_table, read_arrow, run_cli, write, write_error
 from analysis.schema import TABLES
 
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"wrote {write(df, args.out)} ({len(df)} rows)")
         except (ValueError, OSError) as e:
-            print(f"error: --out: {e}", file=sys.stderr)
+            print(write_error(args.out, e), file=sys.stderr)
             return 2
         return 0
     print(format_table(df.head(args.limit) if args.limit else df))

@@ -41,6 +41,7 @@ from neuroreg.data import (
 )
 from neuroreg.evaluate.common import accuracy
 from neuroreg.loss import similarity_loss
+from neuroreg.paths import check_output_folder
 from neuroreg.precision import FP32, Precision
 from neuroreg.similarity import SimilarityHead, upper_pairs
 from neuroreg.targets import Target, build_target
@@ -426,8 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        print(f"error: --out: {out} is a file; give a folder for the run", file=sys.stderr)
+    try:
+        check_output_folder(out, "--out")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     last = out / "checkpoint_last.pt"
     resume = last if a.resume and last.exists() else None

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from neuroreg.config import ConfigError
+from neuroreg.paths import check_output_folder
 
 PROJECT = Path(__file__).resolve().parents[1]
 SPEC_FILE = "sweep.yaml"
@@ -33,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--space", help="search-space YAML: a path or a name in search_spaces/ (e.g. alpha_th.yaml)")
     p.add_argument("--name", help="experiment name (default: the space's name + a time stamp)")
     p.add_argument("--storage", help=f"results folder or URI (default {default_storage()})")
+    p.add_argument("--results", metavar="DIR",
+                   help="local root of the Parquet tables, DIR/tables/ (default: the parent of --storage; with "
+                        "remote --storage this project's results/, the sweep copied to DIR/remote/NAME)")
     p.add_argument("--num-samples", type=int, help="configurations to draw (random / optuna)")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as many as fit)")
     p.add_argument("--address", help="connect to a running Ray cluster (e.g. auto or HOST:6379) instead of starting one")
@@ -88,8 +92,10 @@ def check_flags(args: argparse.Namespace, storage: str) -> None:
     """Flags checked before anything starts or is written."""
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ConfigError("--num-cpus", f"must be >= 1, got {args.num_cpus}")
-    if "://" not in storage and Path(storage).exists() and not Path(storage).is_dir():
-        raise ConfigError("--storage", f"{storage} is a file; give a folder for the sweep results")
+    if "://" not in storage:
+        check_output_folder(storage, "--storage")
+    if "://" in storage:
+        check_remote_storage(storage)
     if args.resume:
         ignored = [f for f, v in (("--max-concurrent", args.max_concurrent), ("--cpus-per-trial", args.cpus_per_trial),
                                   ("--gpus-per-trial", args.gpus_per_trial), ("--study-storage", args.study_storage))
@@ -97,6 +103,25 @@ def check_flags(args: argparse.Namespace, storage: str) -> None:
         if ignored:
             raise ConfigError(ignored[0], "a resumed sweep keeps the settings it started with; "
                                           "drop the flag, or start a new sweep to change it")
+
+
+def check_remote_storage(storage: str) -> None:
+    """The bucket answers with the credentials at hand, before Ray starts (pyarrow reads the
+    AWS variables, ~/.aws and instance profiles; the endpoint from AWS_ENDPOINT_URL_S3 or
+    ``?endpoint_override=``): never credentials from the sweep file."""
+    import pyarrow.fs as pafs
+
+    hint = ("credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws or an instance profile, "
+            "a non-AWS endpoint from AWS_ENDPOINT_URL_S3")
+    try:
+        fs, root = pafs.FileSystem.from_uri(storage)
+        bucket = root.split("/", 1)[0]
+        info = fs.get_file_info(bucket)
+    except (OSError, ValueError) as e:
+        raise ConfigError("--storage", f"cannot reach {storage}: {str(e).splitlines()[0][:200]}; {hint}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise ConfigError("--storage", f"bucket {bucket!r} of {storage} does not exist (or these credentials cannot "
+                                       f"see it); create it first; {hint}")
 
 
 def load_for_run(args: argparse.Namespace, storage: str):
@@ -354,7 +379,7 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         print(f"Results: {exp_path}  (per trial: run/ = checkpoints + metrics.jsonl, evaluation/ = records)")
         for e in errors:
             print(f"  errored trial {e.path}: {str(e.error).splitlines()[0][:300]}", file=sys.stderr)
-        _gather(exp_path, storage)
+        _gather(exp_path, storage, args.results)
         interrupted = unfinished(results) > 0 or len(df) < spec.num_trials()
         if interrupted or errors:
             print(f"Continue it with: python -m sweep.run --resume --name {name} --storage {storage}")
@@ -377,18 +402,22 @@ def _study_storage(spec, storage: str, name: str, args: argparse.Namespace) -> s
     return args.study_storage or default_study_storage(storage, name)
 
 
-def _gather(exp_path: str, storage: str) -> None:
+def _gather(exp_path: str, storage: str, results: str | None = None) -> None:
     """Parquet tables for the analysis, when the analysis package is there."""
     try:
         from analysis.gather import gather
     except ImportError:
         print("(analysis.gather not available: no Parquet tables written)")
         return
-    if "://" in exp_path:
-        print("(remote storage: run python -m analysis.gather on a copy of the sweep folder)")
-        return
-    results_root = Path(storage).parent
     try:
+        if "://" in storage:
+            from analysis.gather import fetch_sweep
+            from analysis.ray_folder import uri_join
+
+            # Remote storage: the tables are built from a local copy (no checkpoints),
+            # ROOT/remote/NAME, and written to ROOT/tables/ of this project's results.
+            exp_path = str(fetch_sweep(uri_join(storage, Path(exp_path).name), results or default_storage().parent))
+        results_root = Path(exp_path).parent.parent if "://" in storage else Path(results or Path(storage).parent)
         tables = gather(exp_path, results_root)
     except Exception as e:  # the sweep's results stand without the tables
         print(f"warning: analysis.gather failed: {type(e).__name__}: {e}", file=sys.stderr)
