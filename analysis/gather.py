@@ -93,7 +93,9 @@ def collect(sweep_dir: str | os.PathLike) -> Gathered:
         dup = sorted({i for i in ids if ids.count(i) > 1})
         problems.append(Problem(sweep, f"duplicate trial ids {dup}; later folders dropped", False))
         keep, unique = set(), []
-        for t in trials:
+        # The folder the experiment state names wins: a trial restarted after its driver
+        # died before saving the state gets a new folder (trial_<id>_<hex>) beside the stale one.
+        for t in sorted(trials, key=lambda t: t.path.name not in states):
             if t.trial_id not in keep:
                 keep.add(t.trial_id)
                 unique.append(t)
@@ -400,15 +402,35 @@ def _order(df: pd.DataFrame, name: str) -> pd.DataFrame:
     return df[front + rest].reset_index(drop=True)
 
 
+def fetch_sweep(uri: str, results_root: str | os.PathLike | None = None) -> Path:
+    """A remote sweep folder copied (without checkpoints) to ROOT/remote/NAME, ROOT the
+    given results root or ./results; gathering that copy writes ROOT/tables/."""
+    from analysis.ray_folder import fetch_remote
+
+    name = uri.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    root = Path(results_root) if results_root is not None else Path("results")
+    dest, n = fetch_remote(uri, root.resolve() / "remote" / name)
+    print(f"copied {n} files of {uri} to {dest}")
+    return dest
+
+
 # --- CLI -------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.gather", description=__doc__.split("\n")[0].replace("``", ""))
-    ap.add_argument("sweep_dir", help="a sweep folder (Ray's STORAGE/NAME)")
+    ap.add_argument("sweep_dir", help="a sweep folder (Ray's STORAGE/NAME), or its URI (s3://bucket/prefix/NAME): "
+                    "copied without checkpoints to ROOT/remote/NAME, then gathered")
     ap.add_argument("--results", default=None, help="results root; tables go to ROOT/tables/ (default: the parent of SWEEP_DIR's parent, "
                     "e.g. results/ for results/sweeps/NAME)")
     args = ap.parse_args(argv)
+    if "://" in args.sweep_dir and not args.sweep_dir.startswith("file://"):
+        try:
+            local = fetch_sweep(args.sweep_dir, args.results)
+        except (OSError, ValueError) as e:  # no bucket, no credentials, nothing there
+            print(f"error: SWEEP_DIR {args.sweep_dir}: {str(e).splitlines()[0][:300]}", file=sys.stderr)
+            return 2
+        args.sweep_dir, args.results = str(local), str(local.parent.parent)
     if not Path(args.sweep_dir).is_dir():
         print(f"error: SWEEP_DIR {args.sweep_dir} is not a folder (expected Ray's STORAGE/NAME)", file=sys.stderr)
         return 2

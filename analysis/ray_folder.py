@@ -231,3 +231,37 @@ def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, An
             out[name] = value
     return out
 
+
+
+def fetch_remote(uri: str, dest: Path) -> tuple[Path, int]:
+    """Copy a sweep folder from remote storage (s3://, gs://, any URI pyarrow opens) to
+    ``dest``, without checkpoints (Ray's ``checkpoint_*/`` and the trainer's ``*.pt``): the
+    tables need only the JSON, YAML and record files. Credentials and the endpoint come
+    from the usual places (AWS_* variables, ~/.aws, AWS_ENDPOINT_URL_S3 or
+    ``?endpoint_override=`` in the URI). Returns (dest, files copied)."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(uri)
+    root = root.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    if not infos:
+        raise FileNotFoundError(f"SWEEP_DIR: {uri} holds no files")
+    n = 0
+    for info in infos:
+        rel = info.path[len(root):].lstrip("/")
+        parts = rel.split("/")
+        if info.type != pafs.FileType.File or any(p.startswith("checkpoint_") for p in parts[:-1]) \
+                or rel.endswith(".pt") or ".." in parts:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(target, "wb") as out:
+            out.write(src.read())
+        n += 1
+    return dest, n
+
+
+def uri_join(uri: str, *parts: str) -> str:
+    """``uri``/parts, keeping a query string (``?endpoint_override=...``) at the end."""
+    base, sep, query = uri.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + (sep + query if sep else "")

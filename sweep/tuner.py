@@ -294,7 +294,8 @@ def restore_tuner(spec: SweepSpec, storage: str, name: str, verbose: int = 1) ->
     ``spec.num_trials()`` trials, more than it started with when --num-samples grew."""
     ExtendableSearch.extend_to = spec.num_trials() if spec.search.algorithm == "optuna" else None
     local = "://" not in storage
-    path = str(Path(storage) / name) if local else f"{storage.rstrip('/')}/{name}"
+    base, sep, query = storage.partition("?")  # s3://b/p?endpoint_override=... keeps its query last
+    path = str(Path(storage) / name) if local else f"{base.rstrip('/')}/{name}{sep}{query}"
     if needs_lenient_metrics(spec):
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     return tune.Tuner.restore(
