@@ -41,6 +41,10 @@ class FilterError(ValueError):
     """A --where expression that does not parse; the message says where and what was expected."""
 
 
+class UnknownColumnError(FilterError, KeyError):
+    """A filter names a column the table does not have."""
+
+
 def tokenize(expr: str) -> list[tuple[str, str]]:
     out, pos = [], 0
     expr = expr.rstrip()
@@ -105,7 +109,7 @@ def parse_filter(expr: str, df: pd.DataFrame, resolve: Callable[[str, Iterable[s
         try:
             col = resolve(t[1].strip("`"), df.columns)
         except KeyError as e:
-            raise FilterError(f"--where {expr!r}: {e.args[0]}") from None
+            raise UnknownColumnError(f"--where {expr!r}: {e.args[0]}") from None
         op = take()
         if op[0] != "op" or op[1] not in _OPS:
             raise FilterError(f"--where {expr!r}: expected one of {list(_OPS)} after {t[1]!r}, got {op[1]!r}")
