@@ -379,7 +379,7 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         print(f"Results: {exp_path}  (per trial: run/ = checkpoints + metrics.jsonl, evaluation/ = records)")
         for e in errors:
             print(f"  errored trial {e.path}: {str(e.error).splitlines()[0][:300]}", file=sys.stderr)
-        _gather(exp_path, storage, args.results)
+        _gather(exp_path, storage, name, args.results)
         interrupted = unfinished(results) > 0 or len(df) < spec.num_trials()
         if interrupted or errors:
             print(f"Continue it with: python -m sweep.run --resume --name {name} --storage {storage}")
@@ -402,7 +402,7 @@ def _study_storage(spec, storage: str, name: str, args: argparse.Namespace) -> s
     return args.study_storage or default_study_storage(storage, name)
 
 
-def _gather(exp_path: str, storage: str, results: str | None = None) -> None:
+def _gather(exp_path: str, storage: str, name: str, results: str | None = None) -> None:
     """Parquet tables for the analysis, when the analysis package is there."""
     try:
         from analysis.gather import gather
@@ -416,7 +416,7 @@ def _gather(exp_path: str, storage: str, results: str | None = None) -> None:
 
             # Remote storage: the tables are built from a local copy (no checkpoints),
             # ROOT/remote/NAME, and written to ROOT/tables/ of this project's results.
-            exp_path = str(fetch_sweep(uri_join(storage, Path(exp_path).name), results or default_storage().parent))
+            exp_path = str(fetch_sweep(uri_join(storage, name), results or default_storage().parent))
         results_root = Path(exp_path).parent.parent if "://" in storage else Path(results or Path(storage).parent)
         tables = gather(exp_path, results_root)
     except Exception as e:  # the sweep's results stand without the tables
