@@ -25,8 +25,8 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from analysis import plots
+from analysis.frames import Frames, family_table, family_text, pm, relative_path
 from analysis.importance import param_importances, pareto_front
-from analysis.report import Frames, _family_table, _family_text, _relative, pm
 from analysis.stats import KEY_METRICS, arm_summary, compare_family, family_metrics
 from neuroreg.atomic import atomic_write_text
 
@@ -230,7 +230,7 @@ def build_html(
     if frames.spec.get("description"):
         page.p(str(frames.spec["description"]))
     page.p("Sources (relative to the results folder): " + ", ".join(
-        _relative(src, root) for src in _sources(frames, root)) + ".", "note")
+        relative_path(src, root) for src in _sources(frames, root)) + ".", "note")
 
     page.add("<h2>Trials</h2>")
     page.table(trials.groupby(["sweep", "status"]).size().reset_index(name="trials"))
@@ -252,8 +252,8 @@ def build_html(
     page.add("<h2>Against the baseline</h2>")
     fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
     if len(fam):
-        page.p(_family_text(fam).replace("`", "").replace("**", ""))
-        page.table(_family_table(fam))
+        page.p(family_text(fam).replace("`", "").replace("**", ""))
+        page.table(family_table(fam))
     else:
         page.p("No unregularized baseline arm (target none or alpha 0) among these trials.", "note")
 

@@ -15,68 +15,47 @@ multi-objective sweeps. Prints the noise-accuracy and median-distance tables to 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from analysis import plots, store
+from analysis import html_report, plots, store
+from analysis.frames import (  # noqa: F401 (re-exported: the report's data and formatting)
+    Frames,
+    by_configuration,
+    continuous_params,
+    correct_median_distances,
+    family_table,
+    family_text,
+    finished_rows,
+    fmt,
+    load_frames,
+    md_table,
+    merge_repeats,
+    metric_mode,
+    pm,
+    relative_path,
+    searched_params,
+    spec_objectives,
+)
 from analysis.gather import (
-    _NOT_IDENTITY,
-    _arm_labels,
     default_results_root,
     gather_report,
-    is_seed_column,
 )
 from analysis.importance import param_importances, pareto_front
 from analysis.query import config_columns, default_root, load, run_cli, sweep_meta
 from analysis.stats import (
-    CORRECTION,
     KEY_METRICS,
     arm_summary,
     best_arm,
     compare_family,
     family_metrics,
     finished,
-    varying_columns,
 )
 from neuroreg.atomic import atomic_write_text
-
-# --- formatting ------------------------------------------------------------------
-
-
-def fmt(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def pm(mean: float, sem: float, digits: int = 4) -> str:
-    """'mean ± sem' (just the mean when the SEM is undefined, e.g. one seed)."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    if sem is None or (isinstance(sem, float) and math.isnan(sem)):
-        return f"{mean:.{digits}g}"
-    return f"{mean:.{digits}g} ± {sem:.2g}"
-
-
-def md_table(df: pd.DataFrame, digits: int = 4) -> str:
-    """A Markdown pipe table (hand-written: pandas' to_markdown needs the tabulate package)."""
-    if not len(df):
-        return "_(no rows)_\n"
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(fmt(v, digits) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
 
 # --- the tables the CLI prints --------------------------------------------------------
 
@@ -106,121 +85,17 @@ def distance_table(summary: pd.DataFrame) -> pd.DataFrame:
     return wide.join(n).reset_index()[["arm", "n", *wide.columns]]
 
 
-def correct_median_distances(adv: pd.DataFrame) -> pd.DataFrame:
-    """Per trial and norm: the median minimal distance over the test images the model
-    classifies correctly (unbroken ones count +inf), as columns ``median_<norm>_correct``.
-
-    The papers' median counts clean errors as 0, so once clean accuracy falls below 50 %
-    it is 0 whatever the model's robustness; this median is the one that still tells two
-    weak models apart.
-    """
-    if not len(adv):
-        return pd.DataFrame(columns=["sweep", "trial_id"])
-    hit = adv[adv["attack"] != "misclassified"]
-    med = hit.groupby(["sweep", "trial_id", "norm"])["distance"].median().reset_index()
-    wide = med.pivot(index=["sweep", "trial_id"], columns="norm", values="distance")
-    wide.columns = [f"median_{c}_correct" for c in wide.columns]
-    return wide.reset_index()
-
-
 def console_tables(root: str | os.PathLike, sweep: str) -> str:
     """The noise-accuracy and median-distance tables of a sweep, as plain text."""
     parts = []
-    noise = _finished_rows(load("noise", root, [sweep]))
+    noise = finished_rows(load("noise", root, [sweep]))
     t = noise_table(noise)
     parts.append("Noise accuracy (mean ± SEM over seeds)\n" + (t.to_string(index=False) if len(t) else "(no noise records)"))
-    adv = _finished_rows(load("adversarial_summary", root, [sweep]))
+    adv = finished_rows(load("adversarial_summary", root, [sweep]))
     t = distance_table(adv)
     parts.append("Median minimal adversarial distance (mean ± SEM over seeds)\n"
                  + (t.to_string(index=False) if len(t) else "(no adversarial records)"))
     return "\n\n".join(parts)
-
-
-def _finished_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "TERMINATED"] if "status" in df.columns and len(df) else df
-
-
-# --- the data of a report: one sweep, or several keyed by configuration ----------------------
-
-
-@dataclass
-class Frames:
-    """What a report shows, loaded once: trials and the finished trials' record tables.
-
-    ``done`` holds the finished trials with the per-trial median distances over correctly
-    classified images merged on. Across sweeps (``by_configuration``) ``arm`` is a label of
-    the configuration, ``condition`` its condition_key, and repeats of one configuration
-    and seed in several sweeps are averaged in ``done`` (``repeats`` counts them).
-    """
-
-    sweeps: list[str]
-    trials: pd.DataFrame
-    done: pd.DataFrame
-    noise: pd.DataFrame
-    adv: pd.DataFrame
-    adv_sum: pd.DataFrame
-    configs: list[str]
-    repeats: int = 0
-    spec: dict[str, Any] = field(default_factory=dict)
-
-
-def load_frames(sweeps: Sequence[str], root: str | os.PathLike, by_config: bool = False) -> Frames:
-    """The tables of these sweeps; with ``by_config`` arms are labelled across sweeps by arm_key."""
-    sweeps = list(sweeps)
-    trials = load("trials", root, sweeps)
-    configs = config_columns(root, sweeps)
-    noise = _finished_rows(load("noise", root, sweeps))
-    adv = _finished_rows(load("adversarial", root, sweeps))
-    adv_sum = _finished_rows(load("adversarial_summary", root, sweeps))
-    repeats = 0
-    if by_config:
-        trials = by_configuration(trials, configs)
-        arms = trials.set_index(["sweep", "trial_id"])["arm"]
-        noise, adv, adv_sum = (
-            d.assign(arm=arms.reindex(pd.MultiIndex.from_frame(d[["sweep", "trial_id"]])).to_numpy()) if len(d) else d
-            for d in (noise, adv, adv_sum)
-        )
-    done = finished(trials)
-    if len(adv) and len(done):
-        done = done.merge(correct_median_distances(adv), on=["sweep", "trial_id"], how="left")
-    if by_config and len(done):
-        done, repeats = merge_repeats(done)
-    spec = sweep_meta(root, sweeps[0]).get("sweep_spec") or {} if len(sweeps) == 1 else {}
-    return Frames(sweeps, trials, done, noise, adv, adv_sum, configs, repeats, spec)
-
-
-def by_configuration(trials: pd.DataFrame, configs: Sequence[str]) -> pd.DataFrame:
-    """Trials of several sweeps with ``arm`` relabelled from the configuration fields that vary
-    across all of them (as gather labels one sweep) and ``condition`` set to condition_key.
-
-    The label is drawn from the fields arm_key hashes (no seeds, evaluation or run-time
-    fields), so one label is one arm_key; a sweep's own labels name only what varies in it.
-    """
-    ident = [c for c in configs if c in trials.columns and not is_seed_column(c)
-             and c not in _NOT_IDENTITY and not c.startswith("evaluation.")]
-    labels = _arm_labels(trials, ident)
-    out = trials.assign(arm=labels["arm"], condition=trials["condition_key"], baseline=labels["baseline"])
-    per_key = out.groupby("arm")["arm_key"].nunique()
-    if (per_key > 1).any():  # fields outside the label tell the arms apart: name the key too
-        clash = out["arm"].isin(per_key[per_key > 1].index)
-        out.loc[clash, "arm"] = out.loc[clash, "arm"] + " [" + out.loc[clash, "arm_key"].str[:6] + "]"
-    return out
-
-
-def merge_repeats(done: pd.DataFrame, seed_col: str = "train.seed") -> tuple[pd.DataFrame, int]:
-    """One row per (arm_key, seed): a configuration and seed trained in several sweeps is one
-    experiment repeated, so its metrics are averaged (the seed pairs it with its baseline)."""
-    if seed_col not in done.columns:
-        return done, 0
-    keys = ["arm_key", seed_col]
-    dup = done.duplicated(keys, keep=False)
-    if not dup.any():
-        return done, 0
-    numeric = [c for c in done.columns if c not in keys and pd.api.types.is_numeric_dtype(done[c])
-               and not pd.api.types.is_bool_dtype(done[c])]
-    g = done.groupby(keys, sort=False, dropna=False)
-    merged = g.first().drop(columns=numeric).join(g[numeric].mean()).reset_index()[list(done.columns)]
-    return merged, int(len(done) - len(merged))
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -250,56 +125,6 @@ class _Doc:
         self.add(f"![{title}]({rel}){link}", "")
 
 
-def searched_params(spec: dict[str, Any], trials: pd.DataFrame, configs: Sequence[str]) -> list[str]:
-    """The sweep's search-space keys (sweep.yaml), else the config columns that vary."""
-    space = spec.get("space")
-    if isinstance(space, dict) and space:
-        return [k for k in space if k in trials.columns]
-    return [c for c in varying_columns(trials, configs) if not is_seed_column(c)]
-
-
-def _relative(path: Any, root: str | os.PathLike) -> str:
-    """``path`` relative to the results root, so that a report holds no machine paths."""
-    if path is None or (isinstance(path, float) and math.isnan(path)):
-        return "–"
-    p, r = Path(str(path)), Path(root).resolve()
-    try:
-        return p.resolve().relative_to(r).as_posix() or "."
-    except ValueError:
-        return p.name  # outside the results folder: its name only
-
-
-def _family_table(fam: pd.DataFrame) -> pd.DataFrame:
-    t = fam[["metric", "arm", "test", "n", "mean", "baseline_mean", "diff"]].copy()
-    t["95 % CI"] = [f"[{fmt(lo, 3)}, {fmt(hi, 3)}]" for lo, hi in zip(fam["ci_low"], fam["ci_high"])]
-    t["p"], t["p (BH)"] = fam["p"], fam["p_adj"]
-    t["power"] = fam["power"]
-    t["seeds for 80 %"] = fam["n_80"]
-    return t
-
-
-def _family_text(fam: pd.DataFrame) -> str:
-    """How the family was tested, and its headline: the significant rows and the power."""
-    sig = fam[fam["p_adj"] < 0.05]
-    lines = [
-        "Difference = arm − baseline of the same condition, per metric (no metric is pooled "
-        "across noise types or levels). Paired t-test over the seeds both arms share "
-        "(`scipy.stats.ttest_rel`), Welch's t-test where seeds do not match; 95 % CI of the "
-        f"difference from scipy; p corrected over all {len(fam)} rows of this table "
-        f"({CORRECTION}, `scipy.stats.false_discovery_control`). *power*: the test's power for the "
-        "observed effect and variance at this number of seeds; *seeds for 80 %*: seeds per arm "
-        "that would give 80 % power.",
-        "",
-    ]
-    if len(sig):
-        lines.append(f"**Significant after correction ({len(sig)} of {len(fam)}):** " + "; ".join(
-            f"{r.metric} {r.arm}: {r.diff:+.4g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}], p_BH = {r.p_adj:.2g}"
-            for r in sig.itertuples()) + ".")
-    else:
-        lines.append(f"**No difference is significant after correction** (0 of {len(fam)}).")
-    return "\n".join(lines)
-
-
 def _collapse_section(doc: _Doc, done: pd.DataFrame) -> None:
     """Collapse rate per arm and the comparison without the collapsed runs."""
     if "collapsed" not in done.columns:
@@ -323,7 +148,7 @@ def _collapse_section(doc: _Doc, done: pd.DataFrame) -> None:
                     "too few to compare.", "")
         else:
             doc.add("Without the collapsed runs (their seeds drop out of the pairing):", "",
-                    _family_text(fam), "", md_table(_family_table(fam)))
+                    family_text(fam), "", md_table(family_table(fam)))
 
 
 def build_report(
@@ -349,8 +174,8 @@ def build_report(
     doc.add(f"# Sweep `{sweep}`", "")
     if spec.get("description"):
         doc.add(str(spec["description"]), "")
-    doc.add(f"Source: `{_relative(meta.get('sweep_dir', '?'), root)}`; tables: "
-            f"`{_relative(store.tables_dir(root), root)}` (paths relative to the results folder).", "")
+    doc.add(f"Source: `{relative_path(meta.get('sweep_dir', '?'), root)}`; tables: "
+            f"`{relative_path(store.tables_dir(root), root)}` (paths relative to the results folder).", "")
     status = trials["status"].value_counts().rename_axis("status").reset_index(name="trials")
     doc.add("## Trials", "", md_table(status))
     if params:
@@ -380,11 +205,11 @@ def build_report(
         shown = [c for c in params if c in top.index] or [c for c in configs if c in top.index][:12]
         doc.add(md_table(pd.DataFrame({"field": shown, "value": [top[c] for c in shown]})))
         doc.add(f"Best single trial: `{top['trial_id']}` ({metric} = {fmt(top[metric])}), "
-                f"checkpoint `{_relative(top['checkpoint'], root)}`.", "")
+                f"checkpoint `{relative_path(top['checkpoint'], root)}`.", "")
 
     # Per-arm summary and comparison with the baseline.
     # No status column without the join; merging into `done` keeps finished trials only.
-    adv_images = _finished_rows(load("adversarial", root, [sweep]))
+    adv_images = finished_rows(load("adversarial", root, [sweep]))
     if len(adv_images) and len(done):
         done = done.merge(correct_median_distances(adv_images), on=["sweep", "trial_id"], how="left")
     extra = [c for c in ("median_l2_correct", "median_linf_correct") if c in done.columns]
@@ -398,17 +223,17 @@ def build_report(
     doc.add("## Against the baseline", "")
     fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
     if len(fam):
-        doc.add(_family_text(fam), "", md_table(_family_table(fam)))
+        doc.add(family_text(fam), "", md_table(family_table(fam)))
         _collapse_section(doc, done)
     else:
         doc.add("_No unregularized baseline arm (target none or alpha 0) in this sweep._", "")
 
     # Robustness tables and plots.
-    noise = _finished_rows(load("noise", root, [sweep]))
+    noise = finished_rows(load("noise", root, [sweep]))
     if len(noise):
         doc.add("## Random noise", "", md_table(noise_table(noise)))
         doc.plot("noise accuracy", lambda p: plots.noise_accuracy(noise, p), "noise_accuracy")
-    adv_sum = _finished_rows(load("adversarial_summary", root, [sweep]))
+    adv_sum = finished_rows(load("adversarial_summary", root, [sweep]))
     if len(adv_sum):
         doc.add("## Minimal adversarial perturbations", "",
                 "Median over all attacked test images, clean errors counted as distance 0 "
@@ -419,18 +244,18 @@ def build_report(
     if len(adv_images):
         doc.plot("robust accuracy vs epsilon", lambda p: plots.robust_accuracy_curves(adv_images, p),
                  "robust_accuracy")
-    transfer = _finished_rows(load("transfer", root, [sweep]))
+    transfer = finished_rows(load("transfer", root, [sweep]))
     if len(transfer):
         t = transfer.groupby(["arm", "epsilon"])["accuracy"].agg(["mean", "sem", "count"]).reset_index()
         doc.add("## Transferred FGSM", "", md_table(t))
         doc.plot("transferred FGSM", lambda p: plots.transfer_accuracy(transfer, p), "transfer")
-    corr = _finished_rows(load("corruptions", root, [sweep]))
+    corr = finished_rows(load("corruptions", root, [sweep]))
     if len(corr):
         key = "frequency" if "frequency" in corr.columns else "corruption"
         per_trial = corr.groupby(["arm", "trial_id", key])["accuracy"].mean().reset_index()
         t = per_trial.groupby(["arm", key])["accuracy"].agg(["mean", "sem", "count"]).reset_index()
         doc.add("## Common corruptions", "", md_table(t))
-    freq = _finished_rows(load("frequency", root, [sweep]))
+    freq = finished_rows(load("frequency", root, [sweep]))
     if len(freq):
         _frequency_section(doc, freq, adv_sum, corr)
 
@@ -441,7 +266,7 @@ def build_report(
     if continuous and len(active):
         # A continuous search samples each value once: an alpha x Th grid would be mostly
         # empty cells, so Optuna's contour and slice plots show the surface instead.
-        modes = {metric: mode, **(objectives or _spec_objectives(spec) or {})}
+        modes = {metric: mode, **(objectives or spec_objectives(spec) or {})}
         for m, d in modes.items():
             if m in active.columns and active[m].notna().any():
                 doc.plot(f"Optuna contour: {m}", lambda p, m=m, d=d: plots.optuna_contour(
@@ -469,7 +294,7 @@ def build_report(
             doc.add(md_table(imp.rename_axis("parameter").reset_index()))
         except (ValueError, KeyError, RuntimeError) as e:
             doc.add(f"_Not computed: {e}_", "")
-    objectives = objectives or _spec_objectives(spec)
+    objectives = objectives or spec_objectives(spec)
     if objectives and len(objectives) >= 2:
         doc.add("## Pareto front (arm means over seeds)", "")
         missing = [m for m in objectives if m not in done.columns]
@@ -503,7 +328,7 @@ def build_comparison(
     frames = load_frames(sweeps, root, by_config=True)
     done, doc = frames.done, _Doc(out_dir)
     doc.add(f"# Comparison of {len(frames.sweeps)} sweeps, arms keyed by configuration", "")
-    doc.add("Sweeps: " + ", ".join(f"`{s}` (`{_relative(sweep_meta(root, s).get('sweep_dir', '?'), root)}`)"
+    doc.add("Sweeps: " + ", ".join(f"`{s}` (`{relative_path(sweep_meta(root, s).get('sweep_dir', '?'), root)}`)"
                                    for s in frames.sweeps) + " (paths relative to the results folder).", "")
     doc.add("An arm is one `arm_key` (the trained configuration without its seed, the same hash in every "
             "sweep); its label names the configuration fields that vary across these sweeps. Its "
@@ -526,7 +351,7 @@ def build_comparison(
     doc.add("## Against the baseline", "")
     fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
     if len(fam):
-        doc.add(_family_text(fam), "", md_table(_family_table(fam)))
+        doc.add(family_text(fam), "", md_table(family_table(fam)))
     else:
         doc.add("_No arm has a baseline of its condition in these sweeps._", "")
     if len(frames.noise):
@@ -538,31 +363,6 @@ def build_comparison(
     if len(frames.adv):
         doc.plot("robust accuracy vs epsilon", lambda p: plots.robust_accuracy_curves(frames.adv, p), "robust_accuracy")
     return atomic_write_text(out_dir / "comparison.md", "\n".join(doc.lines) + "\n"), frames
-
-
-def metric_mode(spec: dict[str, Any], metric: str | None, mode: str | None) -> tuple[str, str]:
-    """The metric and mode of "best": the given ones, else the sweep's, else best_val_acc, max."""
-    metric = metric or spec.get("metric") or "best_val_acc"
-    mode = mode or spec.get("mode") or "max"
-    if mode not in ("max", "min"):
-        raise ValueError(f"--mode must be max or min, got {mode!r}")
-    return metric, mode
-
-
-def continuous_params(spec: dict[str, Any], trials: pd.DataFrame) -> list[str]:
-    """The searched parameters drawn from a continuous distribution (uniform, loguniform, int)
-    that vary among these trials."""
-    space = spec.get("space") or {}
-    return [k for k, v in space.items() if isinstance(v, dict) and {"uniform", "loguniform", "int"} & set(v)
-            and k in trials.columns and trials[k].nunique() > 1]
-
-
-def _spec_objectives(spec: dict[str, Any]) -> dict[str, str] | None:
-    search = spec.get("search") or {}
-    ms, mo = search.get("metrics"), search.get("modes")
-    if isinstance(ms, list) and isinstance(mo, list) and len(ms) == len(mo) and len(ms) >= 2:
-        return dict(zip(ms, mo))
-    return None
 
 
 def _frequency_section(doc: _Doc, freq: pd.DataFrame, adv_sum: pd.DataFrame, corr: pd.DataFrame) -> None:
@@ -663,7 +463,6 @@ def main(argv: list[str] | None = None) -> int:
               "gather them into one with --results", file=sys.stderr)
         return 2
     root, names = resolved[0][0], list(dict.fromkeys(n for _, n in resolved))
-    from analysis import html_report
 
     if len(names) > 1:
         out = Path(args.out) if args.out else root / "reports" / ("compare-" + "+".join(names))
@@ -684,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         metric, mode = metric_mode(frames.spec, args.metric, args.mode)
         page = html_report.build_html(
             frames, root, out / "report.html", f"Sweep {name}", metric, mode,
-            searched_params(frames.spec, frames.trials, frames.configs), objectives or _spec_objectives(frames.spec))
+            searched_params(frames.spec, frames.trials, frames.configs), objectives or spec_objectives(frames.spec))
         print(f"html: {page}")
     return 0
 

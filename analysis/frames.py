@@ -1,0 +1,230 @@
+"""The data of a report, loaded once, and its formatting: shared by the Markdown report
+(analysis.report) and the HTML page (analysis.html_report)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.gather import (
+    _NOT_IDENTITY,
+    _arm_labels,
+    is_seed_column,
+)
+from analysis.query import config_columns, load, sweep_meta
+from analysis.stats import CORRECTION, finished, varying_columns
+
+# --- formatting ------------------------------------------------------------------
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def pm(mean: float, sem: float, digits: int = 4) -> str:
+    """'mean ± sem' (just the mean when the SEM is undefined, e.g. one seed)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if sem is None or (isinstance(sem, float) and math.isnan(sem)):
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} ± {sem:.2g}"
+
+
+def md_table(df: pd.DataFrame, digits: int = 4) -> str:
+    """A Markdown pipe table (hand-written: pandas' to_markdown needs the tabulate package)."""
+    if not len(df):
+        return "_(no rows)_\n"
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v, digits) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def correct_median_distances(adv: pd.DataFrame) -> pd.DataFrame:
+    """Per trial and norm: the median minimal distance over the test images the model
+    classifies correctly (unbroken ones count +inf), as columns ``median_<norm>_correct``.
+
+    The papers' median counts clean errors as 0, so once clean accuracy falls below 50 %
+    it is 0 whatever the model's robustness; this median is the one that still tells two
+    weak models apart.
+    """
+    if not len(adv):
+        return pd.DataFrame(columns=["sweep", "trial_id"])
+    hit = adv[adv["attack"] != "misclassified"]
+    med = hit.groupby(["sweep", "trial_id", "norm"])["distance"].median().reset_index()
+    wide = med.pivot(index=["sweep", "trial_id"], columns="norm", values="distance")
+    wide.columns = [f"median_{c}_correct" for c in wide.columns]
+    return wide.reset_index()
+
+
+def finished_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "TERMINATED"] if "status" in df.columns and len(df) else df
+
+
+# --- the data of a report: one sweep, or several keyed by configuration ----------------------
+
+
+@dataclass
+class Frames:
+    """What a report shows, loaded once: trials and the finished trials' record tables.
+
+    ``done`` holds the finished trials with the per-trial median distances over correctly
+    classified images merged on. Across sweeps (``by_configuration``) ``arm`` is a label of
+    the configuration, ``condition`` its condition_key, and repeats of one configuration
+    and seed in several sweeps are averaged in ``done`` (``repeats`` counts them).
+    """
+
+    sweeps: list[str]
+    trials: pd.DataFrame
+    done: pd.DataFrame
+    noise: pd.DataFrame
+    adv: pd.DataFrame
+    adv_sum: pd.DataFrame
+    configs: list[str]
+    repeats: int = 0
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def load_frames(sweeps: Sequence[str], root: str | os.PathLike, by_config: bool = False) -> Frames:
+    """The tables of these sweeps; with ``by_config`` arms are labelled across sweeps by arm_key."""
+    sweeps = list(sweeps)
+    trials = load("trials", root, sweeps)
+    configs = config_columns(root, sweeps)
+    noise = finished_rows(load("noise", root, sweeps))
+    adv = finished_rows(load("adversarial", root, sweeps))
+    adv_sum = finished_rows(load("adversarial_summary", root, sweeps))
+    repeats = 0
+    if by_config:
+        trials = by_configuration(trials, configs)
+        arms = trials.set_index(["sweep", "trial_id"])["arm"]
+        noise, adv, adv_sum = (
+            d.assign(arm=arms.reindex(pd.MultiIndex.from_frame(d[["sweep", "trial_id"]])).to_numpy()) if len(d) else d
+            for d in (noise, adv, adv_sum)
+        )
+    done = finished(trials)
+    if len(adv) and len(done):
+        done = done.merge(correct_median_distances(adv), on=["sweep", "trial_id"], how="left")
+    if by_config and len(done):
+        done, repeats = merge_repeats(done)
+    spec = sweep_meta(root, sweeps[0]).get("sweep_spec") or {} if len(sweeps) == 1 else {}
+    return Frames(sweeps, trials, done, noise, adv, adv_sum, configs, repeats, spec)
+
+
+def by_configuration(trials: pd.DataFrame, configs: Sequence[str]) -> pd.DataFrame:
+    """Trials of several sweeps with ``arm`` relabelled from the configuration fields that vary
+    across all of them (as gather labels one sweep) and ``condition`` set to condition_key.
+
+    The label is drawn from the fields arm_key hashes (no seeds, evaluation or run-time
+    fields), so one label is one arm_key; a sweep's own labels name only what varies in it.
+    """
+    ident = [c for c in configs if c in trials.columns and not is_seed_column(c)
+             and c not in _NOT_IDENTITY and not c.startswith("evaluation.")]
+    labels = _arm_labels(trials, ident)
+    out = trials.assign(arm=labels["arm"], condition=trials["condition_key"], baseline=labels["baseline"])
+    per_key = out.groupby("arm")["arm_key"].nunique()
+    if (per_key > 1).any():  # fields outside the label tell the arms apart: name the key too
+        clash = out["arm"].isin(per_key[per_key > 1].index)
+        out.loc[clash, "arm"] = out.loc[clash, "arm"] + " [" + out.loc[clash, "arm_key"].str[:6] + "]"
+    return out
+
+
+def merge_repeats(done: pd.DataFrame, seed_col: str = "train.seed") -> tuple[pd.DataFrame, int]:
+    """One row per (arm_key, seed): a configuration and seed trained in several sweeps is one
+    experiment repeated, so its metrics are averaged (the seed pairs it with its baseline)."""
+    if seed_col not in done.columns:
+        return done, 0
+    keys = ["arm_key", seed_col]
+    dup = done.duplicated(keys, keep=False)
+    if not dup.any():
+        return done, 0
+    numeric = [c for c in done.columns if c not in keys and pd.api.types.is_numeric_dtype(done[c])
+               and not pd.api.types.is_bool_dtype(done[c])]
+    g = done.groupby(keys, sort=False, dropna=False)
+    merged = g.first().drop(columns=numeric).join(g[numeric].mean()).reset_index()[list(done.columns)]
+    return merged, int(len(done) - len(merged))
+
+
+def searched_params(spec: dict[str, Any], trials: pd.DataFrame, configs: Sequence[str]) -> list[str]:
+    """The sweep's search-space keys (sweep.yaml), else the config columns that vary."""
+    space = spec.get("space")
+    if isinstance(space, dict) and space:
+        return [k for k in space if k in trials.columns]
+    return [c for c in varying_columns(trials, configs) if not is_seed_column(c)]
+
+
+def relative_path(path: Any, root: str | os.PathLike) -> str:
+    """``path`` relative to the results root, so that a report holds no machine paths."""
+    if path is None or (isinstance(path, float) and math.isnan(path)):
+        return "–"
+    p, r = Path(str(path)), Path(root).resolve()
+    try:
+        return p.resolve().relative_to(r).as_posix() or "."
+    except ValueError:
+        return p.name  # outside the results folder: its name only
+
+
+def family_table(fam: pd.DataFrame) -> pd.DataFrame:
+    t = fam[["metric", "arm", "test", "n", "mean", "baseline_mean", "diff"]].copy()
+    t["95 % CI"] = [f"[{fmt(lo, 3)}, {fmt(hi, 3)}]" for lo, hi in zip(fam["ci_low"], fam["ci_high"])]
+    t["p"], t["p (BH)"] = fam["p"], fam["p_adj"]
+    t["power"] = fam["power"]
+    t["seeds for 80 %"] = fam["n_80"]
+    return t
+
+
+def family_text(fam: pd.DataFrame) -> str:
+    """How the family was tested, and its headline: the significant rows and the power."""
+    sig = fam[fam["p_adj"] < 0.05]
+    lines = [
+        "Difference = arm − baseline of the same condition, per metric (no metric is pooled "
+        "across noise types or levels). Paired t-test over the seeds both arms share "
+        "(`scipy.stats.ttest_rel`), Welch's t-test where seeds do not match; 95 % CI of the "
+        f"difference from scipy; p corrected over all {len(fam)} rows of this table "
+        f"({CORRECTION}, `scipy.stats.false_discovery_control`). *power*: the test's power for the "
+        "observed effect and variance at this number of seeds; *seeds for 80 %*: seeds per arm "
+        "that would give 80 % power.",
+        "",
+    ]
+    if len(sig):
+        lines.append(f"**Significant after correction ({len(sig)} of {len(fam)}):** " + "; ".join(
+            f"{r.metric} {r.arm}: {r.diff:+.4g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}], p_BH = {r.p_adj:.2g}"
+            for r in sig.itertuples()) + ".")
+    else:
+        lines.append(f"**No difference is significant after correction** (0 of {len(fam)}).")
+    return "\n".join(lines)
+
+
+def metric_mode(spec: dict[str, Any], metric: str | None, mode: str | None) -> tuple[str, str]:
+    """The metric and mode of "best": the given ones, else the sweep's, else best_val_acc, max."""
+    metric = metric or spec.get("metric") or "best_val_acc"
+    mode = mode or spec.get("mode") or "max"
+    if mode not in ("max", "min"):
+        raise ValueError(f"--mode must be max or min, got {mode!r}")
+    return metric, mode
+
+
+def continuous_params(spec: dict[str, Any], trials: pd.DataFrame) -> list[str]:
+    """The searched parameters drawn from a continuous distribution (uniform, loguniform, int)
+    that vary among these trials."""
+    space = spec.get("space") or {}
+    return [k for k, v in space.items() if isinstance(v, dict) and {"uniform", "loguniform", "int"} & set(v)
+            and k in trials.columns and trials[k].nunique() > 1]
+
+
+def spec_objectives(spec: dict[str, Any]) -> dict[str, str] | None:
+    search = spec.get("search") or {}
+    ms, mo = search.get("metrics"), search.get("modes")
+    if isinstance(ms, list) and isinstance(mo, list) and len(ms) == len(mo) and len(ms) >= 2:
+        return dict(zip(ms, mo))
+    return None
