@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-KEY_METRICS = (
-    "best_val_acc", "clean_acc", "noise_acc_mean", "median_l2", "median_linf",
-    "adv_success_l2", "adv_success_linf", "f_rev", "f05_l2", "f05_linf",
-)
-"""Metrics compared against the baseline by default, where a sweep has them."""
+from neuroreg.evaluate.suites import SUITES
+
+KEY_METRICS = ("best_val_acc",) + tuple(m for suite in SUITES for m in suite.headline)
+"""Metrics compared against the baseline by default, where a sweep has them: the trainer's
+best validation accuracy, then each evaluation suite's declared headline metrics."""
 
 
 def finished(trials: pd.DataFrame) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from neuroreg.evaluate.common import accuracy
 from neuroreg.evaluate.suite import SuiteContext, SuiteOutput, register_suite
 
 
-@register_suite("clean", metrics=lambda cfg: {"clean_acc"})
+@register_suite("clean", metrics=lambda cfg: {"clean_acc"}, headline=("clean_acc",))
 def run_suite(ctx: SuiteContext) -> SuiteOutput:
     """Accuracy on the whole test set."""
     acc = accuracy(ctx.model, ctx.x_all, ctx.y_all, ctx.ev.batch_size, ctx.device)

@@ -445,7 +445,7 @@ def run_frequency(
     return records
 
 
-@register_suite("frequency", metrics=lambda cfg: None)
+@register_suite("frequency", metrics=lambda cfg: None, headline=("f_rev", "f05_l2", "f05_linf"))
 def run_suite(ctx: SuiteContext) -> SuiteOutput:
     """Spectra of the adversarial perturbations, hybrid-image reversal frequency, corruption groups."""
     adversarial = ctx.shared.get("adversarial", {})

@@ -91,7 +91,7 @@ def _metrics(cfg: RunConfig) -> set[str]:
     return {f"noise_acc_{k}_{fmt_level(lv)}" for k, lvs in levels.items() for lv in lvs} | {"noise_acc_mean"}
 
 
-@register_suite("noise", metrics=_metrics)
+@register_suite("noise", metrics=_metrics, headline=("noise_acc_mean",))
 def run_suite(ctx: SuiteContext) -> SuiteOutput:
     """Accuracy under Gaussian, uniform and salt-and-pepper noise at every level."""
     ev = ctx.ev

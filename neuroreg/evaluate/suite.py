@@ -68,6 +68,8 @@ class Suite:
     """The record files it writes (the analysis tables of the same names)."""
     needs_surrogate: bool = False
     """Needs ``evaluation.surrogate`` (a second model) to run."""
+    headline: tuple[str, ...] = ()
+    """Its metrics a report compares against the baseline by default (analysis.stats)."""
     doc: str = ""
 
 
@@ -79,12 +81,13 @@ def register_suite(
     metrics: Callable[[RunConfig], set[str] | None],
     records: tuple[str, ...] | None = None,
     needs_surrogate: bool = False,
+    headline: tuple[str, ...] = (),
 ) -> Callable[[Callable[[SuiteContext], SuiteOutput]], Callable[[SuiteContext], SuiteOutput]]:
     """Decorator: register ``run`` as the suite ``name`` (its docstring is the suite's doc)."""
 
     def wrap(run: Callable[[SuiteContext], SuiteOutput]) -> Callable[[SuiteContext], SuiteOutput]:
-        SUITES.add(name, Suite(name, run, metrics, records or (name,), needs_surrogate,
-                               (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else ""))
+        doc = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else ""
+        SUITES.add(name, Suite(name, run, metrics, records or (name,), needs_surrogate, headline, doc))
         return run
 
     return wrap
