@@ -201,8 +201,16 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, f
     return {"CPU": cpus, "GPU": gpus}
 
 
-def default_concurrency(resources: dict[str, float], cpus_per_trial: float, gpus_per_trial: float) -> int:
-    """How many trials fit at once (at least 1)."""
+def default_concurrency(
+    resources: dict[str, float], cpus_per_trial: float, gpus_per_trial: float, autoscaling_trials: int | None = None
+) -> int:
+    """How many trials fit at once (at least 1).
+
+    ``autoscaling_trials``: the sweep's trial count on an autoscaling cluster, whose present
+    nodes (often 0 GPUs) say nothing about what it will hold: every trial is queued at once,
+    so the autoscaler sees the whole demand instead of one trial's."""
+    if autoscaling_trials is not None:
+        return max(1, autoscaling_trials)
     n = resources["CPU"] / cpus_per_trial
     if gpus_per_trial > 0:
         n = min(n, resources["GPU"] / gpus_per_trial)

@@ -342,10 +342,8 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         else:
             res = ray.cluster_resources()
             res = {"CPU": float(res.get("CPU", 1)), "GPU": float(res.get("GPU", 0))}
-        # An autoscaling cluster (--no-resource-check) may hold no GPU yet: every trial is
-        # queued at once, so the autoscaler sees the whole demand instead of one trial.
-        concurrency = r.max_concurrent or (spec.num_trials() if args.no_resource_check else
-                                           default_concurrency(res, r.cpus_per_trial, r.gpus_per_trial))
+        concurrency = r.max_concurrent or default_concurrency(
+            res, r.cpus_per_trial, r.gpus_per_trial, spec.num_trials() if args.no_resource_check else None)
         verbose = 1 if args.verbose else 0
         t0 = time.perf_counter()
         study = _study_storage(spec, storage, name, args)

@@ -166,3 +166,12 @@ def _worker_node_id(node_manager_port: int) -> str:
         if f"--node_manager_port={node_manager_port}" in args:
             return next(a.split("=", 1)[1] for a in args if a.startswith("--node_id="))
     raise AssertionError("the second node's raylet is not running")
+
+
+def test_concurrency_on_an_autoscaling_cluster_with_no_gpu_yet():
+    from sweep.ray_session import default_concurrency
+
+    empty = {"CPU": 2.0, "GPU": 0.0}  # a head without GPUs; GPU workers come on demand
+    assert default_concurrency(empty, 4, 0.5) == 1  # what the present nodes allow
+    assert default_concurrency(empty, 4, 0.5, autoscaling_trials=14) == 14  # --no-resource-check
+    assert default_concurrency({"CPU": 2.0, "GPU": 2.0}, 0.5, 0.5) == 4

@@ -7,19 +7,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_sweep_run import TINY_BASE, run_main, trial_dirs, write_space
+from tests.test_sweep_run import (  # noqa: F401 -- ray_cluster: the shared Ray fixture
+    TINY_BASE,
+    ray_cluster,
+    run_main,
+    trial_dirs,
+    write_space,
+)
 
 pytestmark = pytest.mark.slow
 
 BASE = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 1}}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
 
 
 def _optuna_space(path: Path) -> Path:
@@ -33,7 +31,8 @@ def _study(url: str, name: str):
     return optuna.load_study(study_name=name, storage=url)
 
 
-def test_study_persists_and_resume_extends_it(ray_cluster, tmp_path, capsys):
+@pytest.mark.usefixtures("ray_cluster")
+def test_study_persists_and_resume_extends_it(tmp_path, capsys):
     space = _optuna_space(tmp_path / "o.yaml")
     res = tmp_path / "res"
     assert run_main("--space", str(space), "--storage", str(res), "--name", "st") == 0
@@ -51,7 +50,8 @@ def test_study_persists_and_resume_extends_it(ray_cluster, tmp_path, capsys):
     assert yaml.safe_load((res / "st" / "sweep.yaml").read_text())["num_samples"] == 4
 
 
-def test_study_storage_url(ray_cluster, tmp_path):
+@pytest.mark.usefixtures("ray_cluster")
+def test_study_storage_url(tmp_path):
     space = _optuna_space(tmp_path / "o.yaml")
     db = tmp_path / "elsewhere" / "my.db"
     assert run_main("--space", str(space), "--storage", str(tmp_path / "res"), "--name", "u",
