@@ -201,6 +201,33 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, f
     return {"CPU": cpus, "GPU": gpus}
 
 
+def check_node_paths(paths: dict[str, str], timeout_s: float = 120.0) -> None:
+    """Every node of a joined cluster holds the files trials read (data roots, recordings,
+    weights) at the same absolute path; else exit 2 naming the node, before any training.
+    ``paths``: config key -> absolute path."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and float(n.get("Resources", {}).get("CPU", 0)) > 0]
+    if not paths or not nodes:
+        return
+    probe = ray.remote(num_cpus=0)(_missing_paths)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(paths) for n in nodes]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for node, ref in zip(nodes, refs):
+        if ref not in ready:
+            continue  # a node too busy to answer is not proof of a missing file
+        for key, path in ray.get(ref).items():
+            flag = "--data-root" if key.endswith("data.root") else key
+            raise ConfigError(flag, f"node {node.get('NodeManagerAddress')} ({node['NodeID'][:8]}) has no {path}; "
+                                    "every node needs the same files at the same absolute path")
+
+
+def _missing_paths(paths: dict[str, str]) -> dict[str, str]:
+    return {k: p for k, p in paths.items() if not os.path.exists(p)}
+
+
 def default_concurrency(
     resources: dict[str, float], cpus_per_trial: float, gpus_per_trial: float, autoscaling_trials: int | None = None
 ) -> int:

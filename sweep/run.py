@@ -320,7 +320,13 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         print(f"Token authentication: RAY_AUTH_MODE=token with the token in {source}")
     import ray
 
-    from sweep.ray_session import check_resources, dashboard_help, default_concurrency, start_ray
+    from sweep.ray_session import (
+        check_node_paths,
+        check_resources,
+        dashboard_help,
+        default_concurrency,
+        start_ray,
+    )
     from sweep.report import best_result_metric, format_table, trial_rows, unfinished
     from sweep.tuner import build_tuner, restore_tuner
 
@@ -342,6 +348,12 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         else:
             res = ray.cluster_resources()
             res = {"CPU": float(res.get("CPU", 1)), "GPU": float(res.get("GPU", 0))}
+        if not info.started_here:
+            try:  # the driver checked the files on its machine; a cluster's nodes may lack them
+                check_node_paths(_trial_paths(spec))
+            except ConfigError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         concurrency = r.max_concurrent or default_concurrency(
             res, r.cpus_per_trial, r.gpus_per_trial, spec.num_trials() if args.no_resource_check else None)
         verbose = 1 if args.verbose else 0
@@ -385,6 +397,16 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     finally:
         if info.started_here:
             ray.shutdown()
+
+
+def _trial_paths(spec) -> dict[str, str]:
+    """Config key -> the local file or folder a trial reads (absolute, as the spec pins them)."""
+    from neuroreg.config import RunConfig
+    from sweep.spec import _PATH_FIELDS, config_value
+
+    cfg = RunConfig.from_dict(spec.base, validate=False)
+    values = {key: config_value(cfg, key) for key in _PATH_FIELDS}
+    return {k: v for k, v in values.items() if isinstance(v, str) and v and "://" not in v}
 
 
 def _study_storage(spec, storage: str, name: str, args: argparse.Namespace) -> str | None:

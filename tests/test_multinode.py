@@ -156,7 +156,18 @@ def test_two_nodes_pack_gpus_and_survive_node_loss(two_nodes, tmp_path):
         last = _results(exp / name)[-1]
         assert last["training_iteration"] == 9 and last["iterations_since_restore"] <= 9 - iteration
         assert len((exp / name / "run" / "metrics.jsonl").read_text().splitlines()) >= 8
-    print(f"\n{trials[['trial_id', 'node_id', 'node_ids', 'device']].to_string()}\n"
+    # The per-node file check that sweep.run makes on a joined cluster (the head is left).
+    probe = ("import ray; from neuroreg.config import ConfigError; from sweep.ray_session import check_node_paths\n"
+             f"ray.init(address='{address}', log_to_driver=False)\n"
+             f"check_node_paths({{'data.root': '{tmp_path}'}})\n"
+             "try:\n    check_node_paths({'data.root': '/no/such/root'})\nexcept ConfigError as e:\n    print(e)")
+    p = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env={**env, "RAY_AUTH_MODE": "token"},
+                       capture_output=True, text=True, timeout=120)
+    assert "--data-root: node " in p.stdout and "has no /no/such/root" in p.stdout, p.stderr[-2000:]
+    short = trials.assign(node_id=trials["node_id"].str[:8],
+                          node_ids=trials["node_ids"].map(lambda s: ",".join(i[:8] for i in s.split(","))))
+    cols = ["trial_id", "regularizer.alpha", "node_host", "node_id", "node_ids", "device", "iterations"]
+    print(f"\n{short[cols].to_string(index=False)}\n"
           f"killed the second node with {killed}; sweep done in {time.time() - t0:.0f} s")
 
 
