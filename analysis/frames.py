@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 
 from analysis.gather import (
-    _NOT_IDENTITY,
-    _arm_labels,
+    NOT_IDENTITY,
+    arm_labels,
     is_seed_column,
 )
 from analysis.query import config_columns, load, sweep_meta
@@ -129,8 +129,8 @@ def by_configuration(trials: pd.DataFrame, configs: Sequence[str]) -> pd.DataFra
     fields), so one label is one arm_key; a sweep's own labels name only what varies in it.
     """
     ident = [c for c in configs if c in trials.columns and not is_seed_column(c)
-             and c not in _NOT_IDENTITY and not c.startswith("evaluation.")]
-    labels = _arm_labels(trials, ident)
+             and c not in NOT_IDENTITY and not c.startswith("evaluation.")]
+    labels = arm_labels(trials, ident)
     out = trials.assign(arm=labels["arm"], condition=trials["condition_key"], baseline=labels["baseline"])
     per_key = out.groupby("arm")["arm_key"].nunique()
     if (per_key > 1).any():  # fields outside the label tell the arms apart: name the key too

@@ -34,11 +34,12 @@ from analysis.ray_folder import (
     trial_dirs,
 )
 from analysis.schema import ALIASES, RAY_INTERNAL, RECORD_FILES, REQUIRED, SORT, TABLES
+from neuroreg.config import config_with, regularizer_active
+from neuroreg.targets import target_params
 
 log = logging.getLogger("analysis.gather")
 
 _SHORT = {v: k for k, v in ALIASES.items()}
-_TH_TARGETS = ("pixel_th",)
 
 
 @dataclass
@@ -184,17 +185,16 @@ def _config_columns(t: TrialFolder, spec: dict[str, Any]) -> dict[str, Any]:
     """
     if t.config is not None:
         return flatten(t.config)
-    flat = flatten(spec.get("base") or {})
     params = t.params
-    sampled = params.get("params") if isinstance(params.get("params"), dict) else {}
-    for key, value in params.items():
-        if key != "params" and not key.startswith("__"):
-            flat.update(flatten({key: value}))
-    flat.update(flatten(sampled))
+    sampled = dict(params["params"]) if isinstance(params.get("params"), dict) else {}
     seeds = spec.get("seeds")
     index = params.get("__trial_index__")
     if isinstance(seeds, list) and isinstance(index, int) and 0 <= index < len(seeds):
-        flat["train.seed"] = seeds[index]
+        sampled["train.seed"] = seeds[index]
+    flat = flatten(config_with(spec.get("base") or {}, sampled))
+    for key, value in params.items():  # sweeps older than the {"params": ...} nesting
+        if key != "params" and not key.startswith("__"):
+            flat.update(flatten({key: value}))
     return flat
 
 
@@ -240,7 +240,7 @@ def _trials_table(sweep: str, trials: list[TrialFolder], spec: dict[str, Any]) -
     if not len(df):
         return df
     config_cols = sorted(config_keys)
-    labels = _arm_labels(df, config_cols)
+    labels = arm_labels(df, config_cols)
     df["arm"] = labels["arm"]
     df["condition"] = labels["condition"]
     df["baseline"] = labels["baseline"]
@@ -264,7 +264,7 @@ def _node_columns(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # Fields that change where or how fast a run goes, not what it trains; never part of a key.
-_NOT_IDENTITY = (
+NOT_IDENTITY = (
     "train.device", "train.num_threads", "train.check_finite_every", "train.compile",
     "data.root", "data.download", "regularizer.data.root", "regularizer.data.download",
 )
@@ -277,7 +277,7 @@ def _config_keys(df: pd.DataFrame, config_cols: list[str], active: pd.Series) ->
     do not matter (every baseline of a condition shares one key)."""
     import hashlib
 
-    cols = [c for c in config_cols if not is_seed_column(c) and c not in _NOT_IDENTITY
+    cols = [c for c in config_cols if not is_seed_column(c) and c not in NOT_IDENTITY
             and not c.startswith("evaluation.")]
     cond_cols = [c for c in cols if not c.startswith("regularizer.")]
     reg_cols = [c for c in cols if c.startswith("regularizer.")]
@@ -303,7 +303,7 @@ def _key_value(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def _arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
+def arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
     """Label each trial's experimental arm from the config columns that vary in this sweep.
 
     Seeds are repetitions, not arms. An inactive regularizer (target none or alpha 0)
@@ -317,7 +317,8 @@ def _arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
     target = df["regularizer.target"] if "regularizer.target" in df else pd.Series("none", index=df.index)
     alpha = pd.to_numeric(df.get("regularizer.alpha", pd.Series(0.0, index=df.index)), errors="coerce")
     has_reg = "regularizer.target" in df
-    active = (target != "none") & (alpha.fillna(0) > 0) if has_reg else pd.Series(False, index=df.index)
+    active = (pd.Series([regularizer_active(t, a) for t, a in zip(target, alpha.fillna(0))], index=df.index)
+              if has_reg else pd.Series(False, index=df.index))
     shuffle_of = df["regularizer.shuffle_of"] if "regularizer.shuffle_of" in df else pd.Series("", index=df.index)
     arms, conds = [], []
     for i in df.index:
@@ -328,9 +329,7 @@ def _arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
             if c.startswith("regularizer."):
                 if not active[i] or c == "regularizer.target":
                     continue
-                if c == "regularizer.th" and not (
-                    target[i] in _TH_TARGETS or (target[i] == "shuffle" and shuffle_of[i] in _TH_TARGETS)
-                ):
+                if c == "regularizer.th" and "th" not in target_params(target[i], shuffle_of[i]):
                     continue
                 reg_parts.append(text)
             else:

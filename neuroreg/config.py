@@ -117,7 +117,15 @@ class RegularizerConfig:
 
     @property
     def active(self) -> bool:
-        return self.target != "none" and self.alpha > 0
+        return regularizer_active(self.target, self.alpha)
+
+
+def regularizer_active(target: Any, alpha: Any) -> bool:
+    """Whether a run trains with the similarity loss: a target and alpha > 0 (else a baseline)."""
+    try:
+        return target != "none" and float(alpha) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass

@@ -37,16 +37,20 @@ def unfinished(results: Any) -> int:
     return sum(s not in ("TERMINATED", "ERROR") for s in ray_statuses(results).values())
 
 
-def trial_rows(results: Any) -> pd.DataFrame:
+def trial_rows(results: Any, fill: dict[str, Any] | None = None) -> pd.DataFrame:
     """A DataFrame of a ResultGrid: trial, status, parameters, final metrics, folder.
 
     status: done (trained and evaluated), stopped (ended early by the scheduler or the time
-    budget), error, or interrupted (continue with --resume)."""
+    budget), error, or interrupted (continue with --resume). ``fill``: values of parameters
+    some trials set and others take from the base (the baseline's regularizer.target: the
+    other trials' target is the base's, not "–")."""
     statuses = ray_statuses(results)
+    searched = {k for r in results for k in ((r.config or {}).get("params") or {})}
+    fill = {k: v for k, v in (fill or {}).items() if k in searched}
     rows = []
     for r in results:
         cfg = r.config or {}
-        params = dict(cfg.get("params") or {})
+        params = {**fill, **(cfg.get("params") or {})}
         if "__trial_index__" in cfg:
             params["seed#"] = cfg["__trial_index__"]
         m = r.metrics or {}

@@ -7,6 +7,7 @@ offending key). Results land in STORAGE/NAME/ (docs/ARCHITECTURE.md, "sweep").
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -55,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
     p.add_argument("--no-resource-check", action="store_true",
                    help="skip the fail-fast resource check (autoscaling clusters that add nodes on demand)")
+    p.add_argument("--wandb", metavar="PROJECT",
+                   help="also log every trial to Weights & Biases (Ray's WandbLoggerCallback; needs `pip install "
+                        "wandb` and WANDB_API_KEY, or WANDB_MODE=offline)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also log every trial to MLflow at this tracking URI, e.g. file:./mlruns (Ray's "
+                        "MLflowLoggerCallback; needs `pip install mlflow`)")
     p.add_argument("--quiet", action="store_true", help="no progress lines (the final table and summary only)")
     p.add_argument("--verbose", action="store_true",
                    help="Ray Tune's own progress output (result boxes, status tables, checkpoint lines)")
@@ -96,9 +103,13 @@ def check_flags(args: argparse.Namespace, storage: str) -> None:
         check_output_folder(storage, "--storage")
     if "://" in storage:
         check_remote_storage(storage)
+    for flag, package in (("--wandb", "wandb"), ("--mlflow", "mlflow")):
+        if getattr(args, flag[2:]) is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(flag, f"needs the {package} package: pip install {package} (or drop {flag})")
     if args.resume:
         ignored = [f for f, v in (("--max-concurrent", args.max_concurrent), ("--cpus-per-trial", args.cpus_per_trial),
-                                  ("--gpus-per-trial", args.gpus_per_trial), ("--study-storage", args.study_storage))
+                                  ("--gpus-per-trial", args.gpus_per_trial), ("--study-storage", args.study_storage),
+                                  ("--wandb", args.wandb), ("--mlflow", args.mlflow))
                    if v is not None]
         if ignored:
             raise ConfigError(ignored[0], "a resumed sweep keeps the settings it started with; "
@@ -328,6 +339,7 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         start_ray,
     )
     from sweep.report import best_result_metric, format_table, trial_rows, unfinished
+    from sweep.space import BASELINE_PARAMS, config_value
     from sweep.tuner import build_tuner, restore_tuner
 
     try:
@@ -369,12 +381,15 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
             print(f"Sweep {name}: {spec.num_trials()} trials, up to {concurrency} at a time; spec saved to {saved}",
                   flush=True)
             tuner = build_tuner(spec, storage, name, concurrency, verbose, progress=not args.quiet,
-                                study_storage=study, max_failures=spec.failure.max_failures)
+                                study_storage=study, max_failures=spec.failure.max_failures,
+                                loggers=_loggers(args, name))
         if study:
             print(f"Optuna study {name!r} in {study}  (browse: optuna-dashboard {study})", flush=True)
+        if "://" not in storage:  # Ray's own hint names a session folder; the curves are here
+            print(f"Live curves: tensorboard --logdir {Path(storage) / name}", flush=True)
         results = tuner.fit()
         wall = time.perf_counter() - t0
-        df = trial_rows(results)
+        df = trial_rows(results, fill={k: config_value(spec.base_config, k) for k in BASELINE_PARAMS})
         print()
         print(format_table(df))
         errors = [res_ for res_ in results if res_.error]
@@ -397,6 +412,20 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     finally:
         if info.started_here:
             ray.shutdown()
+
+
+def _loggers(args: argparse.Namespace, name: str) -> list:
+    """Ray's own logger callbacks behind --wandb / --mlflow (checked importable up front)."""
+    out = []
+    if args.wandb:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        out.append(WandbLoggerCallback(project=args.wandb, group=name))
+    if args.mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        out.append(MLflowLoggerCallback(tracking_uri=args.mlflow, experiment_name=name, save_artifact=False))
+    return out
 
 
 def _trial_paths(spec) -> dict[str, str]:

@@ -207,7 +207,7 @@ def enumerate_trials(spec: SweepSpec) -> list[dict[str, Any]]:
 
     if spec.search.algorithm == "optuna":
         raise ValueError("optuna trials are suggested while the sweep runs")
-    rng = np.random.default_rng(spec.search.seed)
+    rng = NumpySource(np.random.default_rng(spec.search.seed))
     base_cfg = spec.base_config
     grid = [p for p in spec.space if p.type == "grid"]
     configs: list[dict[str, Any]] = []
@@ -254,14 +254,42 @@ def _inactive(base: dict[str, Any], params: dict[str, Any]) -> bool:
     return not RunConfig.from_dict(config_with(base, params), validate=False).regularizer.active
 
 
-def sample_value(p: ParamSpec, rng: Any) -> Any:
+class NumpySource:
+    """Random draws behind Optuna's ``suggest_*`` signatures, from a seeded NumPy generator:
+    random search and Optuna then read a ParamSpec through the same ``sample_value``."""
+
+    def __init__(self, rng: Any):
+        self.rng = rng
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        if log:
+            return float(math.exp(self.rng.uniform(math.log(low), math.log(high))))
+        return float(self.rng.uniform(low, high))
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return int(self.rng.integers(low, high + 1))
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        return choices[int(self.rng.integers(len(choices)))]
+
+
+def scalar_choices(p: ParamSpec) -> bool:
+    return all(v is None or isinstance(v, (bool, int, float, str)) for v in p.values)
+
+
+def sample_value(p: ParamSpec, source: Any, name: str = "") -> Any:
+    """One value of ``p`` drawn by ``source``: an Optuna trial (``name`` is its parameter
+    name) or a NumpySource. Choices that are lists (layer sets) travel as JSON labels,
+    since Optuna's categorical values must be scalars, and come back as fresh copies."""
     if p.type == "uniform":
-        return float(rng.uniform(p.low, p.high))
+        return source.suggest_float(name, p.low, p.high)
     if p.type == "loguniform":
-        return float(math.exp(rng.uniform(math.log(p.low), math.log(p.high))))
+        return source.suggest_float(name, p.low, p.high, log=True)
     if p.type == "int":
-        return int(rng.integers(p.low, p.high + 1))
-    return copy.deepcopy(p.values[int(rng.integers(len(p.values)))])
+        return source.suggest_int(name, int(p.low), int(p.high))
+    if scalar_choices(p):
+        return source.suggest_categorical(name, p.values)
+    return json.loads(source.suggest_categorical(name, [json.dumps(v) for v in p.values]))
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> RunConfig:

@@ -10,7 +10,6 @@ go to the trial folder: ``run/`` (the trainer's out_dir) and ``evaluation/`` (re
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import shutil
@@ -19,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from neuroreg.config import RunConfig, set_dotted
+from neuroreg.config import RunConfig, config_with
 
 TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX, without importing Ray here
 
@@ -55,12 +54,10 @@ def resolve_trial_config(
     config: dict[str, Any], base: dict[str, Any], seeds: list[int] | None, cpus_per_trial: float
 ) -> RunConfig:
     """The trial's RunConfig: base + its dotted parameters (+ its seed when repeated)."""
-    d = copy.deepcopy(base)
-    for key, value in (config.get("params") or {}).items():
-        set_dotted(d, key, value)
+    params = dict(config.get("params") or {})
     if TRIAL_INDEX in config and seeds:
-        set_dotted(d, "train.seed", seeds[int(config[TRIAL_INDEX])])
-    cfg = RunConfig.from_dict(d)
+        params["train.seed"] = seeds[int(config[TRIAL_INDEX])]
+    cfg = RunConfig.from_dict(config_with(base, params))
     if cfg.train.num_threads is None:
         # Torch threads = this trial's CPU share, so concurrent trials do not oversubscribe.
         cfg.train.num_threads = max(1, int(math.floor(cpus_per_trial)))

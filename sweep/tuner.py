@@ -8,7 +8,6 @@ in a Repeater when every configuration runs over several seeds.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -18,13 +17,14 @@ import numpy as np
 from ray import tune
 from ray.tune.search import Repeater, Searcher
 
-from sweep.spec import (
+from neuroreg.evaluate.metrics import EPOCH_METRICS
+from sweep.space import (
     BASELINE_PARAMS,
-    EPOCH_METRICS,
-    ParamSpec,
     SweepSpec,
     condition_holds,
     enumerate_trials,
+    sample_value,
+    scalar_choices,
 )
 from sweep.study import ExtendableSearch, rdb_storage, search_generator
 from sweep.trainable import TRIAL_INDEX, data_key, prepare_shared_data, run_trial
@@ -118,31 +118,14 @@ class OptunaSpace:
             if not condition_holds(p, values, base_cfg):
                 continue
             name = f"{PARAMS}/{p.key}"
-            values[p.key] = _suggest(trial, name, p)
-            if p.type == "choice" and not _scalar_choices(p):
+            values[p.key] = sample_value(p, trial, name)
+            if p.type == "choice" and not scalar_choices(p):
                 decoded[name] = values[p.key]
         return decoded
 
 
 def optuna_space(spec: SweepSpec) -> OptunaSpace:
     return OptunaSpace(spec)
-
-
-def _scalar_choices(p: ParamSpec) -> bool:
-    return all(v is None or isinstance(v, (bool, int, float, str)) for v in p.values)
-
-
-def _suggest(trial: Any, name: str, p: ParamSpec) -> Any:
-    if p.type == "uniform":
-        return trial.suggest_float(name, p.low, p.high)
-    if p.type == "loguniform":
-        return trial.suggest_float(name, p.low, p.high, log=True)
-    if p.type == "int":
-        return trial.suggest_int(name, int(p.low), int(p.high))
-    if _scalar_choices(p):
-        return trial.suggest_categorical(name, p.values)
-    labels = [json.dumps(v) for v in p.values]
-    return json.loads(trial.suggest_categorical(name, labels))
 
 
 def build_search(
@@ -234,6 +217,7 @@ def build_tuner(
     progress: bool = False,
     study_storage: str | None = None,
     max_failures: int = 0,
+    loggers: list | None = None,
 ) -> tune.Tuner:
     local = "://" not in storage
     experiment_dir = str(Path(storage) / name) if local else None
@@ -255,7 +239,8 @@ def build_tuner(
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),
-        run_config=run_config(storage, name, local, verbose, _callbacks(spec, verbose, progress), max_failures),
+        run_config=run_config(storage, name, local, verbose, _callbacks(spec, verbose, progress) + list(loggers or []),
+                              max_failures),
     )
 
 

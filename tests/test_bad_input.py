@@ -156,6 +156,8 @@ CASES: dict[str, Case] = {
                                   "--gpus-per-trial"),
     "resume-cpus-per-trial": Case("flags", [*SWEEP, "--resume", "--name", "x", "--cpus-per-trial", "1"],
                                   "--cpus-per-trial"),
+    "wandb-not-installed": Case("flags", [*SWEEP, "--space", "alpha_th.yaml", "--wandb", "proj"], "--wandb"),
+    "resume-mlflow": Case("flags", [*SWEEP, "--resume", "--name", "x", "--mlflow", "file:./mlruns"], "--mlflow"),
     "num-cpus-negative": Case("flags", [*SWEEP, "--space", "alpha_th.yaml", "--num-cpus", "-3"], "--num-cpus"),
     # -- files that parse but are wrong ---------------------------------------------------------------
     "space-duplicate-key": Case("spaces", [*SWEEP, "--space", "s.yaml", "--dry-run"], "appears twice",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.gather import _arm_labels, _config_keys
+from analysis.gather import arm_labels, _config_keys
 from sweep.spec import BASELINE_PARAMS, enumerate_trials, parse_spec
 from sweep.tuner import BaselineFirst, build_search
 
@@ -72,9 +72,9 @@ def test_arm_key_is_the_same_across_sweeps():
         {"regularizer.target": "none", "regularizer.alpha": 0.0, "regularizer.th": 0.5, "model.width": 16,
          "train.seed": 3, "train.num_threads": 2, "evaluation.n_images": 500},
     ])
-    ka = _config_keys(a, cols, ~_arm_labels(a, cols)["baseline"])
-    kb = _config_keys(b, cols, ~_arm_labels(b, cols)["baseline"])
-    assert _arm_labels(a, cols)["arm"][0] != _arm_labels(b, cols)["arm"][0]  # labels are per sweep
+    ka = _config_keys(a, cols, ~arm_labels(a, cols)["baseline"])
+    kb = _config_keys(b, cols, ~arm_labels(b, cols)["baseline"])
+    assert arm_labels(a, cols)["arm"][0] != arm_labels(b, cols)["arm"][0]  # labels are per sweep
     assert ka["arm_key"][0] == kb["arm_key"][0]  # keys are not
     assert ka["arm_key"][1] != kb["arm_key"][1]
     assert ka["arm_key"][2] == kb["arm_key"][2]  # baselines, whatever their inactive fields say
