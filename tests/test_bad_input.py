@@ -13,6 +13,7 @@ import os
 import pickle
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,10 @@ def _checkpoint(kind: str) -> Callable[[Path], None]:
             p.write_bytes(pickle.dumps({"model": _Payload()}))
         elif kind == "torch_pickle":
             torch.save({"model": _Payload()}, p)
+        elif kind == "text":
+            p.write_bytes(b"model: not a checkpoint\n")
+        elif kind == "not_a_dict":
+            torch.save([1, 2, 3], p)
         elif kind == "missing_keys":
             torch.save({"model": {}}, p)
         elif kind == "huge":  # 4 GiB of zeros, sparse: refused by its header, never read whole
@@ -194,11 +199,17 @@ CASES: dict[str, Case] = {
                                     "c.pt", _checkpoint("random"), says="not a neuroreg checkpoint"),
     "checkpoint-empty": Case("syntax", ["neuroreg.evaluate", "--checkpoint", "c.pt", "--out", "ev"],
                              "c.pt", _checkpoint("empty"), says="not a neuroreg checkpoint"),
+    "checkpoint-text": Case("syntax", ["neuroreg.evaluate", "--checkpoint", "c.pt", "--out", "ev"],
+                            "c.pt", _checkpoint("text"), says="not a neuroreg checkpoint"),
+    "checkpoint-not-a-dict": Case("syntax", ["neuroreg.evaluate", "--checkpoint", "c.pt", "--out", "ev"],
+                                  "c.pt", _checkpoint("not_a_dict"), says="not a neuroreg checkpoint"),
     "checkpoint-missing-keys": Case("syntax", ["neuroreg.evaluate", "--checkpoint", "c.pt", "--out", "ev"],
                                     "c.pt", _checkpoint("missing_keys"), says="missing"),
     # -- what used to hang ----------------------------------------------------------------------------
     "num-samples-huge": Case("hangs", [*SWEEP, "--space", "s.yaml", "--dry-run"], "num_samples",
                              _file("s.yaml", SPACE + RANDOM + "num_samples: 100000000\n"), timeout=60),
+    "unreachable-address": Case("hangs", [*SWEEP, "--space", "alpha_th.yaml", "--address", "127.0.0.1:{free_port}"],
+                                "127.0.0.1:", timeout=60),
     # -- unicode -----------------------------------------------------------------------------------------
     "name-unicode": Case("unicode", [*SWEEP, "--space", "alpha_th.yaml", "--name", "ünï"], "--name"),
     "space-utf16": Case("unicode", [*SWEEP, "--space", "s.yaml", "--dry-run"], "--space",
@@ -243,6 +254,13 @@ CASES: dict[str, Case] = {
 }
 
 
+def _free_port() -> int:
+    """A port nothing listens on (bound, then closed again)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _snapshot(root: Path) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
     for p in root.rglob("*"):
@@ -266,13 +284,15 @@ def test_refused(name, tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="nr-ray-", dir="/tmp"))
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "GIT_PYTHON_REFRESH": "quiet", **case.env}
     env.pop("NEUROREG_RESULTS", None)
+    argv = [a.replace("{free_port}", str(_free_port())) for a in case.argv]
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", *case.argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=case.timeout, preexec_fn=case.preexec)
     took = time.time() - t0
     err = p.stderr
     assert p.returncode == 2, f"exit {p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {err[-2500:]}"
     assert "Traceback" not in err and "Traceback" not in p.stdout, err[-2500:]
+    assert "weights_only=False" not in err  # never torch's advice to load unsafely
     assert case.culprit in err, f"the message does not name {case.culprit!r}: {err[-1500:]}"
     if case.says:
         assert case.says in err, err[-1500:]
@@ -289,3 +309,19 @@ def test_every_class_of_the_issue_is_covered():
     classes = {c.cls for c in CASES.values()}
     assert classes >= {"code", "paths", "flags", "spaces", "syntax", "hangs", "unicode", "huge", "symlinks",
                        "read-only", "disk-full"}
+
+
+def test_the_payloads_are_real(tmp_path, monkeypatch):
+    """Loaded unsafely, the hostile inputs above do run their command: the cases test something."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    pickle.loads(pickle.dumps({"model": _Payload()}))  # deliberately unsafe, on our own bytes
+    assert (tmp_path / PWNED).exists()
+    (tmp_path / PWNED).unlink()
+    yaml.unsafe_load(f"!!python/object/apply:os.system ['{TOUCH}']\n")
+    assert (tmp_path / PWNED).exists()
+    (tmp_path / PWNED).unlink()
+    eval(CASES["query-where-python"].argv[-1].split(" == ")[0])  # what pandas' python engine would do
+    assert (tmp_path / PWNED).exists()
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.gather import arm_labels, _config_keys
+from analysis.gather import _config_keys, arm_labels
 from sweep.spec import BASELINE_PARAMS, enumerate_trials, parse_spec
 from sweep.tuner import BaselineFirst, build_search
 

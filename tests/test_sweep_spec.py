@@ -376,3 +376,18 @@ def test_cli_flags_reach_the_spec(tmp_path, monkeypatch, capsys):
     assert name.startswith("opt-")
     assert main(["--space", str(f), "--data-root", str(tmp_path / "data"), "--cpus-per-trial", "0", "--dry-run"]) == 2
     assert "resources.cpus_per_trial" in capsys.readouterr().err
+
+
+def test_when_that_can_never_hold():
+    from neuroreg.config import ConfigError
+    from sweep.spec import parse_spec
+
+    raw = {"name": "w", "base": {"data": {"name": "digits"}, "regularizer": {"target": "pixel", "alpha": 1.0}},
+           "space": {"regularizer.target": {"choice": ["pixel", "shuffle"]},
+                     "regularizer.th": {"uniform": [0.1, 0.9], "when": {"regularizer.target": "pixel_th"}}},
+           "search": {"algorithm": "random"}}
+    with pytest.raises(ConfigError) as e:
+        parse_spec(raw)
+    assert e.value.field == "space.regularizer.th.when" and "never" in str(e.value)
+    raw["space"]["regularizer.target"]["choice"].append("pixel_th")
+    assert parse_spec(raw).space[1].when == {"regularizer.target": ["pixel_th"]}
