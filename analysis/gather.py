@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from analysis import store
 from analysis.ray_folder import (
@@ -34,8 +33,9 @@ from analysis.ray_folder import (
     trial_dirs,
 )
 from analysis.schema import ALIASES, RAY_INTERNAL, RECORD_FILES, REQUIRED, SORT, TABLES
-from neuroreg.config import config_with, regularizer_active
+from neuroreg.config import ConfigError, config_with, regularizer_active
 from neuroreg.targets import target_params
+from neuroreg.yamlio import read_yaml_file
 
 log = logging.getLogger("analysis.gather")
 
@@ -168,10 +168,10 @@ def _read_spec(sweep_dir: Path, problems: list[Problem]) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = read_yaml_file(path, "sweep.yaml", "saved sweep file") or {}
         return spec if isinstance(spec, dict) else {}
-    except (OSError, yaml.YAMLError) as e:
-        problems.append(Problem("sweep.yaml", f"unreadable ({e})", False))
+    except ConfigError as e:
+        problems.append(Problem("sweep.yaml", f"unreadable ({e.message})", False))
         return {}
 
 
@@ -191,7 +191,11 @@ def _config_columns(t: TrialFolder, spec: dict[str, Any]) -> dict[str, Any]:
     index = params.get("__trial_index__")
     if isinstance(seeds, list) and isinstance(index, int) and 0 <= index < len(seeds):
         sampled["train.seed"] = seeds[index]
-    flat = flatten(config_with(spec.get("base") or {}, sampled))
+    base = spec.get("base") if isinstance(spec.get("base"), dict) else {}
+    try:
+        flat = flatten(config_with(base, sampled))
+    except ConfigError:  # a malformed base (a parameter under a plain value): merge flat, as before
+        flat = {**flatten(base), **flatten(sampled)}
     for key, value in params.items():  # sweeps older than the {"params": ...} nesting
         if key != "params" and not key.startswith("__"):
             flat.update(flatten({key: value}))

@@ -6,6 +6,8 @@ checks against. Bump ``SCHEMA_VERSION`` whenever a column changes meaning or nam
 
 from __future__ import annotations
 
+from neuroreg.evaluate.suites import SUITES
+
 SCHEMA_VERSION = 1
 """Stored in every Parquet file's key-value metadata under ``neuroreg.schema_version``."""
 
@@ -16,17 +18,9 @@ META_SWEEP = b"neuroreg.sweep"
 KEY = ("sweep", "trial_id")
 """Every table starts with these two columns; (sweep, trial_id) joins any table to ``trials``."""
 
-RECORD_FILES = {
-    # table name -> record file in a trial's evaluation/ folder
-    "clean": "clean.jsonl",
-    "noise": "noise.jsonl",
-    "adversarial": "adversarial.jsonl",
-    "adversarial_summary": "adversarial_summary.jsonl",
-    "transfer": "transfer.jsonl",
-    "boundary": "boundary.jsonl",
-    "corruptions": "corruptions.jsonl",
-    "frequency": "frequency.jsonl",
-}
+RECORD_FILES = {stem: f"{stem}.jsonl" for suite in SUITES for stem in suite.records}
+"""Table name -> record file in a trial's evaluation/ folder: every registered suite's
+declared records (neuroreg.evaluate.suites), so a new suite gets its table and SQL view."""
 
 TABLES = ("trials", "epochs", *RECORD_FILES)
 
@@ -46,6 +40,8 @@ REQUIRED = {
     "frequency": ("sweep", "trial_id", "kind"),
 }
 """Columns each table always has (more may follow: config fields, metrics, record fields)."""
+for _table in RECORD_FILES:  # a suite registered later: its records carry at least the key
+    REQUIRED.setdefault(_table, KEY)
 
 SORT = {
     "trials": ("sweep", "trial_id"),

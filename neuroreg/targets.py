@@ -309,6 +309,8 @@ class TargetSpec:
     """Validates those fields (``check_files``: also that named files exist)."""
     shuffleable: bool = True
     """May be the target whose values ``shuffle`` permutes."""
+    paths: tuple[str, ...] = ()
+    """Those of ``params`` that name files: made absolute for Ray trials, checked on every node."""
 
 
 TARGETS: Registry[TargetSpec] = Registry("target")
@@ -319,11 +321,12 @@ def register_target(
     params: tuple[str, ...] = (),
     check: Callable[[RegularizerConfig, bool], None] | None = None,
     shuffleable: bool = True,
+    paths: tuple[str, ...] = (),
 ) -> Callable:
     """Decorator: register ``build(cfg, reg_images) -> Target`` as the target ``name``."""
 
     def wrap(build: Callable[[RegularizerConfig, torch.Tensor], Target] | None):
-        TARGETS.add(name, TargetSpec(name, build, params, check, shuffleable))
+        TARGETS.add(name, TargetSpec(name, build, params, check, shuffleable, paths))
         return build
 
     return wrap
@@ -393,7 +396,8 @@ def _check_neural(cfg: RegularizerConfig, check_files: bool) -> None:
         _existing_file(getattr(cfg, path_field), f"regularizer.{path_field}")
 
 
-@register_target("neural", params=("neural_responses", "neural_matrix", "order"), check=_check_neural)
+@register_target("neural", params=("neural_responses", "neural_matrix", "order"), check=_check_neural,
+                 paths=("neural_responses", "neural_matrix"))
 def _neural(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
     n = reg_images.shape[0]
     if cfg.neural_matrix:
@@ -418,7 +422,8 @@ def _check_features(cfg: RegularizerConfig, check_files: bool) -> None:
         _existing_file(cfg.features_weights, "regularizer.features_weights")
 
 
-@register_target("features", params=("features_weights", "features_arch", "features_layer"), check=_check_features)
+@register_target("features", params=("features_weights", "features_arch", "features_layer"), check=_check_features,
+                 paths=("features_weights",))
 def _features(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
     return CosineTarget(feature_unit_vectors(reg_images, cfg.features_weights, cfg.features_arch, cfg.features_layer))
 

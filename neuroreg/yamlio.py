@@ -78,13 +78,23 @@ def read_yaml_file(path: str | Path, field: str, what: str) -> Any:
         raise ConfigError(field, f"{p} is {size / 2**20:.1f} MiB; a {what} is a small text file "
                                  f"(at most {MAX_FILE_BYTES >> 20} MiB)")
     try:
-        text = p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(field, f"{p} is not UTF-8 text; give a {what}") from None
+        data = p.read_bytes()
     except OSError as e:
         raise ConfigError(field, f"cannot read {p}: {e.strerror or e}") from None
+    return parse_yaml_bytes(data, str(p), field, what)
+
+
+def parse_yaml_bytes(data: bytes, source: str, field: str, what: str) -> Any:
+    """The checks of ``read_yaml_file`` for bytes read elsewhere (a bucket); ``source`` names them."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(field, f"{source} is {len(data) / 2**20:.1f} MiB; a {what} is a small text file "
+                                 f"(at most {MAX_FILE_BYTES >> 20} MiB)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(field, f"{source} is not UTF-8 text; give a {what}") from None
     try:
         return load_strict(text)
     except yaml.YAMLError as e:
-        raise ConfigError(field, f"{p} is not a valid {what}: {describe_error(e)}") from None
+        raise ConfigError(field, f"{source} is not a valid {what}: {describe_error(e)}") from None
 

@@ -161,9 +161,7 @@ def load_for_run(args: argparse.Namespace, storage: str):
         saved = _read_saved_spec(storage, name)
         if args.set:
             raise ConfigError("--set", "a resumed sweep keeps its configuration; start a new sweep to change it")
-        import yaml
-
-        spec = parse_spec(yaml.safe_load(saved), default_name=name, source=f"{storage}/{name}/{SPEC_FILE}")
+        spec = parse_spec(saved, default_name=name, source=f"{storage}/{name}/{SPEC_FILE}")
         if args.num_samples is not None:
             _extend(spec, args.num_samples, MAX_SAMPLES)
         return spec, name
@@ -193,6 +191,19 @@ def load_for_run(args: argparse.Namespace, storage: str):
     name = check_name(args.name or f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     if "://" not in storage and (Path(storage) / name).exists():
         raise ConfigError("--name", f"{Path(storage) / name} exists; pass --resume to continue it or choose another name")
+    if args.study_storage is not None:
+        # Ray's OptunaSearch loads an existing study of the same name: a new sweep would be
+        # seeded with another sweep's trials (another space, maybe other directions).
+        from sweep.study import study_trials
+
+        try:
+            held = study_trials(args.study_storage, name)
+        except Exception as e:  # an unreachable database, wrong credentials
+            raise ConfigError("--study-storage", f"cannot open {args.study_storage!r}: "
+                                                 f"{str(e).splitlines()[0][:160]}") from None
+        if held:
+            raise ConfigError("--name", f"the study {name!r} in --study-storage already holds {held} trials; "
+                                        "choose another --name (or --resume the sweep that made it)")
     return spec, name
 
 
@@ -208,44 +219,47 @@ def _extend(spec, n: int, max_samples: int) -> None:
 
 
 def _spec_name(path: Path) -> str:
-    import yaml
+    from neuroreg.yamlio import read_yaml_file
 
-    from neuroreg.yamlio import describe_error, load_strict
-
-    try:
-        raw = load_strict(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        why = describe_error(e) if isinstance(e, yaml.YAMLError) else "not a text file"
-        raise ConfigError("--space", f"{path} is not a valid sweep file: {why}") from None
+    raw = read_yaml_file(path, "--space", "sweep file") or {}
     return raw.get("name", path.stem) if isinstance(raw, dict) else path.stem
 
 
-def _read_saved_spec(storage: str, name: str) -> str:
+def _read_saved_spec(storage: str, name: str):
+    """The sweep's saved sweep.yaml, parsed with the same guards as a --space file."""
+    from neuroreg.yamlio import MAX_FILE_BYTES, parse_yaml_bytes, read_yaml_file
+
     if "://" in storage:
         import pyarrow.fs as pafs
 
         fs, root = pafs.FileSystem.from_uri(storage)
-        with fs.open_input_stream(f"{root}/{name}/{SPEC_FILE}") as f:
-            return f.read().decode()
+        try:
+            with fs.open_input_stream(f"{root}/{name}/{SPEC_FILE}") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            raise ConfigError("--name", f"no {SPEC_FILE} of sweep {name!r} in {storage} ({e}); check --name and --storage") from None
+        return parse_yaml_bytes(data, f"{storage}/{name}/{SPEC_FILE}", "--name", "saved sweep file")
     path = Path(storage) / name / SPEC_FILE
     if not path.is_file():
         raise ConfigError("--name", f"{path.parent} is no sweep of this tool (no {SPEC_FILE}); check --name and --storage")
-    return path.read_text()
+    return read_yaml_file(path, "--name", "saved sweep file")
 
 
 def _write_saved_spec(storage: str, name: str, text: str) -> str:
+    """Write sweep.yaml in one step (a temp file or key, then a rename): --resume depends on it."""
     if "://" in storage:
         import pyarrow.fs as pafs
 
         fs, root = pafs.FileSystem.from_uri(storage)
         fs.create_dir(f"{root}/{name}", recursive=True)
-        with fs.open_output_stream(f"{root}/{name}/{SPEC_FILE}") as f:
+        tmp = f"{root}/{name}/.{SPEC_FILE}.tmp"
+        with fs.open_output_stream(tmp) as f:
             f.write(text.encode())
+        fs.move(tmp, f"{root}/{name}/{SPEC_FILE}")
         return f"{storage.rstrip('/')}/{name}/{SPEC_FILE}"
-    path = Path(storage) / name / SPEC_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return str(path)
+    from neuroreg.atomic import atomic_write_text
+
+    return str(atomic_write_text(Path(storage) / name / SPEC_FILE, text))
 
 
 def describe(spec) -> str:
@@ -372,10 +386,10 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         study = _study_storage(spec, storage, name, args)
         if args.resume:
-            if args.num_samples is not None:  # the extended count is what the next --resume sees
-                _write_saved_spec(storage, name, spec.to_yaml())
             print(f"Resuming {storage}/{name} ({spec.num_trials()} trials)")
             tuner = restore_tuner(spec, storage, name, verbose)
+            if args.num_samples is not None:  # restored: the extended count is what the next --resume sees
+                _write_saved_spec(storage, name, spec.to_yaml())
         else:
             saved = _write_saved_spec(storage, name, spec.to_yaml())
             print(f"Sweep {name}: {spec.num_trials()} trials, up to {concurrency} at a time; spec saved to {saved}",

@@ -1,6 +1,7 @@
 """A search-space file, parsed into typed dataclasses and validated before Ray starts.
 
-A sweep file (YAML, read with ``yaml.safe_load``) holds::
+A sweep file (YAML, read with neuroreg.yamlio's guarded reader: safe, duplicate keys and
+oversized files refused) holds::
 
     name: alpha_th                      # experiment name prefix (default: file stem)
     description: ...
@@ -18,6 +19,8 @@ A sweep file (YAML, read with ``yaml.safe_load``) holds::
     num_samples: 6                      # configurations to draw (random / optuna)
     time_budget_s: 900
     resources: {cpus_per_trial: 1, gpus_per_trial: 0, max_concurrent: 2}
+    failure: {max_failures: 2}          # retries of a trial whose node died, from its checkpoint
+    baseline: true                      # add the unregularized arm (default)
 
 Every value a trial can take is checked through ``RunConfig`` validation (the bounds of a
 range, every choice and grid value), so ranges such as Th in (0, 1) and alpha >= 0 are
@@ -42,6 +45,7 @@ from neuroreg.config import (
     set_dotted,
 )
 from neuroreg.evaluate.metrics import EPOCH_METRICS, reported_metrics  # noqa: F401 (re-exported)
+from neuroreg.targets import TARGETS
 from neuroreg.yamlio import read_yaml_file
 from sweep.space import (  # noqa: F401 (the typed form, re-exported for callers)
     ALGORITHMS,
@@ -164,7 +168,8 @@ def _typed(raw: dict, key: str, tp: Any, default: Any) -> Any:
 
 def _section(raw: dict, key: str, cls: type) -> Any:
     """A typed section (search, scheduler, resources, failure) through the config tree's builder."""
-    return build_dataclass(cls, raw.get(key) or {}, key) if raw.get(key) is not None else cls()
+    value = raw.get(key)
+    return cls() if value is None else build_dataclass(cls, value, key)
 
 
 def _parse_seeds(v: Any) -> list[int] | None:
@@ -237,10 +242,10 @@ def _parse_when(v: Any, where: str) -> dict[str, list[Any]]:
 
 # --- paths ---------------------------------------------------------------------------------
 
-_PATH_FIELDS = (
-    "data.root", "regularizer.data.root", "regularizer.neural_responses",
-    "regularizer.neural_matrix", "regularizer.features_weights", "evaluation.surrogate",
-)
+# Config fields that name files or folders: the data roots, the surrogate, and every path a
+# registered target declares (neuroreg.targets).
+_PATH_FIELDS = ("data.root", "regularizer.data.root", "evaluation.surrogate") + tuple(
+    f"regularizer.{p}" for target in TARGETS for p in target.paths)
 
 
 def absolute_paths(base: dict[str, Any]) -> dict[str, Any]:

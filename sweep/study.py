@@ -59,6 +59,9 @@ def study_trials(url: str, study_name: str) -> int:
     """How many trials the stored study holds (0 when there is no such study)."""
     import optuna
 
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return 0  # no database yet (and none created by asking)
+
     try:
         return len(optuna.load_study(study_name=study_name, storage=url).trials)
     except KeyError:

@@ -725,3 +725,18 @@ def test_continuous_search_gets_optuna_contour_and_slice(root, tmp_path):
         assert plt.rcParams["axes.facecolor"] == "white"  # Optuna's ggplot style does not leak
         assert [p.suffix for p in paths] == [".png", ".svg", ".pdf"]
         _png_ok(paths[0])
+
+
+def test_config_columns_of_a_malformed_base_do_not_stop_gather():
+    """A trial without run/config.yaml gets base + params; a base where a parameter's path
+    crosses a plain value still yields columns (merged flat) instead of an exception."""
+    from types import SimpleNamespace
+
+    from analysis.gather import _config_columns
+
+    t = SimpleNamespace(config=None, params={"params": {"regularizer.alpha": 2.0}, "__trial_index__": 1})
+    good = _config_columns(t, {"base": {"train": {"epochs": 3}}, "seeds": [5, 7]})
+    assert good["regularizer.alpha"] == 2.0 and good["train.seed"] == 7 and good["train.epochs"] == 3
+    bad = _config_columns(t, {"base": {"train": 5}, "seeds": [5, 7]})
+    assert bad["regularizer.alpha"] == 2.0 and bad["train.seed"] == 7
+

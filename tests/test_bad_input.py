@@ -179,6 +179,8 @@ CASES: dict[str, Case] = {
                                    "  regularizer.th: {uniform: [0.1, 0.9], when: {regularizer.target: features}}\n")),
     "int-bounds-beyond-int64": Case("spaces", [*SWEEP, "--space", "s.yaml", "--dry-run"], "model.width",
                                     _file("s.yaml", SPACE + RANDOM + "space: {model.width: {int: [1, 10000000000000000000000]}}\n")),
+    "section-not-a-mapping": Case("spaces", [*SWEEP, "--space", "s.yaml", "--dry-run"], "search",
+                                  _file("s.yaml", SPACE + "search: []\n"), says="mapping"),
     "alpha-negative": Case("spaces", [*SWEEP, "--space", "s.yaml", "--dry-run"], "regularizer.alpha",
                            _file("s.yaml", SPACE + RANDOM + "space: {regularizer.alpha: {uniform: [-1, 1]}}\n")),
     "th-out-of-range": Case("spaces", ["neuroreg.train", "--out", "run", "--set", "regularizer.th=1.5"],
@@ -190,6 +192,12 @@ CASES: dict[str, Case] = {
                             _file("c.yaml", b"\x89PNG\r\n\x1a\n" + bytes(range(256)))),
     "config-broken-yaml": Case("syntax", ["neuroreg.train", "--config", "c.yaml", "--out", "run"], "--config",
                                _file("c.yaml", "train: [unclosed\n")),
+    "resume-saved-spec-not-utf8": Case("syntax", [*SWEEP, "--resume", "--name", "x"], "--name",
+                                       lambda t: _file("sweep.yaml", b"\xff\xfe{")((t / "res" / "x").mkdir(parents=True)
+                                                                                or t / "res" / "x")),
+    "resume-saved-spec-broken": Case("syntax", [*SWEEP, "--resume", "--name", "x"], "--name",
+                                     lambda t: _file("sweep.yaml", "name: {unclosed\n")((t / "res" / "x").mkdir(parents=True)
+                                                                                     or t / "res" / "x")),
     "resume-broken-space": Case("syntax", [*SWEEP, "--resume", "--space", "s.yaml"], "--space",
                                 _file("s.yaml", "name: [broken\n")),
     "query-where-dangling": Case("syntax", ["analysis.query", "trials", "--results", "results", "--where",

@@ -378,6 +378,10 @@ def test_study_storage_url(tmp_path):
                     "--study-storage", f"sqlite:///{db}", "--num-samples", "1") == 0
     assert len(_study(f"sqlite:///{db}", "u").trials) == 1
     assert not (tmp_path / "res" / "u" / "study.db").exists()
+    # A new sweep of the same name in the same database would be seeded with that study's trials.
+    assert run_main("--space", str(space), "--storage", str(tmp_path / "res2"), "--name", "u",
+                    "--study-storage", f"sqlite:///{db}", "--num-samples", "1") == 2
+    assert not (tmp_path / "res2").exists() and len(_study(f"sqlite:///{db}", "u").trials) == 1
 
 
 def test_flags_resume_cannot_honour(tmp_path, capsys):

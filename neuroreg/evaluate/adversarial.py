@@ -25,7 +25,7 @@ def _metrics(cfg: RunConfig) -> set[str]:
     return out | {"adv_n_invariant_violations", "adv_n_invariant_violations_final"}
 
 
-@register_suite("adversarial", metrics=_metrics, records=("adversarial_summary", "adversarial"),
+@register_suite("adversarial", metrics=_metrics, records=("adversarial", "adversarial_summary"),
                 headline=("median_l2", "median_linf", "adv_success_l2", "adv_success_linf"))
 def run_suite(ctx: SuiteContext) -> SuiteOutput:
     """Smallest verified adversarial perturbation per image and norm, over an attack ensemble."""

@@ -65,7 +65,8 @@ class Suite:
     metrics: Callable[[RunConfig], set[str] | None]
     """The numeric summary metrics ``run`` reports for a config; None when only known at run time."""
     records: tuple[str, ...]
-    """The record files it writes (the analysis tables of the same names)."""
+    """The record files it writes, ``<stem>.jsonl``; analysis.schema makes each a table (and
+    an SQL view) of the same name, in this order."""
     needs_surrogate: bool = False
     """Needs ``evaluation.surrogate`` (a second model) to run."""
     headline: tuple[str, ...] = ()
