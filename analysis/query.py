@@ -220,12 +220,27 @@ def query(
     return df.reset_index(drop=True)
 
 
-def write(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+def check_out(path: str | os.PathLike) -> Path:
+    """An --out file name the CLIs can write: ends in .csv or .parquet, not a folder."""
     path = Path(path)
     if path.suffix not in (".csv", ".parquet"):
         raise ValueError(f"--out: {path} must end in .csv or .parquet")
     if path.is_dir():
         raise ValueError(f"--out: {path} is a folder; give a file name ending in .csv or .parquet")
+    return path
+
+
+def check_results(root: Path, sweeps: list[str] | None) -> str | None:
+    """Why --results / --sweep cannot be read (a one-line error), or None."""
+    if not store.tables_dir(root).is_dir():
+        return f"--results {root} holds no tables/; run python -m analysis.gather SWEEP_DIR --results {root}"
+    known = store.sweeps(root)
+    missing = [s for s in sweeps or [] if s not in known]
+    return f"--sweep {missing} not gathered in {root}; gathered: {known}" if missing else None
+
+
+def write(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = check_out(path)
     # Atomic: a full disk or an interrupt leaves any earlier file of that name as it was.
     if path.suffix == ".csv":
         return atomic_write(path, lambda f: df.to_csv(f, index=False))
@@ -264,16 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the table's columns and the gathered sweeps")
     args = ap.parse_args(argv)
     root = Path(args.results) if args.results else default_root()
-    if not store.tables_dir(root).is_dir():
-        print(f"error: --results {root} holds no tables/; run python -m analysis.gather SWEEP_DIR --results {root}",
-              file=sys.stderr)
+    if problem := check_results(root, args.sweep):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.sweep:
-        known = store.sweeps(root)
-        missing = [s for s in args.sweep if s not in known]
-        if missing:
-            print(f"error: --sweep {missing} not gathered in {root}; gathered: {known}", file=sys.stderr)
-            return 2
     try:
         if args.list:
             df = load(args.table, root, args.sweep)
@@ -290,20 +298,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     if args.out:
-        try:
-            print(f"wrote {write(df, args.out)} ({len(df)} rows)")
-        except (ValueError, OSError) as e:
-            print(write_error(args.out, e), file=sys.stderr)
-            return 2
-    else:
-        print(format_table(df.head(args.limit) if args.limit else df))
+        return write_out(df, args.out)
+    print(format_table(df.head(args.limit) if args.limit else df))
     return 0
 
 
-def write_error(out: str, e: OSError | ValueError) -> str:
-    """One line naming the --out file and why it could not be written (a full disk too)."""
-    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-    return f"error: --out {out}: not written ({why}); any earlier file of that name is untouched"
+def write_out(df: pd.DataFrame, out: str) -> int:
+    """Write a CLI's result to --out: 0, or 2 with one line naming the file and why it could
+    not be written (a full disk too)."""
+    try:
+        print(f"wrote {write(df, out)} ({len(df)} rows)")
+        return 0
+    except (ValueError, OSError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        print(f"error: --out {out}: not written ({why}); any earlier file of that name is untouched", file=sys.stderr)
+        return 2
 
 
 def run_cli(entry: Callable[[], int]) -> int:

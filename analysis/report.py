@@ -125,6 +125,25 @@ class _Doc:
         self.add(f"![{title}]({rel}){link}", "")
 
 
+def _arms_and_baseline(doc: _Doc, done: pd.DataFrame, metric: str, no_baseline: str) -> pd.DataFrame:
+    """The arms' mean ± SEM table and the comparison with the baseline; returns the family."""
+    metrics = [m for m in dict.fromkeys([metric, *KEY_METRICS, "median_l2_correct", "median_linf_correct"])
+               if m in done.columns]
+    if metrics and len(done):
+        s = arm_summary(done, metrics)
+        table = pd.DataFrame({"arm": s["arm"], "n": s["n"]})
+        for m in metrics:
+            table[m] = [pm(a, b) for a, b in zip(s[f"{m}_mean"], s[f"{m}_sem"])]
+        doc.add("## Arms (mean ± SEM over seeds)", "", md_table(table))
+    doc.add("## Against the baseline", "")
+    fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
+    if len(fam):
+        doc.add(family_text(fam), "", md_table(family_table(fam)))
+    else:
+        doc.add(no_baseline, "")
+    return fam
+
+
 def _collapse_section(doc: _Doc, done: pd.DataFrame) -> None:
     """Collapse rate per arm and the comparison without the collapsed runs."""
     if "collapsed" not in done.columns:
@@ -212,21 +231,9 @@ def build_report(
     adv_images = finished_rows(load("adversarial", root, [sweep]))
     if len(adv_images) and len(done):
         done = done.merge(correct_median_distances(adv_images), on=["sweep", "trial_id"], how="left")
-    extra = [c for c in ("median_l2_correct", "median_linf_correct") if c in done.columns]
-    metrics = [m for m in dict.fromkeys([metric, *KEY_METRICS, *extra]) if m in done.columns]
-    if metrics and len(done):
-        s = arm_summary(done, metrics)
-        table = pd.DataFrame({"arm": s["arm"], "n": s["n"]})
-        for m in metrics:
-            table[m] = [pm(a, b) for a, b in zip(s[f"{m}_mean"], s[f"{m}_sem"])]
-        doc.add("## Arms (mean ± SEM over seeds)", "", md_table(table))
-    doc.add("## Against the baseline", "")
-    fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
-    if len(fam):
-        doc.add(family_text(fam), "", md_table(family_table(fam)))
+    if len(_arms_and_baseline(doc, done, metric,
+                              "_No unregularized baseline arm (target none or alpha 0) in this sweep._")):
         _collapse_section(doc, done)
-    else:
-        doc.add("_No unregularized baseline arm (target none or alpha 0) in this sweep._", "")
 
     # Robustness tables and plots.
     noise = finished_rows(load("noise", root, [sweep]))
@@ -340,20 +347,7 @@ def build_comparison(
     if frames.repeats:
         doc.add(f"{frames.repeats} finished trial(s) repeat a configuration and seed of another sweep; "
                 "their metrics are averaged into one seed before the statistics.", "")
-    metrics = [m for m in dict.fromkeys([metric, *KEY_METRICS, "median_l2_correct", "median_linf_correct"])
-               if m in done.columns]
-    if metrics and len(done):
-        s = arm_summary(done, metrics)
-        table = pd.DataFrame({"arm": s["arm"], "n": s["n"]})
-        for m in metrics:
-            table[m] = [pm(a, b) for a, b in zip(s[f"{m}_mean"], s[f"{m}_sem"])]
-        doc.add("## Arms (mean ± SEM over seeds)", "", md_table(table))
-    doc.add("## Against the baseline", "")
-    fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
-    if len(fam):
-        doc.add(family_text(fam), "", md_table(family_table(fam)))
-    else:
-        doc.add("_No arm has a baseline of its condition in these sweeps._", "")
+    _arms_and_baseline(doc, done, metric, "_No arm has a baseline of its condition in these sweeps._")
     if len(frames.noise):
         doc.add("## Random noise", "", md_table(noise_table(frames.noise)))
         doc.plot("noise accuracy", lambda p: plots.noise_accuracy(frames.noise, p), "noise_accuracy")

@@ -21,7 +21,15 @@ import pandas as pd
 import pyarrow as pa
 
 from analysis import store
-from analysis.query import default_root, format_table, read_arrow, run_cli, write, write_error
+from analysis.query import (
+    check_out,
+    check_results,
+    default_root,
+    format_table,
+    read_arrow,
+    run_cli,
+    write_out,
+)
 from analysis.schema import TABLES
 
 
@@ -113,20 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the views, their row counts and columns")
     args = ap.parse_args(argv)
     root = Path(args.results) if args.results else default_root()
-    if not store.tables_dir(root).is_dir():
-        print(f"error: --results {root} holds no tables/; run python -m analysis.gather SWEEP_DIR --results {root}",
-              file=sys.stderr)
+    problem = check_results(root, args.sweep)
+    if not problem and args.out:  # before the query runs
+        try:
+            check_out(args.out)
+        except ValueError as e:
+            problem = str(e)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.sweep:
-        missing = [s for s in args.sweep if s not in store.sweeps(root)]
-        if missing:
-            print(f"error: --sweep {missing} not gathered in {root}; gathered: {store.sweeps(root)}", file=sys.stderr)
-            return 2
-    if args.out:
-        out = Path(args.out)
-        if out.is_dir() or out.suffix not in (".csv", ".parquet"):
-            print(f"error: --out {out}: give a file name ending in .csv or .parquet", file=sys.stderr)
-            return 2
     try:
         if args.list:
             print(f"sweeps: {', '.join(args.sweep or store.sweeps(root))}\n{describe(root, args.sweep)}")
@@ -142,12 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.out:
-        try:
-            print(f"wrote {write(df, args.out)} ({len(df)} rows)")
-        except (ValueError, OSError) as e:
-            print(write_error(args.out, e), file=sys.stderr)
-            return 2
-        return 0
+        return write_out(df, args.out)
     print(format_table(df.head(args.limit) if args.limit else df))
     if args.limit and len(df) > args.limit:
         print(f"({len(df) - args.limit} more rows; --limit)")

@@ -290,8 +290,3 @@ def sample_value(p: ParamSpec, source: Any, name: str = "") -> Any:
     if scalar_choices(p):
         return source.suggest_categorical(name, p.values)
     return json.loads(source.suggest_categorical(name, [json.dumps(v) for v in p.values]))
-
-
-def trial_config(base: dict[str, Any], params: dict[str, Any]) -> RunConfig:
-    """The validated RunConfig of one trial: base with the trial's dotted parameters set."""
-    return RunConfig.from_dict(config_with(base, params))

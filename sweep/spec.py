@@ -62,11 +62,8 @@ from sweep.space import (  # noqa: F401 (the typed form, re-exported for callers
     SchedulerSpec,
     SearchSpec,
     SweepSpec,
-    condition_holds,
     config_value,
     enumerate_trials,
-    sample_value,
-    trial_config,
 )
 from sweep.validation import validate_spec
 

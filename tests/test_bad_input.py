@@ -78,6 +78,7 @@ def _checkpoint(kind: str) -> Callable[[Path], None]:
 
 def _file(name: str, content: str | bytes) -> Callable[[Path], None]:
     def make(tmp: Path) -> None:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
     return make
 
@@ -193,11 +194,9 @@ CASES: dict[str, Case] = {
     "config-broken-yaml": Case("syntax", ["neuroreg.train", "--config", "c.yaml", "--out", "run"], "--config",
                                _file("c.yaml", "train: [unclosed\n")),
     "resume-saved-spec-not-utf8": Case("syntax", [*SWEEP, "--resume", "--name", "x"], "--name",
-                                       lambda t: _file("sweep.yaml", b"\xff\xfe{")((t / "res" / "x").mkdir(parents=True)
-                                                                                or t / "res" / "x")),
+                                       _file("res/x/sweep.yaml", b"\xff\xfe{")),
     "resume-saved-spec-broken": Case("syntax", [*SWEEP, "--resume", "--name", "x"], "--name",
-                                     lambda t: _file("sweep.yaml", "name: {unclosed\n")((t / "res" / "x").mkdir(parents=True)
-                                                                                     or t / "res" / "x")),
+                                     _file("res/x/sweep.yaml", "name: {unclosed\n")),
     "resume-broken-space": Case("syntax", [*SWEEP, "--resume", "--space", "s.yaml"], "--space",
                                 _file("s.yaml", "name: [broken\n")),
     "query-where-dangling": Case("syntax", ["analysis.query", "trials", "--results", "results", "--where",

@@ -71,7 +71,6 @@ class Suite:
     """Needs ``evaluation.surrogate`` (a second model) to run."""
     headline: tuple[str, ...] = ()
     """Its metrics a report compares against the baseline by default (analysis.stats)."""
-    doc: str = ""
 
 
 SUITES: Registry[Suite] = Registry("suite")
@@ -84,11 +83,10 @@ def register_suite(
     needs_surrogate: bool = False,
     headline: tuple[str, ...] = (),
 ) -> Callable[[Callable[[SuiteContext], SuiteOutput]], Callable[[SuiteContext], SuiteOutput]]:
-    """Decorator: register ``run`` as the suite ``name`` (its docstring is the suite's doc)."""
+    """Decorator: register ``run`` as the suite ``name``."""
 
     def wrap(run: Callable[[SuiteContext], SuiteOutput]) -> Callable[[SuiteContext], SuiteOutput]:
-        doc = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else ""
-        SUITES.add(name, Suite(name, run, metrics, records or (name,), needs_surrogate, headline, doc))
+        SUITES.add(name, Suite(name, run, metrics, records or (name,), needs_surrogate, headline))
         return run
 
     return wrap
