@@ -14,6 +14,7 @@ saved one when the run is restored.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,71 @@ def search_generator(searcher: Searcher, max_concurrent: int) -> ExtendableSearc
     """The chain Tune builds itself for ``max_concurrent_trials`` (ConcurrencyLimiter, then a
     SearchGenerator), with the extendable generator outside."""
     return ExtendableSearch(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+
+
+# --- samplers that survive Tune's pickling ------------------------------------------
+
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+_LOCK, _RLOCK = "__neuroreg_lock__", "__neuroreg_rlock__"
+
+
+class PicklableLocks:
+    """Pickles a sampler whose attributes include thread locks (dropped, then recreated).
+
+    Tune pickles the whole search algorithm into its experiment state (``tuner.pkl`` and
+    every searcher checkpoint). optuna 5.1's ``NSGAIISampler`` holds a ``threading.Lock``
+    (``_thread_lock``, guarding its generation cache), which cannot be pickled, so the
+    default sweep died before its first trial. A lock guards only in-process state, so a
+    fresh one after unpickling is equivalent; the sampler's RNG and caches travel as they are.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for k, v in state.items():
+            if isinstance(v, _LOCK_TYPES):
+                state[k] = _RLOCK if "RLock" in type(v).__name__ else _LOCK
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            if v == _LOCK:
+                state[k] = threading.Lock()
+            elif v == _RLOCK:
+                state[k] = threading.RLock()
+        self.__dict__.update(state)
+
+
+_KINDS = {"PicklableNSGAIISampler": "NSGAIISampler", "PicklableTPESampler": "TPESampler"}
+_MADE: dict[str, type] = {}
+
+
+def picklable_sampler_class(name: str) -> type:
+    """``PicklableNSGAIISampler`` or ``PicklableTPESampler``: optuna's sampler with
+    ``PicklableLocks`` in front. Made on first use (optuna is imported lazily: ``sweep.run``
+    validates a space before paying for it) and reachable as an attribute of this module,
+    so pickle finds it by name in a fresh process too (``--resume``)."""
+    if name not in _MADE:
+        import optuna
+
+        base = getattr(optuna.samplers, _KINDS[name])
+        cls = type(name, (PicklableLocks, base), {"__module__": __name__, "__qualname__": name})
+        # optuna's GA samplers derive study attribute keys from the class name in
+        # __init_subclass__ ("NSGAIISampler:generation"): keep the base's, so studies made
+        # by the plain sampler and by this one read each other's generations.
+        for key in ("_GENERATION_KEY", "_PARENT_CACHE_KEY_PREFIX"):
+            if hasattr(base, key):
+                setattr(cls, key, getattr(base, key))
+        _MADE[name] = cls
+    return _MADE[name]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: unpickling looks the class up here
+    if name in _KINDS:
+        return picklable_sampler_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_sampler(multi_objective: bool, seed: int | None, **kwargs: Any) -> Any:
+    """The search's seeded sampler, picklable: NSGA-II for several objectives, else TPE."""
+    name = "PicklableNSGAIISampler" if multi_objective else "PicklableTPESampler"
+    return picklable_sampler_class(name)(seed=seed, **kwargs)

@@ -26,7 +26,7 @@ from sweep.space import (
     sample_value,
     scalar_choices,
 )
-from sweep.study import ExtendableSearch, rdb_storage, search_generator
+from sweep.study import ExtendableSearch, make_sampler, rdb_storage, search_generator
 from sweep.trainable import TRIAL_INDEX, data_key, prepare_shared_data, run_trial
 
 PARAMS = "params"  # a trial's config: {"params": {dotted key: value}} (+ "__trial_index__")
@@ -138,16 +138,12 @@ def build_search(
         trials = enumerate_trials(spec)
         return None, {PARAMS: tune.grid_search(trials)}, 1
 
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     metrics, modes = spec.search_metrics, spec.search_modes
     multi = len(metrics) > 1
-    if multi:
-        sampler = optuna.samplers.NSGAIISampler(seed=spec.search.seed)
-    else:
-        kw = {} if spec.search.n_startup_trials is None else {"n_startup_trials": spec.search.n_startup_trials}
-        sampler = optuna.samplers.TPESampler(seed=spec.search.seed, **kw)
+    kw = {} if multi or spec.search.n_startup_trials is None else {"n_startup_trials": spec.search.n_startup_trials}
+    sampler = make_sampler(multi, spec.search.seed, **kw)
     # A metric known only after the evaluation is passed as a one-element list: OptunaSearch
     # then skips the per-epoch reports (it would look the metric up in each of them).
     as_list = multi or any(m not in EPOCH_METRICS for m in metrics)

@@ -1,0 +1,177 @@
+"""Every searcher the product builds survives Tune's pickling and --resume with the same
+next suggestions.
+
+Tune pickles the search algorithm twice: whole, with Ray's cloudpickle, into ``tuner.pkl``
+when the Tuner is made; and as its state, with ``save_to_dir``, at every experiment
+checkpoint, which ``Tuner.restore`` (``--resume``) loads into the searcher it unpickled.
+optuna 5.1's NSGA-II sampler holds a thread lock, and the default sweep died on the first of
+these; this file builds each variant the way ``sweep.tuner`` does and checks both paths.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray.cloudpickle as cloudpickle
+
+from sweep.spec import parse_spec
+from sweep.study import search_generator
+from sweep.tuner import PARAMS, build_search
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "data": {"name": "synthetic", "image_size": None, "val_fraction": 0.1},
+    "model": {"width": 4},
+    "regularizer": {"target": "pixel_th", "alpha": 1.0, "n": 20, "layers": ["conv1"], "n_pairs": 4},
+    "train": {"epochs": 1, "max_steps_per_epoch": 1, "batch_size": 16},
+    "evaluation": {"suites": []},
+}
+SPACE = {"regularizer.alpha": {"loguniform": [0.1, 10.0]}, "regularizer.th": {"uniform": [0.1, 0.9]},
+         "regularizer.loss": {"choice": ["atanh", "mse"]}}
+
+
+def spec_for(algorithm: str, seeds: int, baseline: bool):
+    search = {"algorithm": algorithm, "seed": 0}
+    if algorithm == "nsga2":  # the default sweep: NSGA-II is Optuna with two metrics
+        search = {"algorithm": "optuna", "seed": 0, "metrics": ["val_acc", "train_loss"], "modes": ["max", "min"]}
+    elif algorithm == "tpe":
+        search = {"algorithm": "optuna", "seed": 0, "n_startup_trials": 2}
+    space = SPACE if algorithm != "grid" else {"regularizer.alpha": {"grid": [0.5, 1.0, 2.0]}}
+    raw = {"name": "s", "base": BASE, "space": space, "search": search, "seeds": seeds, "baseline": baseline,
+           "metric": "val_acc", "mode": "max", "num_samples": 1 if algorithm == "grid" else 6}
+    return parse_spec(raw, default_name="s", source="test")
+
+
+def fake_result(config: dict) -> dict:
+    """A deterministic result for a suggested configuration (no training)."""
+    p = config.get(PARAMS, {})
+    a, th = float(p.get("regularizer.alpha", 1.0)), float(p.get("regularizer.th", 0.5))
+    return {"val_acc": 1.0 / (1.0 + abs(a - 2.0) + th), "train_loss": a * th, "training_iteration": 1}
+
+
+def drive(searcher, start: int, n: int, complete: bool = True) -> list[dict]:
+    """Ask for ``n`` suggestions (trial ids ``t<start>``...) and complete them in order."""
+    out = []
+    for i in range(start, start + n):
+        tid = f"t{i}"
+        cfg = searcher.suggest(tid)
+        assert cfg is not None, f"no suggestion for {tid}"
+        out.append(cfg)
+        if complete:
+            searcher.on_trial_complete(tid, result=fake_result(cfg))
+    return out
+
+
+VARIANTS = [
+    (alg, seeds, baseline, storage)
+    for alg, seeds, baseline, storage in itertools.product(("tpe", "nsga2"), (1, 2), (True, False), (False, True))
+]
+
+
+def _ids(v) -> str:
+    alg, seeds, baseline, storage = v
+    return f"{alg}-seeds{seeds}-{'baseline' if baseline else 'nobaseline'}-{'rdb' if storage else 'memory'}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[_ids(v) for v in VARIANTS])
+def test_optuna_searchers_round_trip(variant, tmp_path):
+    alg, seeds, baseline, use_storage = variant
+    spec = spec_for(alg, seeds, baseline)
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}" if use_storage else None
+
+    def build():
+        searcher, _, _ = build_search(spec, url, "s")
+        gen = search_generator(searcher, max_concurrent=64)
+        gen.set_search_properties(None, None, {})
+        return gen
+
+    gen = build()
+    chain = gen.searcher  # ConcurrencyLimiter -> [BaselineFirst] -> [MeanRepeater] -> OptunaSearch
+    # Past the baseline trials and NSGA-II's first (random) generation is not needed: any
+    # state with completed trials must travel.
+    drive(chain, 0, 4 * seeds + (seeds if baseline else 0))
+
+    blob = cloudpickle.dumps(gen)  # what tune.Tuner writes into tuner.pkl
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    gen.save_to_dir(str(ckpt), session_str="x")  # what every experiment checkpoint writes
+    if use_storage:
+        shutil.copy2(db, tmp_path / "snapshot.db")
+
+    def restore_db():
+        if use_storage:
+            shutil.copy2(tmp_path / "snapshot.db", db)
+
+    start = 100
+    expected = drive(chain, start, 3 * seeds)
+
+    restore_db()
+    unpickled = cloudpickle.loads(blob)
+    assert drive(unpickled.searcher, start, 3 * seeds) == expected
+
+    restore_db()
+    resumed = build()  # --resume: a searcher as made at the start, then the checkpoint loaded
+    resumed.restore_from_dir(str(ckpt))
+    assert drive(resumed.searcher, start, 3 * seeds) == expected
+
+
+@pytest.mark.parametrize("algorithm", ["grid", "random"])
+@pytest.mark.parametrize("seeds", [1, 2])
+@pytest.mark.parametrize("baseline", [True, False])
+def test_grid_and_random_round_trip(algorithm, seeds, baseline, tmp_path):
+    """No searcher object: Tune's BasicVariantGenerator walks the pickled trial list."""
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import BasicVariantGenerator
+
+    spec = spec_for(algorithm, seeds, baseline)
+    searcher, space, num = build_search(spec)
+    assert searcher is None
+    assert cloudpickle.loads(cloudpickle.dumps(space)) == space
+
+    def generator():
+        g = BasicVariantGenerator(max_concurrent=0)
+        g.add_configurations([Experiment("e", run=_trainable, config=space, num_samples=num,
+                                         storage_path=str(tmp_path))])
+        return g
+
+    gen = generator()
+    first = [gen.next_trial().config for _ in range(2)]
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    gen.save_to_dir(str(ckpt), session_str="x")
+    blob = cloudpickle.dumps(gen)
+    rest = [t.config for t in iter(gen.next_trial, None)]
+    assert len(first) + len(rest) == spec.num_trials()
+    assert [t.config for t in iter(cloudpickle.loads(blob).next_trial, None)] == rest
+    resumed = generator()
+    resumed.restore_from_dir(str(ckpt))
+    assert [t.config for t in iter(resumed.next_trial, None)] == rest
+
+
+def _trainable(config):  # never run: the generators only need a registered name
+    return None
+
+
+def test_default_sweep_searcher_unpickles_in_a_fresh_process(tmp_path):
+    """--resume runs in a new process: the picklable sampler classes must be found by name."""
+    from sweep.spec import load_spec
+
+    spec = load_spec("alpha_th.yaml", [])
+    searcher, _, _ = build_search(spec, None, "s")
+    gen = search_generator(searcher, max_concurrent=2)
+    gen.set_search_properties(None, None, {})
+    drive(gen.searcher, 0, 4)
+    path = tmp_path / "gen.pkl"
+    path.write_bytes(cloudpickle.dumps(gen))
+    code = ("import sys, ray.cloudpickle as c; g = c.loads(open(sys.argv[1], 'rb').read()); "
+            "s = g.searcher.suggest('fresh'); print(type(g.searcher.searcher.searcher.searcher._sampler).__name__)")
+    p = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "PicklableNSGAIISampler"
