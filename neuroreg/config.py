@@ -10,12 +10,20 @@ import dataclasses
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from neuroreg.errors import ConfigError
 from neuroreg.evaluate.config import EvalConfig
+from neuroreg.limits import check_run_limits
+from neuroreg.typed import apply_overrides, build_dataclass, config_with, parse_value, set_dotted
+
+__all__ = [  # the typed builder and the overrides live in neuroreg.typed; importable from here
+    "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig", "RegularizerConfig", "RunConfig",
+    "TrainConfig", "apply_overrides", "build_dataclass", "config_with", "data_root", "expand_path", "field_paths",
+    "parse_value", "regularizer_active", "set_dotted", "validate_data",
+]
 from neuroreg.models import available_models, tap_points
 from neuroreg.targets import validate_target
 
@@ -204,9 +212,14 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # --- validation ---------------------------------------------------------
-    def validate(self, check_files: bool = True) -> RunConfig:
-        """Check every field; raise ConfigError naming the first bad one."""
-        _validate_data(self.data, "data", check_files)
+    def validate(self, check_files: bool = True, data_roots: bool = True) -> RunConfig:
+        """Check every field; raise ConfigError naming the first bad one.
+
+        ``check_files``: also that the named files and folders exist. ``data_roots``: that
+        data sets which need a root have one (off for a checkpoint's stored config, whose
+        data location is never used).
+        """
+        validate_data(self.data, "data", check_files, data_roots)
         m = self.model
         if m.name not in available_models():
             raise ConfigError("model.name", f"unknown model {m.name!r}; choose one of {available_models()}")
@@ -244,7 +257,7 @@ class RunConfig:
         if r.eps <= 0:
             raise ConfigError("regularizer.eps", "must be > 0 (it keeps d(+-1) finite)")
         if r.data is not None:
-            _validate_data(r.data, "regularizer.data", check_files)
+            validate_data(r.data, "regularizer.data", check_files, data_roots)
 
         o = self.optim
         _positive(o.lr, "optim.lr")
@@ -275,6 +288,7 @@ class RunConfig:
         if t.evaluate_checkpoint not in ("best", "last"):
             raise ConfigError("train.evaluate_checkpoint", "must be best or last")
         self.evaluation.validate("evaluation")
+        check_run_limits(self)
         return self
 
 
@@ -296,7 +310,8 @@ def data_root(cfg: DataConfig, field_name: str = "data.root") -> str | None:
     return os.environ.get("NEUROREG_DATA_ROOT") or None
 
 
-def _validate_data(d: DataConfig, name: str, check_files: bool) -> None:
+def validate_data(d: DataConfig, name: str, check_files: bool, data_roots: bool = True) -> None:
+    """One data section (``data`` or ``regularizer.data``); see ``RunConfig.validate``."""
     if d.name not in DATASETS:
         raise ConfigError(f"{name}.name", f"unknown data set {d.name!r}; choose one of {DATASETS}")
     if d.image_size is not None:
@@ -309,7 +324,7 @@ def _validate_data(d: DataConfig, name: str, check_files: bool) -> None:
         raise ConfigError(f"{name}.val_fraction", f"must lie in [0, 1), got {d.val_fraction}")
     if d.crop_padding < 0:
         raise ConfigError(f"{name}.crop_padding", "must be >= 0")
-    if d.name in ("digits", "synthetic"):
+    if d.name in ("digits", "synthetic") or not data_roots:
         return
     root = data_root(d, f"{name}.root")
     if root is None:
@@ -330,124 +345,6 @@ def _validate_data(d: DataConfig, name: str, check_files: bool) -> None:
 def _positive(v: Any, name: str) -> None:
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
         raise ConfigError(name, f"must be a positive number, got {v!r}")
-
-
-def build_dataclass(cls: type, d: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types (the one
-    typed builder: the run config and the sweep file's sections both go through it)."""
-    where = prefix or "config"
-    if isinstance(d, cls):
-        return d
-    if not isinstance(d, dict):
-        raise ConfigError(where, f"must be a mapping, got {type(d).__name__}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    for key in d:
-        if key not in known:
-            raise ConfigError(
-                f"{prefix}.{key}" if prefix else str(key),
-                f"unknown field; known fields of {where}: {sorted(known)}",
-            )
-    kwargs = {}
-    for key, value in d.items():
-        name = f"{prefix}.{key}" if prefix else key
-        kwargs[key] = _coerce(hints[key], value, name)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, name: str) -> Any:
-    origin = get_origin(tp)
-    if origin is Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(a, value, name)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(name, f"wrong type {type(value).__name__} ({value!r}); expected {tp}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(name, f"must be one of {get_args(tp)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(name, f"must be a list, got {type(value).__name__}")
-        (inner,) = get_args(tp) or (Any,)
-        return [_coerce(inner, v, f"{name}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(name, f"must be a mapping, got {type(value).__name__}")
-        return dict(value)
-    if is_dataclass(tp):
-        return build_dataclass(tp, value, name)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(name, f"must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(name, f"must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(name, f"must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(name, f"must be a string, got {value!r}")
-    return value
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value, parsed as YAML (numbers, booleans, lists, null)."""
-    return yaml.safe_load(text) if text != "" else ""
-
-
-def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to a nested dict (a copy is returned)."""
-    import copy
-
-    out = copy.deepcopy(d)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError("--set", f"{item!r} is not key=value (e.g. regularizer.alpha=4)")
-        key, text = item.split("=", 1)
-        set_dotted(out, key.strip(), parse_value(text))
-    return out
-
-
-def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = d
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(key, f"{p} is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
-def config_with(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the config dict ``base`` with dotted ``params`` set: a trial's config from
-    its sweep's base and its parameters (the trainable, --dry-run and gather all use it)."""
-    import copy
-
-    out = copy.deepcopy(base)
-    for key, value in params.items():
-        set_dotted(out, key, value)
-    return out
 
 
 def field_paths(cls: type = None, prefix: str = "") -> list[str]:

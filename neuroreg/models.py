@@ -174,6 +174,9 @@ def _per_channel(
             vals = vals * in_chans
     if len(vals) != in_chans:
         raise ConfigError(field, f"needs 1 or in_chans={in_chans} values, got {len(vals)}")
+    if field == "std" and not all(0 < v < math.inf for v in vals):
+        # Checked on the Python values, so a model can be built on the "meta" device.
+        raise ConfigError("std", "normalisation std must be finite and > 0")
     return torch.tensor(vals, dtype=torch.float32).view(1, in_chans, 1, 1)
 
 
@@ -204,8 +207,8 @@ class ResNet(nn.Module):
             raise ConfigError("model.width", f"must be a positive integer, got {width!r}")
         if stem not in ("3x3", "7x7"):
             raise ConfigError("model.stem", f"must be '3x3' or '7x7', got {stem!r}")
-        if blur_sigma < 0:
-            raise ConfigError("model.blur_sigma", f"must be >= 0 (0 = no blur), got {blur_sigma}")
+        if not 0 <= blur_sigma < math.inf:
+            raise ConfigError("model.blur_sigma", f"must be a finite number >= 0 (0 = no blur), got {blur_sigma}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.width = width
@@ -216,8 +219,6 @@ class ResNet(nn.Module):
         # Persistent, so a checkpoint restores the data set's constants.
         self.register_buffer("mean", _per_channel(mean, 0.5, in_chans, "mean"))
         self.register_buffer("std", _per_channel(std, 0.25, in_chans, "std"))
-        if (self.std <= 0).any():
-            raise ConfigError("std", "normalisation std must be > 0")
 
         k = 3 if stem == "3x3" else 7
         self.conv1 = nn.Conv2d(in_chans, width, k, stride=1, padding=k // 2, bias=False)

@@ -17,6 +17,9 @@ MAX_FILE_BYTES = 1 << 20
 """Largest configuration file read (1 MiB; the shipped ones are under 5 KiB)."""
 MAX_ALIASES = 64
 """Most YAML aliases (*ref) one file may use: a few for reuse, never a 'billion laughs' bomb."""
+MAX_DEPTH = 32
+"""Deepest nesting of lists and mappings (the shipped files nest 4 deep); deeper is refused
+before Python's recursion limit could turn it into a traceback."""
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -31,7 +34,15 @@ class _StrictLoader(yaml.SafeLoader):
                 raise yaml.composer.ComposerError(
                     None, None, f"more than {MAX_ALIASES} aliases (*ref): refused as an expansion bomb",
                     self.peek_event().start_mark)
-        return super().compose_node(parent, index)
+        depth = getattr(self, "_depth", 0)
+        if depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"lists and mappings nest more than {MAX_DEPTH} deep", self.peek_event().start_mark)
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, Any] = {}
@@ -53,6 +64,18 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _S
 def load_strict(text: str) -> Any:
     """Parse YAML text like ``yaml.safe_load``, refusing duplicate keys (a yaml.YAMLError)."""
     return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_value_text(text: str, field: str) -> Any:
+    """One value given on a command line (``--set key=VALUE``, ``--where key=VALUE``), parsed as
+    strict safe YAML; a ConfigError naming ``field`` when it does not parse."""
+    try:
+        return load_strict(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(field, f"{text[:60]!r} is not a valid YAML value: {describe_error(e)} "
+                                 "(quote text, e.g. key='[1'; close lists and mappings)") from None
+    except RecursionError:
+        raise ConfigError(field, f"the value nests more than {MAX_DEPTH} deep") from None
 
 
 def describe_error(e: yaml.YAMLError) -> str:

@@ -14,6 +14,7 @@ from neuroreg.evaluate.attacks import NORMS, attack_names
 from neuroreg.evaluate.corruptions import CORRUPTIONS
 from neuroreg.evaluate.noise import NOISE_TYPES
 from neuroreg.evaluate.suites import suite_names
+from neuroreg.limits import check_bound
 
 # Data sets whose images are digits / clothing on a flat background (1 channel, 28 px).
 DIGIT_DATASETS = ("digits", "mnist", "fashion_mnist")
@@ -135,8 +136,21 @@ class EvalConfig:
                 raise err(name, f"must be an integer >= 1, got {v!r}")
         for name in ("noise_n_images", "corruption_n_images"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise err(name, f"must be an integer >= 1 or null (all test images), got {v!r}")
+        for key, names in _BOUNDED.items():
+            for name in names:
+                check_bound(getattr(self, name), f"evaluation.{key}", f"{prefix}.{name}")
+        for name in ("pgd_eps_l2", "pgd_eps_linf", "boundary_budgets", "transfer_epsilons", "frequency_cs",
+                     "severities", "noise_types", "norms", "attacks_l2", "attacks_linf", "suites", "corruptions"):
+            check_bound(len(getattr(self, name) or []), "evaluation.list", f"{prefix}.{name}")
+        for t, levels in (self.noise_levels or {}).items():
+            if isinstance(levels, (list, tuple)):
+                check_bound(len(levels), "evaluation.list", f"{prefix}.noise_levels.{t}")
+        for name in ("transfer_epsilons", "frequency_cs"):
+            for v in getattr(self, name) or []:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise err(name, f"values must be finite numbers, got {v!r}")
         if self.boundary_attack not in ("boundary", "hsj_linf"):
             raise err("boundary_attack", f"must be 'boundary' or 'hsj_linf', got {self.boundary_attack!r}")
         if self.pgd_bisection_steps < 0:
@@ -188,8 +202,18 @@ class EvalConfig:
                 raise err("severities", f"severity must be 1 ... 5, got {s!r}")
 
 
+_BOUNDED = {
+    "images": ("n_images", "noise_n_images", "corruption_n_images", "boundary_n_images", "hybrid_pairs"),
+    "batch": ("batch_size", "attack_batch_size"),
+    "steps": ("ddn_steps", "fmn_steps", "bb_steps", "pgd_steps", "cw_steps", "boundary_steps"),
+    "search": ("pgd_bisection_steps", "cw_binary_search_steps"),
+    "bins": ("spectrum_bins",),
+}
+"""Upper bounds (``neuroreg.limits``) of the evaluation's sizes, by kind."""
+
+
 def _increasing_positive(values: list[float], name: str) -> None:
     if not values:
         raise ConfigError(name, "must be a non-empty list")
-    if any(not (v > 0) for v in values) or any(b <= a for a, b in zip(values, values[1:])):
-        raise ConfigError(name, f"must be positive and strictly increasing, got {values}")
+    if any(not (0 < v < math.inf) for v in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise ConfigError(name, f"must be finite, positive and strictly increasing, got {values[:20]}")
