@@ -6,16 +6,130 @@ slower (bench/train_throughput.py), so ``auto`` picks bf16 only where it is fast
 Everything numerically delicate stays in fp32: the similarity head (cosines near +-1),
 the soft arctanh (values near +-12), the losses and the optimizer state (autocast casts
 activations, never the fp32 parameters the optimizer updates).
+
+"fp32" means IEEE fp32: torch lets cuDNN run fp32 convolutions in TF32 (a 10-bit
+mantissa) on Ampere and newer GPUs by default. ``ieee_fp32()`` turns every TF32 mode
+off (cuDNN convolutions and RNNs, cuBLAS and oneDNN matmuls) and restores the previous
+settings on exit; fp32 training and all evaluation run inside it. Mixed-precision
+training runs inside ``fast_fp32()``: the CNN computes in bf16 under autocast anyway, and
+cuDNN may use TF32 for fp32 convolutions, while matmuls stay IEEE because the fp32
+islands (the similarity head's Gram matrix, the losses) are matmuls. On a CPU these
+flags change nothing unless a user turned oneDNN's reduced precision on.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+# --- fp32 math modes (TF32 or IEEE) ------------------------------------------------------
+
+_PARENTS = (("generic", "all"), ("cuda", "all"), ("mkldnn", "all"))
+_OPS = (("cuda", "conv"), ("cuda", "rnn"), ("cuda", "matmul"), ("mkldnn", "conv"), ("mkldnn", "rnn"),
+        ("mkldnn", "matmul"))
+FP32_KEYS = _PARENTS + _OPS
+"""torch's fp32-precision settings (backend, op); "cuda" is cuDNN for conv / rnn, cuBLAS for
+matmul. Parents come first: setting a parent rewrites its children."""
+
+_IEEE = dict.fromkeys(FP32_KEYS, "none")
+"""No TF32 anywhere: "none" everywhere is what the legacy flags call allow_tf32=False and
+matmul precision "highest", so code reading those (torch.compile does) keeps working."""
+_FAST = {**_IEEE, ("cuda", "conv"): "tf32", ("cuda", "rnn"): "tf32"}
+"""torch's default: TF32 for cuDNN's fp32 convolutions, IEEE matmuls."""
+
+
+def _has_fp32_api() -> bool:
+    return hasattr(torch._C, "_get_fp32_precision_getter") and hasattr(torch._C, "_set_fp32_precision_setter")
+
+
+def fp32_settings() -> dict[tuple[str, str], str]:
+    """The current value of every key in FP32_KEYS ("none", "ieee", "tf32" or "bf16")."""
+    return {k: torch._C._get_fp32_precision_getter(*k) for k in FP32_KEYS}
+
+
+def _apply(settings: dict[tuple[str, str], str]) -> None:
+    for key in FP32_KEYS:  # parents first, then every op explicitly
+        torch._C._set_fp32_precision_setter(*key, settings[key])
+
+
+def _effective(settings: dict[tuple[str, str], str], backend: str, op: str) -> str:
+    """The mode an op really uses: "none" inherits from the backend, then the generic setting."""
+    for key in ((backend, op), (backend, "all"), ("generic", "all")):
+        if settings[key] != "none":
+            return settings[key]
+    return "ieee"
+
+
+def fp32_modes(device_type: str = "cuda") -> dict[str, str]:
+    """What fp32 convolutions and matmuls run in now on ``device_type`` ("ieee", "tf32", "bf16")."""
+    backend = "cuda" if device_type == "cuda" else "mkldnn"
+    if not _has_fp32_api():  # torch before the fp32_precision API (< 2.9)
+        if device_type != "cuda":
+            return {"fp32_conv": "ieee", "fp32_matmul": "ieee"}
+        return {"fp32_conv": "tf32" if torch.backends.cudnn.allow_tf32 else "ieee",
+                "fp32_matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"}
+    s = fp32_settings()
+    return {"fp32_conv": _effective(s, backend, "conv"), "fp32_matmul": _effective(s, backend, "matmul")}
+
+
+def _legacy_flags() -> tuple[bool | None, bool | None]:
+    """torch's legacy TF32 switches (cuDNN, cuBLAS); None where torch refuses to read one
+    because the new API has set the ops to something else (a "mix of the APIs")."""
+    out: list[bool | None] = []
+    for read in (torch._C._get_cudnn_allow_tf32, torch._C._get_cublas_allow_tf32):
+        try:
+            out.append(bool(read()))
+        except RuntimeError:
+            out.append(None)
+    return out[0], out[1]
+
+
+def _set_legacy(cudnn: bool | None, cublas: bool | None) -> None:
+    if cudnn is not None:
+        torch.backends.cudnn.allow_tf32 = cudnn
+    if cublas is not None:
+        torch.backends.cuda.matmul.allow_tf32 = cublas
+
+
+@contextlib.contextmanager
+def _fp32_settings(wanted: dict[tuple[str, str], str], tf32_conv: bool) -> Iterator[None]:
+    if not _has_fp32_api():  # torch before the fp32_precision API (< 2.9): the legacy flags only
+        saved_legacy = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                        torch.get_float32_matmul_precision())
+        torch.set_float32_matmul_precision("highest")
+        _set_legacy(tf32_conv, False)
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(saved_legacy[2])
+            _set_legacy(*saved_legacy[:2])
+        return
+    saved, saved_legacy = fp32_settings(), _legacy_flags()
+    # torch keeps the legacy switches beside the per-op settings and refuses to read them
+    # (torch.compile does) when the two disagree: set both, the legacy ones first.
+    _set_legacy(tf32_conv, False)
+    _apply(wanted)
+    try:
+        yield
+    finally:
+        _set_legacy(*saved_legacy)
+        _apply(saved)
+
+
+def ieee_fp32() -> contextlib.AbstractContextManager:
+    """IEEE fp32 convolutions and matmuls inside (no TF32, no oneDNN bf16); the previous
+    settings come back on exit, also when the block raises."""
+    return _fp32_settings(_IEEE, tf32_conv=False)
+
+
+def fast_fp32() -> contextlib.AbstractContextManager:
+    """TF32 for cuDNN's fp32 convolutions, IEEE matmuls (mixed-precision training)."""
+    return _fp32_settings(_FAST, tf32_conv=True)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -91,6 +205,10 @@ class Precision:
         if self.name == "bf16":
             return torch.autocast(self.device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def math(self) -> contextlib.AbstractContextManager:
+        """The fp32 math modes of training: IEEE for fp32, the fast modes for mixed precision."""
+        return ieee_fp32() if self.name == "fp32" else fast_fp32()
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """A 4-d batch in the run's memory format (no copy when it already is)."""

@@ -42,7 +42,7 @@ from neuroreg.data import (
 from neuroreg.evaluate.common import accuracy
 from neuroreg.loss import similarity_loss
 from neuroreg.paths import check_output_folder
-from neuroreg.precision import FP32, Precision
+from neuroreg.precision import FP32, Precision, fp32_modes, ieee_fp32
 from neuroreg.similarity import SimilarityHead, upper_pairs
 from neuroreg.targets import Target, build_target
 
@@ -223,6 +223,11 @@ def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
         )
 
 
+def _epoch_totals(sums: torch.Tensor) -> list[float]:
+    """The epoch's running sums, read back once at its end (the only other host sync)."""
+    return sums.tolist()
+
+
 def _tap_channels(model: nn.Module, layers: list[str], in_chans: int, device: torch.device) -> list[int]:
     with torch.no_grad():
         feats = model.features(torch.zeros(2, in_chans, 16, 16, device=device), layers)
@@ -310,7 +315,7 @@ def train_epoch(
             _check_finite(first_bad, epoch)
         if progress and (step + 1) % max(1, steps // 10) == 0:
             print(f"  epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}", file=sys.stderr)
-    task_sum, sim_sum, correct = sums.tolist()
+    task_sum, sim_sum, correct = _epoch_totals(sums)
     epoch_s = time.perf_counter() - t0
     return {"train_loss": task_sum / seen, "sim_loss": sim_sum / seen, "train_acc": correct / seen,
             "images_per_s": seen / epoch_s, "pairs_per_s": n_pairs_seen / epoch_s, "epoch_s": epoch_s}
@@ -352,8 +357,10 @@ def train(
     # Keep the decoded uint8 images on the device: one copy, no per-step host transfer.
     x_train, y_train = data.splits.train.images.to(device), data.splits.train.labels.to(device)
     x_reg = data.reg.images.to(device) if reg.active else None
-    if init_sim is None:
-        init_sim = fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg) if head is not None else 0.0
+    if init_sim is None and head is not None:
+        with ieee_fp32():
+            init_sim = fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg)
+    init_sim = init_sim or 0.0
     last_path, best_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
     (out / "config.yaml").write_text(cfg.to_yaml())
 
@@ -361,20 +368,23 @@ def train(
         lr = learning_rate(cfg, epoch)
         for g in lrn.opt.param_groups:
             g["lr"] = lr
-        stats = train_epoch(lrn, cfg, epoch, x_train, y_train, x_reg, progress)
+        with lrn.precision.math():  # IEEE fp32 for fp32 training, the fast modes for mixed precision
+            stats = train_epoch(lrn, cfg, epoch, x_train, y_train, x_reg, progress)
+            modes = fp32_modes(device.type)
         model.eval()
-        val_acc = accuracy(model, data.splits.val.images, data.splits.val.labels, cfg.train.eval_batch_size, device)
+        with ieee_fp32():  # validation is evaluation: IEEE fp32 whatever the training precision
+            val_acc = accuracy(model, data.splits.val.images, data.splits.val.labels, cfg.train.eval_batch_size, device)
+            val_sim = fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg) if head is not None else 0.0
         # Ties keep the later epoch: on a 1 % validation split equal accuracies are common,
         # and the later model has trained longer.
         improved = math.isnan(val_acc) or val_acc >= best_val
-        val_sim = fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg) if head is not None else 0.0
         if improved:
             best_val = val_acc if not math.isnan(val_acc) else best_val
         metrics: dict[str, Any] = {
             "epoch": epoch + 1, "lr": lr, "train_loss": stats["train_loss"], "sim_loss": stats["sim_loss"],
             "val_sim_loss": val_sim, "train_acc": stats["train_acc"], "val_acc": val_acc, "best_val_acc": best_val,
             "images_per_s": stats["images_per_s"], "pairs_per_s": stats["pairs_per_s"], "epoch_s": stats["epoch_s"],
-            "precision": lrn.precision.name, "channels_last": lrn.precision.channels_last,
+            "precision": lrn.precision.name, "channels_last": lrn.precision.channels_last, **modes,
         }
         if head is not None:
             metrics.update({f"layer_weight_{n}": w for n, w in zip(reg.layers, head.layer_weights().tolist())})

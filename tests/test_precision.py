@@ -183,3 +183,116 @@ def test_cuda_augmentation_on_device():
     ref = augment_batch(x.cpu(), 2, True, torch.Generator().manual_seed(0))
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), ref)
+
+
+# --- fp32 means IEEE fp32 (no TF32) -------------------------------------------------------
+
+
+def _legacy() -> tuple:
+    """The legacy flags as torch.compile reads them."""
+    return (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+            torch.get_float32_matmul_precision())
+
+
+@pytest.fixture
+def fp32_state():
+    """Leaves torch's fp32 settings as this test found them."""
+    from neuroreg.precision import _apply, fp32_settings
+
+    saved = fp32_settings()
+    yield saved
+    _apply(saved)
+
+
+def test_ieee_fp32_turns_tf32_off_and_restores(fp32_state):
+    from neuroreg.precision import fp32_modes, fp32_settings, ieee_fp32
+
+    # torch's default: cuDNN convolutions in TF32 (what "fp32" silently meant before)
+    assert fp32_modes("cuda") == {"fp32_conv": "tf32", "fp32_matmul": "ieee"}
+    torch.backends.cuda.matmul.allow_tf32 = True  # a user who asked for TF32 matmuls too
+    before, legacy = fp32_settings(), _legacy()
+    assert legacy == (True, True, "high")
+    with ieee_fp32():
+        assert fp32_modes("cuda") == {"fp32_conv": "ieee", "fp32_matmul": "ieee"}
+        assert fp32_modes("cpu") == {"fp32_conv": "ieee", "fp32_matmul": "ieee"}
+        assert _legacy() == (False, False, "highest")
+    assert fp32_settings() == before and _legacy() == legacy
+
+
+def test_ieee_fp32_restores_after_an_exception(fp32_state):
+    from neuroreg.precision import fp32_modes, fp32_settings, ieee_fp32
+
+    torch.set_float32_matmul_precision("medium")  # oneDNN bf16 matmuls on the CPU, TF32 on CUDA
+    before = fp32_settings()
+    assert fp32_modes("cpu")["fp32_matmul"] == "bf16"
+    with pytest.raises(RuntimeError, match="boom"), ieee_fp32():
+        assert fp32_modes("cpu") == fp32_modes("cuda") == {"fp32_conv": "ieee", "fp32_matmul": "ieee"}
+        raise RuntimeError("boom")
+    assert fp32_settings() == before
+
+
+def test_ieee_fp32_overrides_the_new_api_and_nests(fp32_state):
+    from neuroreg.precision import fast_fp32, fp32_modes, fp32_settings, ieee_fp32
+
+    torch.backends.fp32_precision = "tf32"  # the generic switch of torch >= 2.9: TF32 everywhere
+    before = fp32_settings()
+    with ieee_fp32():
+        assert fp32_modes("cuda") == fp32_modes("cpu") == {"fp32_conv": "ieee", "fp32_matmul": "ieee"}
+        with fast_fp32():
+            assert fp32_modes("cuda") == {"fp32_conv": "tf32", "fp32_matmul": "ieee"}
+            assert fp32_modes("cpu") == {"fp32_conv": "ieee", "fp32_matmul": "ieee"}
+        assert fp32_modes("cuda") == {"fp32_conv": "ieee", "fp32_matmul": "ieee"}
+    assert fp32_settings() == before
+
+
+def test_training_and_validation_modes_are_recorded(tmp_path, data, monkeypatch, fp32_state):
+    """fp32 training in IEEE, bf16 training in the fast modes, validation always IEEE;
+    the epoch record names the training modes. (Checked through the CUDA flags, which the
+    contexts set on any machine.)"""
+    import neuroreg.train as tr
+    from neuroreg.precision import fp32_modes
+
+    seen: list[tuple[str, dict]] = []
+    real_epoch, real_acc = tr.train_epoch, tr.accuracy
+    monkeypatch.setattr(tr, "train_epoch", lambda *a, **k: (seen.append(("train", fp32_modes("cuda"))),
+                                                             real_epoch(*a, **k))[1])
+    monkeypatch.setattr(tr, "accuracy", lambda *a, **k: (seen.append(("val", fp32_modes("cuda"))), real_acc(*a, **k))[1])
+    torch.backends.cuda.matmul.allow_tf32 = True  # whatever the process had set
+    before = fp32_modes("cuda")
+    ieee, fast = {"fp32_conv": "ieee", "fp32_matmul": "ieee"}, {"fp32_conv": "tf32", "fp32_matmul": "ieee"}
+    r = train(tiny(precision="fp32"), tmp_path / "a", data=data)
+    assert seen == [("train", ieee), ("val", ieee)]
+    assert r.history[-1]["fp32_conv"] == "ieee" and r.history[-1]["fp32_matmul"] == "ieee"  # CPU: oneDNN
+    seen.clear()
+    train(tiny(precision="bf16"), tmp_path / "b", data=data)
+    assert seen == [("train", fast), ("val", ieee)]
+    assert fp32_modes("cuda") == before
+
+
+def test_evaluation_runs_in_ieee_fp32(tmp_path, data, monkeypatch, fp32_state):
+    """Every suite, attacks and verification included, sees IEEE fp32, and the settings
+    come back afterwards, also when a suite fails."""
+    from types import SimpleNamespace
+
+    import neuroreg.evaluate.runner as runner
+    from neuroreg.precision import fp32_modes, fp32_settings
+
+    seen = []
+
+    def run(ctx):
+        seen.append(fp32_modes("cuda"))
+        if len(seen) == 2:
+            raise RuntimeError("suite failed")
+        return SimpleNamespace(summary={"x": 1.0}, records={})
+
+    fake = SimpleNamespace(name="fake", needs_surrogate=False, run=run)
+    monkeypatch.setattr(runner, "selected_suites", lambda ev: [fake])
+    torch.set_float32_matmul_precision("high")
+    before = fp32_settings()
+    model = create_model("resnet18", 10, 1, width=8)
+    summary = runner.evaluate_model(model, tiny(), data.splits.test, tmp_path / "ev")
+    assert summary["x"] == 1.0 and seen == [{"fp32_conv": "ieee", "fp32_matmul": "ieee"}]
+    assert fp32_settings() == before
+    with pytest.raises(RuntimeError, match="suite failed"):
+        runner.evaluate_model(model, tiny(), data.splits.test, tmp_path / "ev2")
+    assert fp32_settings() == before

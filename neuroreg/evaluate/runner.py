@@ -25,6 +25,7 @@ from neuroreg.evaluate.config import EvalConfig
 from neuroreg.evaluate.suite import Suite, SuiteContext
 from neuroreg.evaluate.suites import SUITES
 from neuroreg.images import ImageData, to_float
+from neuroreg.precision import ieee_fp32
 
 RGB_SOURCES = ("cifar10", "cifar100", "imagefolder")
 
@@ -87,7 +88,22 @@ def evaluate_model(
     grayscale conversion of a grayscale model (None: corrupt ``test`` as it is).
     ``surrogate``: the transfer suite's source model; None loads ``evaluation.surrogate``.
     Returns the flat summary metrics (also written to ``summary.json``).
+    Every suite (attacks and their verification included) runs in IEEE fp32: no TF32
+    convolution or matmul, whatever the process had set; the settings are restored after.
     """
+    with ieee_fp32():
+        return _evaluate(model, cfg, test, out_dir, device, surrogate, test_rgb)
+
+
+def _evaluate(
+    model: nn.Module,
+    cfg: RunConfig,
+    test: ImageData,
+    out_dir: str | os.PathLike,
+    device: torch.device | str,
+    surrogate: nn.Module | None,
+    test_rgb: ImageData | None,
+) -> dict[str, Any]:
     ev = check_inputs(cfg, surrogate)
     if test_rgb is not None and (len(test_rgb) != len(test) or not torch.equal(test_rgb.labels, test.labels)):
         raise ValueError("test_rgb must hold the same images (same labels, same order) as test")
