@@ -18,7 +18,15 @@ from analysis.gather import (
     is_seed_column,
 )
 from analysis.query import config_columns, load, sweep_meta
-from analysis.stats import CORRECTION, finished, varying_columns
+from analysis.stats import (
+    CONFIRMATORY_CORRECTION,
+    CORRECTION,
+    MIN_CI_SEEDS,
+    Family,
+    decision_line,
+    finished,
+    varying_columns,
+)
 
 # --- formatting ------------------------------------------------------------------
 
@@ -117,6 +125,11 @@ def load_frames(sweeps: Sequence[str], root: str | os.PathLike, by_config: bool 
         done = done.merge(correct_median_distances(adv), on=["sweep", "trial_id"], how="left")
     if by_config and len(done):
         done, repeats = merge_repeats(done)
+        # The record tables too: a configuration and seed trained twice is one observation in
+        # every table, plot and SEM, not two seeds.
+        noise = merge_record_repeats(noise, trials, ["noise", "level"])
+        adv_sum = merge_record_repeats(adv_sum, trials, ["norm"])
+        adv = merge_record_repeats(adv, trials, None)
     spec = sweep_meta(root, sweeps[0]).get("sweep_spec") or {} if len(sweeps) == 1 else {}
     return Frames(sweeps, trials, done, noise, adv, adv_sum, configs, repeats, spec)
 
@@ -155,6 +168,28 @@ def merge_repeats(done: pd.DataFrame, seed_col: str = "train.seed") -> tuple[pd.
     return merged, int(len(done) - len(merged))
 
 
+def merge_record_repeats(records: pd.DataFrame, trials: pd.DataFrame, by: Sequence[str] | None,
+                         seed_col: str = "train.seed") -> pd.DataFrame:
+    """Record rows keyed by (arm_key, seed) instead of by trial: ``trial_id`` becomes the unit
+    'arm_key/seed'. With ``by`` (the record's own keys, e.g. noise and level) the repeats'
+    numeric values are averaged per unit; without (per-image records) their rows are pooled
+    under the unit, so a per-unit fraction (robust accuracy) is the repeats' mean."""
+    if not len(records) or seed_col not in trials.columns or "arm_key" not in trials.columns:
+        return records
+    t = trials.set_index(["sweep", "trial_id"])
+    unit = t["arm_key"].astype(str) + "/seed " + t[seed_col].astype(str)
+    idx = pd.MultiIndex.from_frame(records[["sweep", "trial_id"]])
+    out = records.assign(trial_id=unit.reindex(idx).to_numpy())
+    if by is None:
+        return out
+    keys = ["arm", "trial_id", *by]
+    numeric = [c for c in out.columns if c not in keys and pd.api.types.is_numeric_dtype(out[c])
+               and not pd.api.types.is_bool_dtype(out[c])]
+    g = out.groupby(keys, sort=False, dropna=False)
+    merged = g.first().drop(columns=numeric).join(g[numeric].mean()).reset_index()
+    return merged[list(out.columns)]
+
+
 def searched_params(spec: dict[str, Any], trials: pd.DataFrame, configs: Sequence[str]) -> list[str]:
     """The sweep's search-space keys (sweep.yaml), else the config columns that vary."""
     space = spec.get("space")
@@ -174,34 +209,65 @@ def relative_path(path: Any, root: str | os.PathLike) -> str:
         return p.name  # outside the results folder: its name only
 
 
-def family_table(fam: pd.DataFrame) -> pd.DataFrame:
-    t = fam[["metric", "arm", "test", "n", "mean", "baseline_mean", "diff"]].copy()
-    t["95 % CI"] = [f"[{fmt(lo, 3)}, {fmt(hi, 3)}]" for lo, hi in zip(fam["ci_low"], fam["ci_high"])]
-    t["p"], t["p (BH)"] = fam["p"], fam["p_adj"]
-    t["power"] = fam["power"]
-    t["seeds for 80 %"] = fam["n_80"]
+CI_LABEL = "95 % CI (uncorrected)"
+"""The intervals are per comparison, not corrected for the family (the p-values are)."""
+
+
+def ci_text(lo: float, hi: float, n: Any, digits: int = 3) -> str:
+    """'[lo, hi]', or 'n = 2: no interval' below MIN_CI_SEEDS seeds."""
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        n = 0 if n is None or (isinstance(n, float) and math.isnan(n)) else int(n)
+        return f"n = {n}: no interval" if n < MIN_CI_SEEDS else "–"
+    return f"[{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+def family_table(rows: pd.DataFrame, confirmatory: bool = False) -> pd.DataFrame:
+    """The rows of one family for a Markdown or HTML table."""
+    t = rows[["metric", "arm", "test", "n", "mean", "baseline_mean", "diff"]].copy()
+    t[CI_LABEL] = [ci_text(lo, hi, n) for lo, hi, n in zip(rows["ci_low"], rows["ci_high"], rows["n"])]
+    t["p"] = rows["p"]
+    t[f"p ({CONFIRMATORY_CORRECTION if confirmatory else 'BH'})"] = rows["p_adj"]
+    t["MDE (80 %)"] = rows["mde"]
+    if confirmatory:
+        t["direction"] = rows["direction"]
+        t["smallest effect"] = rows["smallest_effect"]
+        t["seeds for smallest effect"] = rows["seeds_needed"]
+        t["decision"] = rows["decision"]
     return t
 
 
-def family_text(fam: pd.DataFrame) -> str:
-    """How the family was tested, and its headline: the significant rows and the power."""
-    sig = fam[fam["p_adj"] < 0.05]
+def decision_lines(family: Family) -> list[str]:
+    """One line per declared hypothesis and arm, in the order declared."""
+    return [decision_line(r, family.alpha) for r in family.confirmatory.itertuples()]
+
+
+def family_text(family: Family) -> str:
+    """How the comparisons were tested, the family sizes, and the significant exploratory rows."""
+    conf, expl = family.confirmatory, family.exploratory
+    design = (f"sequential: looks after every round from {family.sequential['min']} to {family.sequential['max']} "
+              "seeds, Lan-DeMets O'Brien-Fleming alpha spending, alpha split over the hypotheses "
+              "(analysis.sequential, docs/METHOD.md)" if family.sequential else "fixed number of seeds")
     lines = [
-        "Difference = arm − baseline of the same condition, per metric (no metric is pooled "
-        "across noise types or levels). Paired t-test over the seeds both arms share "
-        "(`scipy.stats.ttest_rel`), Welch's t-test where seeds do not match; 95 % CI of the "
-        f"difference from scipy; p corrected over all {len(fam)} rows of this table "
-        f"({CORRECTION}, `scipy.stats.false_discovery_control`). *power*: the test's power for the "
-        "observed effect and variance at this number of seeds; *seeds for 80 %*: seeds per arm "
-        "that would give 80 % power.",
+        f"Family of {family.size} comparisons: {len(conf)} confirmatory (declared hypotheses x arms, "
+        f"one-sided in the declared direction, p {CONFIRMATORY_CORRECTION}-corrected, alpha {family.alpha:g}, "
+        f"{design}) and {len(expl)} exploratory (every other arm x metric, two-sided, p {CORRECTION}-corrected "
+        "over these rows).",
+        "",
+        "Difference = arm − baseline of the same condition, per metric (no metric is pooled across noise types "
+        "or levels). Paired t-test over the seeds both arms share, Welch's t-test where seeds do not match. "
+        f"The {CI_LABEL} is per comparison, not corrected for the family; below {MIN_CI_SEEDS} seeds no "
+        "interval is given (with 1 df it spans ±12.7 sd). *MDE (80 %)*: the smallest difference these "
+        "seeds detect with 80 % power at the observed sd (metric units); *seeds for smallest effect*: "
+        "seeds per arm for 80 % power at the declared smallest effect.",
         "",
     ]
+    sig = expl[expl["p_adj"] < family.alpha]
     if len(sig):
-        lines.append(f"**Significant after correction ({len(sig)} of {len(fam)}):** " + "; ".join(
-            f"{r.metric} {r.arm}: {r.diff:+.4g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}], p_BH = {r.p_adj:.2g}"
+        lines.append(f"**Exploratory, significant after correction ({len(sig)} of {len(expl)}):** " + "; ".join(
+            f"{r.metric} {r.arm}: {r.diff:+.4g} {ci_text(r.ci_low, r.ci_high, r.n)}, p_BH = {r.p_adj:.2g}"
             for r in sig.itertuples()) + ".")
     else:
-        lines.append(f"**No difference is significant after correction** (0 of {len(fam)}).")
+        lines.append(f"**No exploratory difference is significant after correction** (0 of {len(expl)}).")
     return "\n".join(lines)
 
 

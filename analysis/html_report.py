@@ -3,7 +3,7 @@
 Plots are plotly figures drawn as SVG (no WebGL), with plotly's JavaScript inlined once,
 so the page opens from disk without network access. Tables are plain HTML, sortable by a
 click on a column header (a few lines of inline JavaScript). Sections: trials, arms,
-comparison with the baseline (analysis.stats.compare_family), noise curves, adversarial
+the declared hypotheses' decisions and the comparison with the baseline (analysis.stats.comparison_family), noise curves, adversarial
 distance distributions and robust accuracy vs epsilon, layer weights (network order),
 Pareto front and parameter importance (Optuna fANOVA). Paths shown are relative to the
 results folder.
@@ -25,9 +25,9 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from analysis import plots
-from analysis.frames import Frames, family_table, family_text, pm, relative_path
+from analysis.frames import Frames, decision_lines, family_table, family_text, pm, relative_path
 from analysis.importance import param_importances, pareto_front
-from analysis.stats import KEY_METRICS, arm_summary, compare_family, family_metrics
+from analysis.stats import KEY_METRICS, arm_summary, comparison_family
 from neuroreg.atomic import atomic_write_text
 
 _CONFIG = {"displaylogo": False, "responsive": True}
@@ -232,11 +232,16 @@ def build_html(
     page.p("Sources (relative to the results folder): " + ", ".join(
         relative_path(src, root) for src in _sources(frames, root)) + ".", "note")
 
+    fam = comparison_family(done, frames.spec)
+    if len(fam.confirmatory):
+        page.add("<h2>Decisions on the declared hypotheses (confirmatory)</h2>")
+        page.add("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in decision_lines(fam)) + "</ul>")
+
     page.add("<h2>Trials</h2>")
     page.table(trials.groupby(["sweep", "status"]).size().reset_index(name="trials"))
     if frames.repeats:
         page.p(f"{frames.repeats} trial(s) repeat a configuration and seed of another sweep; "
-               "their metrics are averaged into one seed.", "note")
+               "their metrics are averaged into one seed (one observation) in every table, plot and test.", "note")
 
     metrics = [m for m in dict.fromkeys([metric, *KEY_METRICS, "median_l2_correct", "median_linf_correct"])
                if m in done.columns]
@@ -250,10 +255,14 @@ def build_html(
         page.table(table)
 
     page.add("<h2>Against the baseline</h2>")
-    fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
-    if len(fam):
-        page.p(family_text(fam).replace("`", "").replace("**", ""))
-        page.table(family_table(fam))
+    if fam.size:
+        for para in family_text(fam).replace("`", "").replace("**", "").replace("*", "").split("\n\n"):
+            page.p(para)
+        if len(fam.confirmatory):
+            page.add(f"<h3>Confirmatory ({len(fam.confirmatory)} comparisons, Holm)</h3>")
+            page.table(family_table(fam.confirmatory, confirmatory=True))
+        page.add(f"<h3>Exploratory ({len(fam.exploratory)} comparisons, Benjamini-Hochberg)</h3>")
+        page.table(family_table(fam.exploratory))
     else:
         page.p("No unregularized baseline arm (target none or alpha 0) among these trials.", "note")
 

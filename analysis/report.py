@@ -3,7 +3,7 @@
 SWEEP is a sweep name gathered in ROOT, or a sweep folder (gathered first if its tables
 are not there yet). Writes ``DIR/report.md`` with tables and plots (PNG + SVG + PDF under
 ``DIR/plots/``): trials by status and their errors, the best configuration, every
-regularizer against the baseline (paired by seed, 95 % CI, corrected p, power), noise
+regularizer against the baseline (declared hypotheses first, paired by seed, uncorrected 95 % CI, corrected p, minimal detectable effect), noise
 accuracy, median adversarial distances and robust accuracy vs epsilon, transferred FGSM,
 corruptions, frequency plots, the search surface (heat map of a grid, Optuna contour and
 slice plots of a continuous search), parameter importance and the Pareto front of
@@ -28,6 +28,7 @@ from analysis.frames import (  # noqa: F401 (re-exported: the report's data and 
     by_configuration,
     continuous_params,
     correct_median_distances,
+    decision_lines,
     family_table,
     family_text,
     finished_rows,
@@ -49,10 +50,10 @@ from analysis.importance import param_importances, pareto_front
 from analysis.query import config_columns, default_root, load, run_cli, sweep_meta
 from analysis.stats import (
     KEY_METRICS,
+    Family,
     arm_summary,
     best_arm,
-    compare_family,
-    family_metrics,
+    comparison_family,
     finished,
 )
 from neuroreg.atomic import atomic_write_text
@@ -125,8 +126,8 @@ class _Doc:
         self.add(f"![{title}]({rel}){link}", "")
 
 
-def _arms_and_baseline(doc: _Doc, done: pd.DataFrame, metric: str, no_baseline: str) -> pd.DataFrame:
-    """The arms' mean ± SEM table and the comparison with the baseline; returns the family."""
+def _arms_table(doc: _Doc, done: pd.DataFrame, metric: str) -> None:
+    """The arms' mean ± SEM table."""
     metrics = [m for m in dict.fromkeys([metric, *KEY_METRICS, "median_l2_correct", "median_linf_correct"])
                if m in done.columns]
     if metrics and len(done):
@@ -135,16 +136,30 @@ def _arms_and_baseline(doc: _Doc, done: pd.DataFrame, metric: str, no_baseline: 
         for m in metrics:
             table[m] = [pm(a, b) for a, b in zip(s[f"{m}_mean"], s[f"{m}_sem"])]
         doc.add("## Arms (mean ± SEM over seeds)", "", md_table(table))
+
+
+def _decisions(doc: _Doc, fam: Family) -> None:
+    """The declared hypotheses' decisions, one line each: the first thing a report says."""
+    if len(fam.confirmatory):
+        doc.add("## Decisions on the declared hypotheses (confirmatory)", "",
+                *[f"- {line}" for line in decision_lines(fam)], "")
+
+
+def _family_section(doc: _Doc, fam: Family, no_baseline: str) -> None:
+    """Both families' tables: confirmatory (declared) first, then exploratory."""
     doc.add("## Against the baseline", "")
-    fam = compare_family(done, family_metrics(done, [m for m in (metric,) if m != "best_val_acc"]))
-    if len(fam):
-        doc.add(family_text(fam), "", md_table(family_table(fam)))
-    else:
+    if not fam.size:
         doc.add(no_baseline, "")
-    return fam
+        return
+    doc.add(family_text(fam), "")
+    if len(fam.confirmatory):
+        doc.add(f"### Confirmatory ({len(fam.confirmatory)} comparisons, Holm)", "",
+                md_table(family_table(fam.confirmatory, confirmatory=True)))
+    doc.add(f"### Exploratory ({len(fam.exploratory)} comparisons, Benjamini-Hochberg)", "",
+            md_table(family_table(fam.exploratory)))
 
 
-def _collapse_section(doc: _Doc, done: pd.DataFrame) -> None:
+def _collapse_section(doc: _Doc, done: pd.DataFrame, spec: dict) -> None:
     """Collapse rate per arm and the comparison without the collapsed runs."""
     if "collapsed" not in done.columns:
         return
@@ -161,13 +176,15 @@ def _collapse_section(doc: _Doc, done: pd.DataFrame) -> None:
             "A run has collapsed when one layer holds >= 0.99 of the softmax layer weight.", "", md_table(t))
     if col.any():
         keep = done[done["baseline"].astype(bool) | ~done["collapsed"].fillna(False).astype(bool)]
-        fam = compare_family(keep, family_metrics(keep))
-        if not len(fam) or fam["n"].max() < 2:
+        fam = comparison_family(keep, spec)
+        rows = fam.rows()
+        if not len(rows) or rows["n"].max() < 2:
             doc.add(f"Without the collapsed runs: {int((~col).sum())} regularized run(s) left, "
                     "too few to compare.", "")
         else:
-            doc.add("Without the collapsed runs (their seeds drop out of the pairing):", "",
-                    family_text(fam), "", md_table(family_table(fam)))
+            doc.add("Without the collapsed runs (their seeds drop out of the pairing; a sensitivity "
+                    "analysis, not a family of its own):", "", *[f"- {ln}" for ln in decision_lines(fam)], "",
+                    md_table(family_table(fam.exploratory)))
 
 
 def build_report(
@@ -190,11 +207,19 @@ def build_report(
     params = searched_params(spec, trials, configs)
     doc = _Doc(out_dir)
 
+    # The finished trials with the per-trial medians over correctly classified images: the
+    # data of the comparison family, as analysis.frames.load_frames (the console's) builds it.
+    adv_images = finished_rows(load("adversarial", root, [sweep]))
+    if len(adv_images) and len(done):
+        done = done.merge(correct_median_distances(adv_images), on=["sweep", "trial_id"], how="left")
+    fam = comparison_family(done, spec)
+
     doc.add(f"# Sweep `{sweep}`", "")
     if spec.get("description"):
         doc.add(str(spec["description"]), "")
     doc.add(f"Source: `{relative_path(meta.get('sweep_dir', '?'), root)}`; tables: "
             f"`{relative_path(store.tables_dir(root), root)}` (paths relative to the results folder).", "")
+    _decisions(doc, fam)
     status = trials["status"].value_counts().rename_axis("status").reset_index(name="trials")
     doc.add("## Trials", "", md_table(status))
     if params:
@@ -227,13 +252,10 @@ def build_report(
                 f"checkpoint `{relative_path(top['checkpoint'], root)}`.", "")
 
     # Per-arm summary and comparison with the baseline.
-    # No status column without the join; merging into `done` keeps finished trials only.
-    adv_images = finished_rows(load("adversarial", root, [sweep]))
-    if len(adv_images) and len(done):
-        done = done.merge(correct_median_distances(adv_images), on=["sweep", "trial_id"], how="left")
-    if len(_arms_and_baseline(doc, done, metric,
-                              "_No unregularized baseline arm (target none or alpha 0) in this sweep._")):
-        _collapse_section(doc, done)
+    _arms_table(doc, done, metric)
+    _family_section(doc, fam, "_No unregularized baseline arm (target none or alpha 0) in this sweep._")
+    if fam.size:
+        _collapse_section(doc, done, spec)
 
     # Robustness tables and plots.
     noise = finished_rows(load("noise", root, [sweep]))
@@ -328,7 +350,7 @@ def build_comparison(
 
     Trials are grouped by arm_key, not by sweep or by a sweep's own arm label, and every
     regularized arm is compared with the baseline of its condition_key wherever that
-    baseline was trained, with the same statistics as within one sweep (compare_family).
+    baseline was trained, with the same statistics as within one sweep (comparison_family).
     """
     root, out_dir = Path(root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -346,8 +368,10 @@ def build_comparison(
     doc.add("## Arms and where they were trained", "", md_table(arms))
     if frames.repeats:
         doc.add(f"{frames.repeats} finished trial(s) repeat a configuration and seed of another sweep; "
-                "their metrics are averaged into one seed before the statistics.", "")
-    _arms_and_baseline(doc, done, metric, "_No arm has a baseline of its condition in these sweeps._")
+                "their metrics are averaged into one seed (one observation) in every table, plot and test.", "")
+    _arms_table(doc, done, metric)
+    _family_section(doc, comparison_family(done, frames.spec),
+                    "_No arm has a baseline of its condition in these sweeps._")
     if len(frames.noise):
         doc.add("## Random noise", "", md_table(noise_table(frames.noise)))
         doc.plot("noise accuracy", lambda p: plots.noise_accuracy(frames.noise, p), "noise_accuracy")

@@ -1,5 +1,8 @@
 """Statistics over seeds: per-arm summaries and each regularizer against its baseline.
 
+``comparison_family(done, spec)`` is the one place the comparisons of a sweep are built:
+the console summary (analysis.summary), the Markdown and the HTML report all print it.
+
 An *arm* is one configuration without its seed (the ``arm`` column of ``trials``); its
 trials are the seeds. The baseline of an arm is the unregularized arm (``baseline``
 column true: target none or alpha 0) with the same values of the other swept fields
@@ -9,12 +12,24 @@ column true: target none or alpha 0) with the same values of the other swept fie
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from analysis.sequential import (  # noqa: F401 (re-exported: the planning numbers)
+    ALPHA,
+    TARGET_POWER,
+    Design,
+    decide,
+    mde,
+    power_paired,
+    power_welch,
+    seeds_for_power,
+)
 from neuroreg.evaluate.suites import SUITES
 
 KEY_METRICS = ("best_val_acc",) + tuple(m for suite in SUITES for m in suite.headline)
@@ -117,12 +132,16 @@ def varying_columns(trials: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     return [c for c in columns if c in trials.columns and trials[c].astype(str).nunique(dropna=False) > 1]
 
 
-# --- the family of comparisons: paired by seed, CI, corrected p, power -----------------
+# --- the family of comparisons: paired by seed, CI, corrected p, planning numbers -----------
 
-ALPHA = 0.05
-TARGET_POWER = 0.8
 CORRECTION = "Benjamini-Hochberg"
-"""Multiple-comparison correction over the whole family (scipy.stats.false_discovery_control)."""
+"""Correction of the exploratory family (scipy.stats.false_discovery_control)."""
+CONFIRMATORY_CORRECTION = "Holm"
+"""Correction of the confirmatory family (declared hypotheses): Holm's step-down, FWER."""
+MIN_CI_SEEDS = 3
+"""Below this many seeds no interval is printed: with 1 df a 95 % t interval is +-12.7 sd,
+wider than an accuracy's whole range."""
+SYMBOLS = {"greater": ">", "less": "<", "two-sided": "≠"}
 
 
 def family_metrics(trials: pd.DataFrame, metrics: Sequence[str] | None = None) -> list[str]:
@@ -148,52 +167,36 @@ def _is_float(s: str) -> bool:
         return False
 
 
-def _t_power(tc: float, df: float, nc: float) -> float:
-    p = float(sps.nct.sf(tc, df, nc) + sps.nct.cdf(-tc, df, nc))
-    if not np.isfinite(p):  # scipy's noncentral t fails far in the tail: power is ~1 there
-        p = float(sps.norm.sf(tc - nc) + sps.norm.cdf(-tc - nc))
-    return min(1.0, max(0.0, p))
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error; scipy has BH but not Holm)."""
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out
 
 
-def power_paired(effect: float, n: int, alpha: float = ALPHA) -> float:
-    """Power of a two-sided one-sample (paired) t-test for standardized effect d at n pairs."""
-    if n < 2 or not np.isfinite(effect):
-        return np.nan
-    df = n - 1
-    return _t_power(sps.t.ppf(1 - alpha / 2, df), df, effect * np.sqrt(n))
-
-
-def power_welch(effect: float, n1: int, n2: int, alpha: float = ALPHA) -> float:
-    """Power of a two-sided two-sample t-test (pooled df) for standardized effect d."""
-    if n1 < 2 or n2 < 2 or not np.isfinite(effect):
-        return np.nan
-    df = n1 + n2 - 2
-    return _t_power(sps.t.ppf(1 - alpha / 2, df), df, effect * np.sqrt(n1 * n2 / (n1 + n2)))
-
-
-def seeds_for_power(effect: float, paired: bool, power: float = TARGET_POWER, n_max: int = 1000) -> float:
-    """Smallest number of seeds (per arm) that gives ``power`` for the effect; inf beyond n_max."""
-    if not np.isfinite(effect) or effect == 0:
-        return np.inf
-    for n in range(2, n_max + 1):
-        p = power_paired(effect, n) if paired else power_welch(effect, n, n)
-        if p >= power:
-            return float(n)
-    return np.inf
+_COLS = ["metric", "arm", "baseline_arm", "test", "n", "n_baseline", "n_inf", "mean", "baseline_mean",
+         "diff", "sd", "ci_low", "ci_high", "p", "p_adj", "mde"]
 
 
 def compare_family(
-    trials: pd.DataFrame, metrics: Sequence[str] | None = None, seed_col: str = "train.seed"
+    trials: pd.DataFrame, metrics: Sequence[str] | None = None, seed_col: str = "train.seed",
+    alpha: float = ALPHA,
 ) -> pd.DataFrame:
-    """Every regularized arm against its condition's baseline, for every metric of the family.
+    """Every regularized arm against its condition's baseline, for every metric given.
 
     Paired by seed (``scipy.stats.ttest_rel``) where the arm and the baseline share seeds,
     on the shared seeds; otherwise Welch's t-test (``ttest_ind(equal_var=False)``). Columns:
     metric, arm, baseline_arm, test, n, n_baseline, mean, baseline_mean, diff (arm -
-    baseline), ci_low, ci_high (95 % CI of the difference, scipy's), p, p_adj (corrected
-    over all rows, Benjamini-Hochberg), power (for the observed effect at this n), n_80
-    (seeds per arm for 80 % power at the observed effect and variance). Infinite values
-    (median distances with most images unbroken) are dropped and counted in n_inf.
+    baseline), sd (of the paired differences; Welch: sqrt((s_a^2 + s_b^2) / 2)), ci_low,
+    ci_high (two-sided 1 - alpha CI of the difference, scipy's, *not* corrected for the
+    family; NaN below 3 seeds), p (two-sided), p_adj (Benjamini-Hochberg over all rows), mde
+    (minimal detectable effect at 80 % power for these seeds, metric units, from the observed
+    sd). Infinite values (median distances with most images unbroken) are dropped and counted
+    in n_inf.
     """
     metrics = list(metrics) if metrics is not None else family_metrics(trials)
     rows = []
@@ -202,58 +205,220 @@ def compare_family(
         for m in metrics:
             if m in trials.columns:
                 rows.append({"metric": m, "arm": arm, "baseline_arm": base_arm,
-                             **_compare_one(a, base, m, seed_col if has_seed else None)})
-    cols = ["metric", "arm", "baseline_arm", "test", "n", "n_baseline", "n_inf", "mean", "baseline_mean",
-            "diff", "ci_low", "ci_high", "p", "p_adj", "power", "n_80"]
-    out = pd.DataFrame(rows, columns=[c for c in cols if c != "p_adj"])
+                             **_compare_one(a, base, m, seed_col if has_seed else None, alpha)})
+    out = pd.DataFrame(rows, columns=[c for c in _COLS if c != "p_adj"])
     out["p_adj"] = np.nan
     ok = out["p"].notna()
     if ok.any():
         out.loc[ok, "p_adj"] = sps.false_discovery_control(out.loc[ok, "p"].to_numpy(float), method="bh")
-    return out[cols]
+    return out[_COLS]
 
 
-def _compare_one(a: pd.DataFrame, base: pd.DataFrame, m: str, seed_col: str | None) -> dict:
-    xa = pd.to_numeric(a[m], errors="coerce")
-    ya = pd.to_numeric(base[m], errors="coerce")
-    n_inf = int(np.isinf(xa).sum() + np.isinf(ya).sum())
-    x = pd.Series(xa.to_numpy(), index=a[seed_col].to_numpy() if seed_col else None)
-    y = pd.Series(ya.to_numpy(), index=base[seed_col].to_numpy() if seed_col else None)
+def _series(df: pd.DataFrame, m: str, seed_col: str | None) -> pd.Series:
+    v = pd.to_numeric(df[m], errors="coerce")
+    return pd.Series(v.to_numpy(), index=df[seed_col].to_numpy() if seed_col else None)
+
+
+def paired_differences(a: pd.DataFrame, base: pd.DataFrame, m: str, seed_col: str = "train.seed") -> pd.Series:
+    """seed -> arm - baseline on the seeds both share (finite values, seeds in order);
+    empty when a seed is not unique in either (then the seeds do not pair)."""
+    if seed_col not in a.columns or seed_col not in base.columns:
+        return pd.Series(dtype=float)
+    x, y = _series(a, m, seed_col), _series(base, m, seed_col)
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-    shared = sorted(set(x.index) & set(y.index)) if seed_col else []
-    paired = seed_col is not None and len(shared) >= 2 and x.index.is_unique and y.index.is_unique
+    if not (x.index.is_unique and y.index.is_unique):
+        return pd.Series(dtype=float)
+    shared = sorted(set(x.index) & set(y.index))
+    return (x[shared] - y[shared]).astype(float)
+
+
+def _compare_one(a: pd.DataFrame, base: pd.DataFrame, m: str, seed_col: str | None, alpha: float,
+                 alternative: str = "two-sided") -> dict:
+    xa, ya = _series(a, m, seed_col), _series(base, m, seed_col)
+    n_inf = int(np.isinf(xa).sum() + np.isinf(ya).sum())
+    x, y = xa[np.isfinite(xa)], ya[np.isfinite(ya)]
+    d = paired_differences(a, base, m, seed_col) if seed_col else pd.Series(dtype=float)
     res: dict = {"n_inf": n_inf, "mean": x.mean() if len(x) else np.nan,
                  "baseline_mean": y.mean() if len(y) else np.nan}
-    nan = {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "power": np.nan, "n_80": np.nan}
-    if paired:
-        d = (x[shared] - y[shared]).to_numpy(float)
+    nan = {"diff": np.nan, "sd": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "mde": np.nan}
+    if len(d) >= 2:
+        d = d.to_numpy(float)
         res.update(test="paired t", n=len(d), n_baseline=len(d), **{**nan, "diff": float(d.mean())})
-        sd = d.std(ddof=1)
         # Equal differences on every seed (e.g. both models at a constant prediction under
         # extreme noise) leave no variance: a t-test would report p ~ 1e-15 from rounding.
         if np.ptp(d) <= 1e-9 * max(1.0, float(np.abs(d).max())):
             return res
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            t = sps.ttest_rel(x[shared].to_numpy(float), y[shared].to_numpy(float))
-        ci = t.confidence_interval(1 - ALPHA)
-        effect = abs(d.mean()) / sd
-        res.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue),
-                   power=power_paired(effect, len(d)), n_80=seeds_for_power(effect, True))
+            t = sps.ttest_1samp(d, 0.0, alternative=alternative)
+        sd = float(d.std(ddof=1))
+        res.update(sd=sd, p=float(t.pvalue), mde=mde(len(d), True, alpha=alpha, alternative=alternative) * sd)
+        if len(d) >= MIN_CI_SEEDS:
+            ci = sps.ttest_1samp(d, 0.0).confidence_interval(1 - alpha)
+            res.update(ci_low=float(ci.low), ci_high=float(ci.high))
         return res
     res.update(test="Welch t", n=len(x), n_baseline=len(y), **nan)
     if len(x) and len(y):
         res["diff"] = float(x.mean() - y.mean())
-    if len(x) < 2 or len(y) < 2:
-        return res
-    sa, sb = x.std(ddof=1), y.std(ddof=1)
-    if np.ptp(x) <= 1e-9 and np.ptp(y) <= 1e-9:
+    if len(x) < 2 or len(y) < 2 or (np.ptp(x) <= 1e-9 and np.ptp(y) <= 1e-9):
         return res
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        t = sps.ttest_ind(x.to_numpy(float), y.to_numpy(float), equal_var=False)
-    ci = t.confidence_interval(1 - ALPHA)
-    effect = abs(res["diff"]) / np.sqrt((sa**2 + sb**2) / 2)
-    res.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue),
-               power=power_welch(effect, len(x), len(y)), n_80=seeds_for_power(effect, False))
+        t = sps.ttest_ind(x.to_numpy(float), y.to_numpy(float), equal_var=False, alternative=alternative)
+    sd = float(np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2))
+    res.update(sd=sd, p=float(t.pvalue), mde=mde(len(x), False, len(y), alpha, alternative=alternative) * sd)
+    if min(len(x), len(y)) >= MIN_CI_SEEDS:
+        ci = sps.ttest_ind(x.to_numpy(float), y.to_numpy(float), equal_var=False).confidence_interval(1 - alpha)
+        res.update(ci_low=float(ci.low), ci_high=float(ci.high))
     return res
+
+
+# --- declared hypotheses: the confirmatory family ------------------------------------------------
+
+
+@dataclass
+class Family:
+    """The comparisons of a sweep, split by what was declared before it ran.
+
+    ``confirmatory``: one row per declared hypothesis and regularized arm (one-sided test in
+    the declared direction, Holm over these rows, a decision each); ``exploratory``: every
+    other arm x metric (two-sided, Benjamini-Hochberg over these rows).
+    """
+
+    confirmatory: pd.DataFrame
+    exploratory: pd.DataFrame
+    alpha: float = ALPHA
+    sequential: dict[str, int] | None = None
+    """{min, max} seeds of a sequential sweep; None for a fixed number of seeds."""
+
+    @property
+    def size(self) -> int:
+        return len(self.confirmatory) + len(self.exploratory)
+
+    def rows(self) -> pd.DataFrame:
+        """Both families in one frame (``family`` column), confirmatory first."""
+        parts = [f.assign(family=name) for name, f in (("confirmatory", self.confirmatory),
+                                                        ("exploratory", self.exploratory)) if len(f)]
+        return pd.concat(parts, ignore_index=True) if parts else self.exploratory.assign(family=[])
+
+
+def hypotheses_of(spec: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The declared hypotheses of a saved sweep spec (sweep.yaml), with defaults filled."""
+    out = []
+    for h in (spec or {}).get("hypotheses") or []:
+        if isinstance(h, Mapping) and h.get("metric"):
+            out.append({"metric": str(h["metric"]), "direction": str(h.get("direction") or "greater"),
+                        "smallest_effect": float(h.get("smallest_effect") or np.nan)})
+    return out
+
+
+def sequential_of(spec: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """{min, max} of ``seeds: {min: 3, max: 12}``, else None."""
+    seeds = (spec or {}).get("seeds")
+    if isinstance(seeds, Mapping) and "min" in seeds and "max" in seeds:
+        return {"min": int(seeds["min"]), "max": int(seeds["max"])}
+    return None
+
+
+def comparison_family(done: pd.DataFrame, spec: Mapping[str, Any] | None = None,
+                      seed_col: str = "train.seed") -> Family:
+    """THE comparison family of a sweep (finished trials ``done``, saved spec ``spec``): the
+    console, the Markdown and the HTML report all print this one."""
+    spec = spec or {}
+    alpha = float(spec.get("alpha") or ALPHA)
+    hyps = hypotheses_of(spec)
+    seq = sequential_of(spec)
+    objectives = list((spec.get("search") or {}).get("metrics") or []) + [spec.get("metric") or ""]
+    extra = [m for m in objectives if m and m != "best_val_acc"]
+    explore = compare_family(done, family_metrics(done, extra), seed_col, alpha)
+    conf = confirmatory_rows(done, hyps, alpha, seq, seed_col)
+    if len(conf):
+        declared = set(zip(conf["metric"], conf["arm"]))
+        explore = explore[[(m, a) not in declared for m, a in zip(explore["metric"], explore["arm"])]]
+        explore = compare_family_adjust(explore)
+    return Family(conf, explore.reset_index(drop=True), alpha, seq)
+
+
+def compare_family_adjust(rows: pd.DataFrame) -> pd.DataFrame:
+    """Benjamini-Hochberg again over these rows (after the confirmatory ones left the family)."""
+    rows = rows.copy()
+    rows["p_adj"] = np.nan
+    ok = rows["p"].notna()
+    if ok.any():
+        rows.loc[ok, "p_adj"] = sps.false_discovery_control(rows.loc[ok, "p"].to_numpy(float), method="bh")
+    return rows
+
+
+def confirmatory_rows(done: pd.DataFrame, hyps: Sequence[Mapping[str, Any]], alpha: float = ALPHA,
+                      seq: Mapping[str, int] | None = None, seed_col: str = "train.seed") -> pd.DataFrame:
+    """One row per declared hypothesis and regularized arm: the one-sided (or two-sided) test,
+    Holm over the rows, the planning numbers and the decision (fixed design, or the replayed
+    sequential looks of ``analysis.sequential`` with alpha split over the rows, Bonferroni)."""
+    rows = []
+    has_seed = seed_col in done.columns
+    arms = list(arms_with_baseline(done))
+    for h in hyps:
+        if h["metric"] not in done.columns:
+            continue
+        for arm, a, base, base_arm in arms:
+            r = {"metric": h["metric"], "arm": arm, "baseline_arm": base_arm, "direction": h["direction"],
+                 "smallest_effect": h["smallest_effect"],
+                 **_compare_one(a, base, h["metric"], seed_col if has_seed else None, alpha, h["direction"])}
+            r["seeds_needed"] = (seeds_for_power(h["smallest_effect"] / r["sd"], r["test"] == "paired t",
+                                                 alpha=alpha, alternative=h["direction"])
+                                 if r["sd"] == r["sd"] and r["sd"] > 0 else np.nan)
+            r["_diffs"] = paired_differences(a, base, h["metric"], seed_col) if has_seed else pd.Series(dtype=float)
+            rows.append(r)
+    cols = [*_COLS, "direction", "smallest_effect", "seeds_needed", "decision", "decided_at", "design"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame(rows)
+    out["p_adj"] = np.nan
+    ok = out["p"].notna()
+    if ok.any():
+        out.loc[ok, "p_adj"] = holm(out.loc[ok, "p"].to_numpy(float))
+    decisions = [_decide(r, alpha, len(out), seq) for r in out.to_dict("records")]
+    out["decision"] = [d[0] for d in decisions]
+    out["decided_at"] = [d[1] for d in decisions]
+    out["design"] = "sequential" if seq else "fixed"
+    return out[cols]
+
+
+def _decide(r: Mapping[str, Any], alpha: float, m: int, seq: Mapping[str, int] | None) -> tuple[str, int]:
+    """(decision, seeds) of one confirmatory row."""
+    n = int(r["n"]) if r["n"] == r["n"] else 0
+    if seq:
+        design = Design(r["smallest_effect"], r["direction"], alpha / m, seq["min"], seq["max"])
+        d = decide(r["_diffs"].to_numpy(float), design)
+        return d.decision, d.n
+    if n < 2 or r["p"] != r["p"]:
+        return "undecided", n
+    sign = -1.0 if r["direction"] == "less" else 1.0
+    if r["p_adj"] < alpha and (r["direction"] == "two-sided" or sign * r["diff"] > 0):
+        return "efficacy", n
+    # Futility: the one-sided (1 - alpha) bound in the declared direction excludes the
+    # smallest effect (two-sided: both bounds, as in two one-sided tests).
+    half = float(sps.t.isf(alpha, n - 1)) * r["sd"] / np.sqrt(n)
+    reach = abs(r["diff"]) + half if r["direction"] == "two-sided" else sign * r["diff"] + half
+    return ("futility" if reach < r["smallest_effect"] else "undecided"), n
+
+
+def decision_line(r: Any, alpha: float) -> str:
+    """One sentence per hypothesis and arm: estimate, interval, corrected p and the decision."""
+    ci = (f"n = {int(r.n)}: no interval" if not r.ci_low == r.ci_low
+          else f"[{r.ci_low:+.3g}, {r.ci_high:+.3g}]")
+    p = "–" if not r.p_adj == r.p_adj else f"{r.p_adj:.2g}"
+    if r.decision in ("efficacy", "futility"):
+        verdict = f"decided after {int(r.decided_at)} seeds ({r.decision})"
+    elif r.decision == "max reached":
+        verdict = f"undecided at the maximum of {int(r.decided_at)} seeds (max reached)"
+    elif r.decision == "continue":
+        verdict = f"undecided after {int(r.decided_at)} seeds (continue: more seeds needed)"
+    else:
+        need = "" if not r.seeds_needed == r.seeds_needed else (
+            f"; ~{int(r.seeds_needed)} seeds for {r.smallest_effect:g} at 80 % power"
+            if np.isfinite(r.seeds_needed) else f"; > 1000 seeds for {r.smallest_effect:g}")
+        verdict = f"undecided at {int(r.n) if r.n == r.n else 0} seeds ({r.design} design{need})"
+    diff = "–" if not r.diff == r.diff else f"{r.diff:+.3g}"
+    return (f"{r.arm} {SYMBOLS.get(r.direction, '?')} {r.baseline_arm} on {r.metric} "
+            f"(smallest effect {r.smallest_effect:g}): {diff} {ci}, p_{CONFIRMATORY_CORRECTION} {p}, {verdict}")

@@ -1,7 +1,8 @@
 """What ``sweep.run`` prints at the end: each arm against the baseline, and the Pareto set.
 
-The numbers are the report's (``analysis.report``): the family of comparisons over every
-metric is tested and corrected as a whole; the console shows its headline rows only.
+The numbers are the report's (``analysis.report``): both build the family with
+``analysis.stats.comparison_family`` from the same frames (``analysis.frames.load_frames``);
+the console shows the declared hypotheses' decisions and the exploratory family's headline rows.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import math
 import os
 from typing import Any
 
+from analysis.frames import CI_LABEL, ci_text, decision_lines, load_frames
 from analysis.importance import pareto_front
-from analysis.query import load, sweep_meta
-from analysis.stats import CORRECTION, compare_family, family_metrics, finished
+from analysis.stats import CONFIRMATORY_CORRECTION, CORRECTION, comparison_family
 
 
 def objectives_of(spec: dict[str, Any]) -> dict[str, str]:
@@ -29,39 +30,49 @@ def _num(v: float, digits: int = 3) -> str:
 
 
 def sweep_summary(root: str | os.PathLike, sweep: str) -> str:
-    """Console text: arm vs baseline on the headline metrics, then the Pareto set."""
-    spec = sweep_meta(root, sweep).get("sweep_spec") or {}
-    done = finished(load("trials", root, [sweep]))
+    """Console text: the declared hypotheses' decisions, the headline rows of the exploratory
+    family, then the Pareto set. The family is the report's (stats.comparison_family over the
+    same frames), so every p_adj printed here is the report's."""
+    frames = load_frames([sweep], root)
+    spec, done = frames.spec, frames.done
     if not len(done):
         return "No finished trial to compare."
     objectives = objectives_of(spec)
     lines: list[str] = []
-    fam = compare_family(done, family_metrics(done, list(objectives)))
-    if not len(fam):
+    fam = comparison_family(done, spec)
+    if not fam.size:
         lines.append("No baseline arm in this sweep: nothing to compare against.")
     else:
-        shown = [m for m in dict.fromkeys(["clean_acc", *objectives, "median_l2", "median_linf"]) if m in set(fam.metric)]
-        t = fam[fam.metric.isin(shown)].copy()
+        seeds = done.groupby("arm").size()
+        lines.append(f"Family of {fam.size} comparisons against the baseline "
+                     f"({', '.join(sorted(set(fam.rows().baseline_arm)))}): {len(fam.confirmatory)} confirmatory "
+                     f"(declared, {CONFIRMATORY_CORRECTION}), {len(fam.exploratory)} exploratory ({CORRECTION}); "
+                     "the report (analysis.report) lists every row.")
+        if len(fam.confirmatory):
+            lines.append(f"Declared hypotheses (alpha {fam.alpha:g}):")
+            lines += [f"  {line}" for line in decision_lines(fam)]
+        expl = fam.exploratory
+        shown = [m for m in dict.fromkeys(["clean_acc", *objectives, "median_l2", "median_linf"])
+                 if m in set(expl.metric)]
+        t = expl[expl.metric.isin(shown)].copy()
         t["order"] = t.metric.map(shown.index)
         t = t.sort_values(["arm", "order"], kind="stable")
-        seeds = done.groupby("arm").size()
-        lines.append(f"Against the baseline ({', '.join(sorted(set(fam.baseline_arm)))}): difference arm - baseline, "
-                     f"95 % CI, p {CORRECTION}-corrected over all {len(fam)} comparisons "
-                     "(every noise level too: see analysis.report); power of the test at the observed effect "
-                     "and variance, and the seeds per arm that would give 80 %")
-        w = max(len(a) for a in t.arm)
-        lines.append(f"  {'arm':<{w}}  {'seeds':>5}  {'metric':<14} {'diff':>9}  {'95 % CI':<21} {'p_BH':>7}"
-                     f"  {'power':>5}  {'seeds for 80 %':>14}")
-        for r in t.itertuples():
-            ci = f"[{_num(r.ci_low)}, {_num(r.ci_high)}]"
-            n80 = "–" if not r.n_80 == r.n_80 else ("> 1000" if r.n_80 == float("inf") else f"{int(r.n_80)}")
-            lines.append(f"  {r.arm:<{w}}  {int(seeds.get(r.arm, 0)):>5}  {r.metric:<14} {_num(r.diff):>9}  "
-                         f"{ci:<21} {_num(r.p_adj, 2):>7}  {_num(r.power, 2):>5}  {n80:>14}")
-        sig = fam[fam.p_adj < 0.05].sort_values("p_adj")
-        lines.append(f"  {len(sig)} of {len(fam)} comparisons significant after correction"
+        if len(t):
+            lines.append(f"Exploratory: difference arm - baseline, {CI_LABEL}, p {CORRECTION}-corrected over the "
+                         f"{len(expl)} exploratory comparisons, and the smallest difference these seeds detect "
+                         "with 80 % power (MDE, at the observed sd)")
+            w = max(len(a) for a in t.arm)
+            lines.append(f"  {'arm':<{w}}  {'seeds':>5}  {'metric':<14} {'diff':>9}  {CI_LABEL:<24} {'p_BH':>7}"
+                         f"  {'MDE (80 %)':>10}")
+            for r in t.itertuples():
+                ci = ci_text(r.ci_low, r.ci_high, r.n)
+                lines.append(f"  {r.arm:<{w}}  {int(seeds.get(r.arm, 0)):>5}  {r.metric:<14} {_num(r.diff):>9}  "
+                             f"{ci:<24} {_num(r.p_adj, 2):>7}  {_num(r.mde):>10}")
+        sig = expl[expl.p_adj < fam.alpha].sort_values("p_adj")
+        lines.append(f"  {len(sig)} of {len(expl)} exploratory comparisons significant after correction"
                      + (":" if len(sig) else "."))
         for r in sig.head(8).itertuples():
-            lines.append(f"    {r.arm}  {r.metric}  {_num(r.diff)} [{_num(r.ci_low)}, {_num(r.ci_high)}]  "
+            lines.append(f"    {r.arm}  {r.metric}  {_num(r.diff)} {ci_text(r.ci_low, r.ci_high, r.n)}  "
                          f"p_BH {_num(r.p_adj, 2)}")
         if len(sig) > 8:
             lines.append(f"    ... {len(sig) - 8} more in analysis.report")

@@ -1,0 +1,326 @@
+"""Planning numbers and the sequential test of a declared hypothesis: pure functions, no I/O.
+
+Planning (fixed design): the power of a paired or two-sample t-test from the noncentral t
+distribution, the minimal detectable effect at 80 % power for the seeds at hand, and the
+seeds needed for a declared smallest effect.
+
+Sequential design ("seeds until the answer is in"): a group-sequential paired test with
+Lan-DeMets error spending of O'Brien-Fleming type (Lan and DeMets 1983, Biometrika 70:659;
+O'Brien and Fleming 1979, Biometrics 35:549), looks after every round of seeds from
+``min_seeds`` to ``max_seeds``. The boundaries are computed on the z scale by the recursive
+numerical integration of Armitage, McPherson and Rowe (1969) (Jennison and Turnbull 2000,
+"Group Sequential Methods with Applications to Clinical Trials", ch. 7 and 19); the paired
+t statistic at each look is mapped to that scale through its p-value (Jennison and Turnbull
+2000, section 11.4: z = Phi^-1(F_t(t; n - 1))), since seed-to-seed variance is unknown.
+
+- efficacy: z >= c_k, c from spending ``alpha`` (one-sided; ``alpha / 2`` per side for a
+  two-sided hypothesis);
+- futility (the smallest effect excluded): the one-sided test of "effect >= smallest_effect"
+  rejects, i.e. z_delta <= -f_k with z_delta the same statistic for mean - smallest_effect and
+  f from spending ``futility`` with the same function. Futility is non-binding: the efficacy
+  boundaries ignore it, so stopping early for futility never raises the type-I error, and at
+  a true effect equal to the smallest effect it stops for futility with probability <=
+  ``futility``.
+- at ``max_seeds`` without a crossing the answer is "max reached" (undecided).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import integrate, optimize
+from scipy import stats as sps
+
+ALPHA = 0.05
+TARGET_POWER = 0.8
+DIRECTIONS = ("greater", "less", "two-sided")
+FUTILITY = 0.1
+"""Default probability of a futility stop when the true effect equals the smallest effect."""
+
+
+# --- planning: power, minimal detectable effect, seeds needed ------------------------------
+
+
+def _nct_tail(x: float, df: float, nc: float, upper: bool) -> float:
+    """P(T >= x) (upper) or P(T <= x) of a noncentral t with df degrees of freedom.
+
+    scipy's noncentral t returns NaN far in a tail at small df (df 1, nc 8.3, x -12.7: the
+    bug behind a power of 6e-06); there the probability is integrated from the definition
+    T = (Z + nc) / sqrt(V / df), V ~ chi2(df): P(T <= x) = E_V[Phi(x sqrt(V / df) - nc)].
+    """
+    p = float(sps.nct.sf(x, df, nc) if upper else sps.nct.cdf(x, df, nc))
+    if math.isfinite(p):
+        return min(1.0, max(0.0, p))
+    tail = sps.norm.sf if upper else sps.norm.cdf
+
+    def f(v: float) -> float:
+        return float(tail(x * math.sqrt(v / df) - nc) * sps.chi2.pdf(v, df))
+
+    p, _ = integrate.quad(f, 0.0, np.inf, limit=200)
+    return min(1.0, max(0.0, float(p)))
+
+
+def t_power(nc: float, df: float, alpha: float = ALPHA, alternative: str = "two-sided") -> float:
+    """Power of a t-test with df degrees of freedom at noncentrality nc >= 0 (the effect in
+    the tested direction). Never below alpha: the t-test is unbiased, so the clip at the end
+    only removes rounding."""
+    if not (df >= 1 and math.isfinite(nc)):
+        return math.nan
+    nc = abs(nc)
+    if alternative == "two-sided":
+        tc = float(sps.t.isf(alpha / 2, df))
+        p = _nct_tail(tc, df, nc, True) + _nct_tail(-tc, df, nc, False)
+    else:
+        p = _nct_tail(float(sps.t.isf(alpha, df)), df, nc, True)
+    return min(1.0, max(alpha, p))
+
+
+def power_paired(effect: float, n: int, alpha: float = ALPHA, alternative: str = "two-sided") -> float:
+    """Power of the one-sample (paired) t-test for standardized effect |d| at n pairs."""
+    if n < 2 or not math.isfinite(effect):
+        return math.nan
+    return t_power(abs(effect) * math.sqrt(n), n - 1, alpha, alternative)
+
+
+def power_welch(effect: float, n1: int, n2: int, alpha: float = ALPHA, alternative: str = "two-sided") -> float:
+    """Power of the two-sample t-test (pooled df) for standardized effect |d|."""
+    if n1 < 2 or n2 < 2 or not math.isfinite(effect):
+        return math.nan
+    return t_power(abs(effect) * math.sqrt(n1 * n2 / (n1 + n2)), n1 + n2 - 2, alpha, alternative)
+
+
+def mde(n: int, paired: bool = True, n2: int | None = None, alpha: float = ALPHA, power: float = TARGET_POWER,
+        alternative: str = "two-sided") -> float:
+    """Minimal detectable effect: the smallest standardized effect (difference / sd) that the
+    test detects with ``power`` at these seeds (multiply by the sd for metric units)."""
+    n2 = n if n2 is None else n2
+    if n < 2 or (not paired and n2 < 2):
+        return math.nan
+
+    def gap(d: float) -> float:
+        p = power_paired(d, n, alpha, alternative) if paired else power_welch(d, n, n2, alpha, alternative)
+        return p - power
+
+    return float(optimize.brentq(gap, 0.0, 1e4, xtol=1e-6))
+
+
+def seeds_for_power(effect: float, paired: bool = True, power: float = TARGET_POWER, n_max: int = 1000,
+                    alpha: float = ALPHA, alternative: str = "two-sided") -> float:
+    """Smallest number of seeds (per arm) that gives ``power`` for the standardized effect;
+    inf beyond n_max."""
+    if not math.isfinite(effect) or effect == 0:
+        return math.inf
+
+    def ok(n: int) -> bool:
+        p = power_paired(effect, n, alpha, alternative) if paired else power_welch(effect, n, n, alpha, alternative)
+        return p >= power
+
+    if not ok(n_max):
+        return math.inf
+    lo, hi = 1, n_max  # power grows with n: bisect for the first n that reaches it
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return float(hi)
+
+
+# --- the group-sequential boundaries -------------------------------------------------------
+
+
+def obf_spending(t: float | np.ndarray, alpha: float) -> np.ndarray:
+    """Lan-DeMets O'Brien-Fleming-type spending: the one-sided error spent by information
+    fraction t, alpha(t) = 2 - 2 Phi(z_{1 - alpha/2} / sqrt(t)) (alpha at t = 1)."""
+    t = np.clip(np.asarray(t, dtype=float), 1e-12, 1.0)
+    return 2.0 * sps.norm.sf(sps.norm.isf(alpha / 2) / np.sqrt(t))
+
+
+def efficacy_bounds(ns: Sequence[int], n_max: int, alpha: float, grid: int = 1201) -> np.ndarray:
+    """One-sided z boundaries c_k for looks after ns[k] seeds (information n_k / n_max): under
+    the null the probability of first crossing at look k equals the spending increment.
+
+    The score S_k = Z_k sqrt(n_k) has independent N(0, n_k - n_{k-1}) increments; the density
+    of S among the sequences still running is carried from look to look on a grid (Simpson's
+    rule), and c_k solves the exit probability by Brent's method.
+    """
+    ns = [int(n) for n in ns]
+    if not ns or any(b <= a for a, b in zip(ns, ns[1:])) or ns[0] < 1 or ns[-1] > n_max:
+        raise ValueError(f"looks must be increasing seed counts in [1, {n_max}], got {ns}")
+    spent = obf_spending(np.array(ns) / n_max, alpha)
+    bounds = np.empty(len(ns))
+    bounds[0] = sps.norm.isf(spent[0])
+    # Sub-density of S_1 below its boundary.
+    s = np.linspace(-10 * math.sqrt(ns[0]), bounds[0] * math.sqrt(ns[0]), grid)
+    dens = sps.norm.pdf(s, scale=math.sqrt(ns[0]))
+    for k in range(1, len(ns)):
+        step = math.sqrt(ns[k] - ns[k - 1])
+        target = spent[k] - spent[k - 1]
+        root = math.sqrt(ns[k])
+        args = (dens, s, root, step)
+        if _exit_prob(50.0, *args) >= target:  # nothing left to spend at this look
+            bounds[k] = 50.0
+        else:
+            bounds[k] = optimize.brentq(lambda c, a=args, g=target: _exit_prob(c, *a) - g, -20.0, 50.0, xtol=1e-9)
+        new_s = np.linspace(-10 * root, bounds[k] * root, grid)
+        kernel = sps.norm.pdf((new_s[:, None] - s[None, :]) / step) / step
+        dens = integrate.simpson(kernel * dens[None, :], x=s, axis=1)
+        s = new_s
+    return bounds
+
+
+def _exit_prob(c: float, dens: np.ndarray, s: np.ndarray, root: float, step: float) -> float:
+    """Probability of crossing c at a look from the running sub-density ``dens`` on grid ``s``."""
+    return float(integrate.simpson(dens * sps.norm.sf((c * root - s) / step), x=s))
+
+
+def t_to_z(t: np.ndarray | float, df: np.ndarray | float) -> np.ndarray:
+    """The z with the same one-sided p-value as t with df degrees of freedom."""
+    return sps.norm.isf(sps.t.sf(t, df))
+
+
+# --- one hypothesis: the looks and the decision ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Design:
+    """A declared hypothesis run sequentially: paired differences arm - baseline, one per seed."""
+
+    smallest_effect: float
+    direction: str = "greater"
+    alpha: float = ALPHA
+    """Type-I error over all looks (one-sided for greater / less, total for two-sided)."""
+    min_seeds: int = 3
+    max_seeds: int = 12
+    futility: float = FUTILITY
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if not (2 <= self.min_seeds <= self.max_seeds):
+            raise ValueError(f"need 2 <= min_seeds <= max_seeds, got {self.min_seeds}, {self.max_seeds}")
+        if not (0 < self.alpha < 0.5 and 0 < self.futility < 0.5 and self.smallest_effect > 0):
+            raise ValueError("need 0 < alpha, futility < 0.5 and smallest_effect > 0")
+
+    def looks(self, upto: int | None = None) -> list[int]:
+        """Seed counts of the planned looks: every round from min_seeds to max_seeds."""
+        top = self.max_seeds if upto is None else min(upto, self.max_seeds)
+        return list(range(self.min_seeds, top + 1))
+
+    def bounds(self, ns: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(efficacy, futility) z boundaries at looks after ns seeds."""
+        side = self.alpha / 2 if self.direction == "two-sided" else self.alpha
+        return efficacy_bounds(ns, self.max_seeds, side), efficacy_bounds(ns, self.max_seeds, self.futility)
+
+
+@dataclass
+class Look:
+    n: int
+    estimate: float
+    statistic: float
+    """z-scale paired t statistic of the difference (towards the declared direction)."""
+    efficacy_bound: float
+    futility_statistic: float
+    """z-scale statistic of the test of 'effect >= smallest_effect' (negative: effect smaller)."""
+    futility_bound: float
+    decision: str
+    """continue, efficacy, futility or max reached."""
+
+
+@dataclass
+class Decision:
+    decision: str
+    """efficacy, futility, max reached, or continue (more seeds needed); 'too few seeds' before min_seeds."""
+    n: int
+    estimate: float
+    ci_low: float
+    ci_high: float
+    """95 % t interval at the stopping look, not adjusted for the sequential stopping."""
+    looks: list[Look] = field(default_factory=list)
+
+
+def _z_stats(d: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise z-scale statistics of mean(d) > 0 and of mean(d) > delta (d: sims x n)."""
+    n = d.shape[-1]
+    mean = d.mean(axis=-1)
+    se = d.std(axis=-1, ddof=1) / math.sqrt(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, t_to_z(mean / se, n - 1), 0.0)
+        zd = np.where(se > 0, t_to_z((mean - delta) / se, n - 1), 0.0)
+    return z, zd
+
+
+def _classify(z: np.ndarray, zd: np.ndarray, z_neg: np.ndarray | None, c: float, f: float) -> np.ndarray:
+    """0 continue, 1 efficacy, 2 futility. z_neg: for two-sided, the statistic of mean < -delta."""
+    if z_neg is None:
+        eff = z >= c
+        fut = zd <= -f
+    else:
+        eff = np.abs(z) >= c
+        fut = (zd <= -f) & (z_neg <= -f)  # both one-sided tests exclude |effect| >= delta
+    return np.where(eff, 1, np.where(fut, 2, 0))
+
+
+def decide(diffs: Sequence[float], design: Design, looks: Sequence[int] | None = None) -> Decision:
+    """Replay the looks over the paired differences (in seed order) and stop at the first
+    crossing. ``looks`` are the seed counts at which the sweep looked (default: every round
+    from min_seeds); the answer at fewer than min_seeds is 'too few seeds'."""
+    d = np.asarray(list(diffs), dtype=float)
+    d = d[np.isfinite(d)]
+    sign = -1.0 if design.direction == "less" else 1.0
+    ns = [n for n in (looks if looks is not None else design.looks(len(d))) if n <= len(d)]
+    if len(d) < design.min_seeds or not ns:
+        return Decision("too few seeds", len(d), *_estimate(d), [])
+    c, f = design.bounds(ns)
+    out: list[Look] = []
+    for k, n in enumerate(ns):
+        x = sign * d[:n]
+        z, zd = _z_stats(x[None, :], design.smallest_effect)
+        z_neg = None
+        if design.direction == "two-sided":
+            z_neg = _z_stats(-x[None, :], design.smallest_effect)[1]
+        code = int(_classify(z, zd, z_neg, c[k], f[k])[0])
+        verdict = ("continue", "efficacy", "futility")[code]
+        if verdict == "continue" and n >= design.max_seeds:
+            verdict = "max reached"
+        out.append(Look(n, float(d[:n].mean()), float(z[0]), float(c[k]), float(zd[0]), float(f[k]), verdict))
+        if verdict != "continue":
+            return Decision(verdict, n, *_estimate(d[:n]), out)
+    return Decision("continue", ns[-1], *_estimate(d[: ns[-1]]), out)
+
+
+def _estimate(d: np.ndarray) -> tuple[float, float, float]:
+    if not len(d):
+        return math.nan, math.nan, math.nan
+    m = float(d.mean())
+    if len(d) < 3 or d.std(ddof=1) == 0:
+        return m, math.nan, math.nan
+    ci = sps.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    return m, float(ci.low), float(ci.high)
+
+
+# --- simulation of the design (no training) ---------------------------------------------------
+
+
+def simulate(design: Design, effect: float, sd: float, n_sims: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Run the design on ``n_sims`` sequences of normal paired differences (mean ``effect``,
+    sd ``sd``): the fractions stopped at efficacy / futility / max, and the mean seeds used."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(effect, sd, size=(n_sims, design.max_seeds))
+    if design.direction == "less":
+        d = -d
+    ns = design.looks()
+    c, f = design.bounds(ns)
+    result = np.zeros(n_sims, dtype=int)  # 0 running / max reached, 1 efficacy, 2 futility
+    used = np.full(n_sims, design.max_seeds)
+    running = np.ones(n_sims, dtype=bool)
+    for k, n in enumerate(ns):
+        z, zd = _z_stats(d[:, :n], design.smallest_effect)
+        z_neg = _z_stats(-d[:, :n], design.smallest_effect)[1] if design.direction == "two-sided" else None
+        code = _classify(z, zd, z_neg, c[k], f[k])
+        stop = running & (code > 0)
+        result[stop], used[stop] = code[stop], n
+        running &= ~stop
+    return {"efficacy": float((result == 1).mean()), "futility": float((result == 2).mean()),
+            "max_reached": float((result == 0).mean()), "mean_seeds": float(used.mean())}
