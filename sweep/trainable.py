@@ -64,6 +64,117 @@ def resolve_trial_config(
     return cfg
 
 
+MIN_DRIVER = {"13": "580", "12": "525", "11": "450"}
+"""Minimum Linux NVIDIA driver per CUDA major version (NVIDIA's minor-version compatibility:
+a wheel built with CUDA 13.x runs on a 580 or newer driver)."""
+
+
+def trial_device(device: str, gpu_ids: list) -> tuple[str, str | None]:
+    """The device a trial trains on, and a line saying why it is the CPU despite a GPU share.
+
+    ``gpu_ids``: what Ray assigned (``ray.get_gpu_ids()``). Without a share, ``auto`` means
+    the CPU (a trial must not take a GPU Ray did not give it). With one, ``cpu`` is honoured
+    (logical GPUs used only to pack trials) with a line saying so, and anything else needs a
+    usable CUDA: otherwise :class:`CudaUnusable` names the cause and the fix.
+    """
+    if not gpu_ids:
+        return ("cpu" if device == "auto" else device), None
+    if device == "cpu":
+        return "cpu", (f"trains on the CPU although Ray assigned GPU {','.join(map(str, gpu_ids))}: "
+                       "train.device is cpu (the GPU share only packs trials)")
+    problem = cuda_problem()
+    if problem:
+        raise CudaUnusable(f"Ray assigned GPU {','.join(map(str, gpu_ids))} to this trial but {problem}")
+    return device, None
+
+
+class CudaUnusable(RuntimeError):
+    """A trial holds a GPU share but torch cannot use the GPU."""
+
+
+def cuda_problem() -> str | None:
+    """Why torch cannot train on this node's GPU (the cause and what to install), or None."""
+    import torch
+
+    cuda = torch.version.cuda
+    if cuda is None:
+        return ("this torch is a CPU-only build: install the CUDA wheel on every GPU node "
+                f"(pip install torch=={torch.__version__.split('+')[0]} --index-url "
+                "https://download.pytorch.org/whl/cu130)")
+    driver = nvidia_driver_version()
+    need = MIN_DRIVER.get(cuda.split(".")[0], "a recent")
+    if not torch.cuda.is_available():
+        try:
+            torch.cuda.init()
+            reason = "torch sees no CUDA device"
+        except Exception as e:  # torch says "no NVIDIA driver" / "driver ... too old" here
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if driver is None:
+            cause = "no NVIDIA driver is loaded on this node (/proc/driver/nvidia/version is missing)"
+        elif "too old" in reason.lower() or _older(driver, need):
+            cause = f"the NVIDIA driver {driver} is too old for this torch's CUDA {cuda}"
+        else:
+            cause = f"torch cannot initialise CUDA ({reason}; CUDA_VISIBLE_DEVICES={visible!r})"
+        return (f"torch.cuda.is_available() is False: {cause}. This torch {torch.__version__} needs an NVIDIA "
+                f"driver >= {need} (CUDA {cuda}) and a GPU of {_arch_range(torch.cuda.get_arch_list())}: "
+                "install or update the driver, or install a torch wheel built for the CUDA your driver supports "
+                "(https://pytorch.org/get-started/locally/); or run the sweep with train.device: cpu")
+    arches = torch.cuda.get_arch_list()
+    for i in range(torch.cuda.device_count()):
+        cap = torch.cuda.get_device_capability(i)
+        if not arch_supported(cap, arches):
+            name = torch.cuda.get_device_name(i)
+            return (f"its GPU {i} ({name}, compute capability {cap[0]}.{cap[1]}) is not among the architectures "
+                    f"this torch {torch.__version__} was built for ({', '.join(arches)}): install a torch wheel "
+                    f"built for an older CUDA that still includes sm_{cap[0]}{cap[1]} "
+                    f"(https://pytorch.org/get-started/previous-versions/), or use a GPU of {_arch_range(arches)}")
+    return None
+
+
+def arch_supported(cap: tuple[int, int], arches: list[str]) -> bool:
+    """Whether a GPU of compute capability ``cap`` runs this torch's kernels: a cubin of the same
+    major version and a minor version <= its own, or PTX (compute_XY) of a version <= its own."""
+    major, minor = cap
+    for a in arches:
+        kind, _, num = a.partition("_")
+        if not num.isdigit() or len(num) < 2:
+            continue
+        a_major, a_minor = int(num[:-1]), int(num[-1])
+        if kind == "sm" and a_major == major and a_minor <= minor:
+            return True
+        if kind == "compute" and (a_major, a_minor) <= (major, minor):
+            return True
+    return False
+
+
+def _arch_range(arches: list[str]) -> str:
+    sms = sorted(int(a[3:]) for a in arches if a.startswith("sm_") and a[3:].isdigit())
+    if not sms:
+        return "the architectures this torch was built for"
+    return f"compute capability {sms[0] // 10}.{sms[0] % 10} or newer (sm_{sms[0]} .. sm_{sms[-1]})"
+
+
+def nvidia_driver_version() -> str | None:
+    """The loaded NVIDIA kernel driver's version ("580.65.06"), or None when none is loaded."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    for word in text.split():
+        parts = word.split(".")
+        if len(parts) >= 2 and all(p.isdigit() for p in parts):
+            return word
+    return "unknown"
+
+
+def _older(driver: str, need: str) -> bool:
+    try:
+        return int(driver.split(".")[0]) < int(need)
+    except ValueError:
+        return False
+
+
 def _trial_folder(experiment_dir: str | None) -> Path:
     """The trial's folder in the sweep's storage when that is a local (or shared) file system;
     otherwise the trial's working directory, which Ray syncs to storage as artifacts."""
@@ -99,8 +210,10 @@ def run_trial(
     from neuroreg.train import PreparedData, collapse_summary, train
 
     cfg = resolve_trial_config(config, base, seeds, cpus_per_trial)
-    if cfg.train.device == "auto" and not ray.get_gpu_ids():
-        cfg.train.device = "cpu"  # a trial without a GPU share must not take one Ray did not give it
+    # Never a silent CPU: a trial Ray gave a GPU share fails at once when CUDA is unusable.
+    cfg.train.device, why = trial_device(cfg.train.device, ray.get_gpu_ids())
+    if why:
+        print(f"trial {tune.get_context().get_trial_id()}: {why}", flush=True)
     torch.set_num_threads(cfg.train.num_threads)
     trial_dir = _trial_folder(experiment_dir)
     run_dir = trial_dir / "run"
