@@ -21,6 +21,8 @@ RANDOM_TYPES = ("uniform", "loguniform", "int", "choice")
 ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("none", "asha")
 MODES = ("min", "max")
+DIRECTIONS = ("greater", "less", "two-sided")
+"""Directions of a declared hypothesis: arm - baseline > 0, < 0, or != 0."""
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -99,6 +101,30 @@ class FailureSpec:
 
 
 @dataclass
+class HypothesisSpec:
+    """A declared hypothesis: every regularized arm against its baseline on ``metric``."""
+
+    metric: str
+    direction: str = "greater"
+    """greater (arm - baseline > 0), less, or two-sided."""
+    smallest_effect: float = 0.0
+    """The smallest difference worth finding (metric units): the futility rule excludes it,
+    and the planning numbers give the seeds it needs."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "direction": self.direction, "smallest_effect": self.smallest_effect}
+
+
+@dataclass
+class SequentialSpec:
+    """``seeds: {min: 3, max: 12}``: seeds are added round by round until every declared
+    hypothesis is decided (analysis.sequential), at most ``max``."""
+
+    min: int
+    max: int
+
+
+@dataclass
 class SweepSpec:
     name: str
     base: dict[str, Any]
@@ -119,6 +145,13 @@ class SweepSpec:
     baseline: bool = True
     """Add an unregularized arm (regularizer.target none) for every seed, unless the trial
     list already has one: a comparison needs its baseline."""
+    hypotheses: list[HypothesisSpec] = field(default_factory=list)
+    """Declared hypotheses: the confirmatory family (Holm); every other comparison is exploratory."""
+    alpha: float = 0.05
+    """Type-I error of the confirmatory family (and the level of every interval and test)."""
+    sequential: SequentialSpec | None = None
+    """Sequential seeds: ``seeds`` then holds the first ``min`` seeds; rounds add seeds
+    min, min + 1, ... up to max - 1 for the arms not yet decided."""
 
     # --- derived ------------------------------------------------------------------
     @property
@@ -166,7 +199,8 @@ class SweepSpec:
             "space": {p.key: p.to_dict() for p in self.space},
             "search": {k: v for k, v in vars(self.search).items() if v is not None},
             "scheduler": dict(vars(self.scheduler)),
-            "seeds": list(self.seeds) if self.seeds else None,
+            "seeds": ({"min": self.sequential.min, "max": self.sequential.max} if self.sequential
+                      else list(self.seeds) if self.seeds else None),
             "metric": self.metric,
             "mode": self.mode,
             "num_samples": self.num_samples,
@@ -174,6 +208,8 @@ class SweepSpec:
             "resources": dict(vars(self.resources)),
             "baseline": self.baseline,
             "failure": dict(vars(self.failure)),
+            "hypotheses": [h.to_dict() for h in self.hypotheses],
+            "alpha": self.alpha,
         }
 
     def to_yaml(self) -> str:

@@ -14,6 +14,10 @@ oversized files refused) holds::
     search: {algorithm: optuna, seed: 0}   # optuna | random | grid; metrics/modes: multi-objective
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or type: none
     seeds: 3                            # repeat every configuration over train.seed 0, 1, 2 (or a list)
+    # seeds: {min: 3, max: 12}          # sequential: seeds added until the hypotheses are decided
+    hypotheses:                         # declared before the sweep: the confirmatory family (Holm)
+      - {metric: noise_acc_gaussian_0.4, direction: greater, smallest_effect: 0.05}
+    alpha: 0.05                         # type-I error of the confirmatory family
     metric: best_val_acc
     mode: max
     num_samples: 6                      # configurations to draw (random / optuna)
@@ -50,6 +54,7 @@ from neuroreg.yamlio import read_yaml_file
 from sweep.space import (  # noqa: F401 (the typed form, re-exported for callers)
     ALGORITHMS,
     BASELINE_PARAMS,
+    DIRECTIONS,
     MAX_SAMPLES,
     MODES,
     PARAM_TYPES,
@@ -57,10 +62,12 @@ from sweep.space import (  # noqa: F401 (the typed form, re-exported for callers
     SCHEDULERS,
     SPACES_DIR,
     FailureSpec,
+    HypothesisSpec,
     ParamSpec,
     ResourcesSpec,
     SchedulerSpec,
     SearchSpec,
+    SequentialSpec,
     SweepSpec,
     config_value,
     enumerate_trials,
@@ -69,8 +76,9 @@ from sweep.validation import validate_spec
 
 _TOP_KEYS = (
     "name", "description", "base", "space", "search", "scheduler", "seeds", "metric", "mode",
-    "num_samples", "time_budget_s", "resources", "baseline", "failure",
+    "num_samples", "time_budget_s", "resources", "baseline", "failure", "hypotheses", "alpha",
 )
+MAX_SEQUENTIAL_SEEDS = 1000
 
 
 def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
@@ -146,7 +154,9 @@ def parse_spec(
     spec.failure = _section(raw, "failure", FailureSpec)
     if spec.failure.max_failures is None or spec.failure.max_failures < -1:
         raise ConfigError("failure.max_failures", f"must be an integer >= -1 (-1: no limit), got {spec.failure.max_failures}")
-    spec.seeds = _parse_seeds(raw.get("seeds"))
+    spec.seeds, spec.sequential = _parse_seeds(raw.get("seeds"))
+    spec.hypotheses = _parse_hypotheses(raw.get("hypotheses"))
+    spec.alpha = _parse_alpha(raw.get("alpha", 0.05))
     spec.space = _parse_space(raw.get("space"))
     validate_spec(spec, check_files)
     return spec
@@ -169,18 +179,64 @@ def _section(raw: dict, key: str, cls: type) -> Any:
     return cls() if value is None else build_dataclass(cls, value, key)
 
 
-def _parse_seeds(v: Any) -> list[int] | None:
+def _parse_seeds(v: Any) -> tuple[list[int] | None, SequentialSpec | None]:
     if v is None:
-        return None
+        return None, None
+    if isinstance(v, dict):
+        extra = sorted(set(map(str, v)) - {"min", "max"})
+        lo, hi = v.get("min"), v.get("max")
+        if extra or not all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi)):
+            raise ConfigError("seeds", f"a sequential design is {{min: 3, max: 12}} (two integers), got {v!r}")
+        if not 2 <= lo <= hi <= MAX_SEQUENTIAL_SEEDS:
+            raise ConfigError("seeds", f"needs 2 <= min <= max <= {MAX_SEQUENTIAL_SEEDS} (a paired t-test needs "
+                                       f"2 seeds), got min {lo}, max {hi}")
+        return list(range(lo)), SequentialSpec(lo, hi)
     if isinstance(v, int) and not isinstance(v, bool):
         if v < 1:
             raise ConfigError("seeds", f"must be >= 1 (the number of seeds) or a list of seeds, got {v}")
-        return list(range(v))
+        return list(range(v)), None
     if isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool) for s in v):
         if len(set(v)) != len(v):
             raise ConfigError("seeds", f"lists a seed twice: {v}")
-        return list(v)
-    raise ConfigError("seeds", f"must be a count (e.g. 3) or a non-empty list of integer seeds, got {v!r}")
+        return list(v), None
+    raise ConfigError("seeds", f"must be a count (e.g. 3), a non-empty list of integer seeds, or {{min: 3, max: 12}} "
+                               f"(sequential), got {v!r}")
+
+
+def _parse_hypotheses(v: Any) -> list[HypothesisSpec]:
+    """``hypotheses: [{metric, direction, smallest_effect}, ...]``; the metric names are
+    checked against what the trials report in sweep.validation."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise ConfigError("hypotheses", f"must be a list of {{metric, direction, smallest_effect}}, got {v!r}")
+    out: list[HypothesisSpec] = []
+    for i, h in enumerate(v):
+        where = f"hypotheses[{i}]"
+        if not isinstance(h, dict):
+            raise ConfigError(where, f"must be a mapping such as {{metric: noise_acc_gaussian_0.4, direction: "
+                                     f"greater, smallest_effect: 0.05}}, got {h!r}")
+        extra = sorted(set(map(str, h)) - {"metric", "direction", "smallest_effect"})
+        if extra:
+            raise ConfigError(where, f"unknown key(s) {extra}; a hypothesis has metric, direction, smallest_effect")
+        metric, direction, effect = h.get("metric"), h.get("direction", "greater"), h.get("smallest_effect")
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError(f"{where}.metric", f"must name a metric the trials report, got {metric!r}")
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"{where}.direction", f"must be one of {list(DIRECTIONS)}, got {direction!r}")
+        if isinstance(effect, bool) or not isinstance(effect, (int, float)) or not (math.isfinite(effect) and effect > 0):
+            raise ConfigError(f"{where}.smallest_effect", "must be a number > 0: the smallest difference worth "
+                                                          f"finding, in the metric's units (e.g. 0.05), got {effect!r}")
+        if any(o.metric == metric for o in out):
+            raise ConfigError(f"{where}.metric", f"{metric!r} is declared twice")
+        out.append(HypothesisSpec(metric, direction, float(effect)))
+    return out
+
+
+def _parse_alpha(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.5:
+        raise ConfigError("alpha", f"must be a number in (0, 0.5), e.g. 0.05, got {v!r}")
+    return float(v)
 
 
 def _parse_space(v: Any) -> list[ParamSpec]:

@@ -100,6 +100,10 @@ def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
         for value in _probe_values(p):
             _check_value(spec, p, value, check_files)
     _check_metrics(spec)
+    if spec.sequential is not None and not spec.hypotheses:
+        raise ConfigError("seeds", "seeds: {min, max} adds seeds until the declared hypotheses are decided, but "
+                                   "this sweep declares none: add hypotheses: [{metric, direction, smallest_effect}] "
+                                   "or give a fixed number of seeds")
     if algo == "grid" and spec.num_samples != 1:
         raise ConfigError("num_samples", "a grid runs each point once: set num_samples: 1 and repeat with seeds")
     if algo == "optuna" and not spec.space:
@@ -110,7 +114,9 @@ def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
         for trial in enumerate_trials(spec):
             _validate(config_with(spec.base, trial), "space", check_files)  # every full combination
     if spec.seeds:
-        for s in spec.seeds:
+        # A sequential sweep may add seeds up to max - 1: those must be valid seeds too.
+        later = [spec.sequential.max - 1] if spec.sequential and spec.sequential.max > len(spec.seeds) else []
+        for s in [*spec.seeds, *later]:
             d = copy.deepcopy(spec.base)
             set_dotted(d, "train.seed", s)
             _validate(d, "seeds", check_files)
@@ -130,11 +136,13 @@ def _check_metrics(spec: SweepSpec) -> None:
             return  # a suite whose names are known only at run time (frequency)
         names |= got
     wanted = [("metric", spec.metric)] + [(f"search.metrics[{i}]", m) for i, m in enumerate(spec.search.metrics or [])]
+    wanted += [(f"hypotheses[{i}].metric", h.metric) for i, h in enumerate(spec.hypotheses)]
     for where, m in wanted:
         if m not in names:
             close = sorted(n for n in names if m.split("_")[0] in n)[:6] or sorted(names)[:6]
             raise ConfigError(where, f"{m!r} is not a metric these trials report (their suites: "
-                                     f"{spec.base_config.evaluation.suites}); e.g. {close}")
+                                     f"{spec.base_config.evaluation.suites}); e.g. {close}; name a reported "
+                                     "metric or add the suite that reports it to base.evaluation.suites")
 
 
 def _near(key: str, paths: set[str]) -> str:

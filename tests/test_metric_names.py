@@ -46,6 +46,10 @@ BASE = {"data": {"name": "digits", "image_size": 16}, "model": {"width": 4},
     ({"metric": "clean_accuracy"}, "metric"),  # a typo
     ({"search": {"algorithm": "optuna", "metrics": ["clean_acc", "robustness"], "modes": ["max", "max"]},
       "space": {"regularizer.alpha": {"loguniform": [0.1, 1]}}}, "search.metrics[1]"),
+    # a declared hypothesis on a metric no trial reports (no adversarial suite; a typo)
+    ({"hypotheses": [{"metric": "median_l2", "direction": "greater", "smallest_effect": 0.1}]}, "hypotheses[0].metric"),
+    ({"hypotheses": [{"metric": "noise_acc_gaussian_0.4", "smallest_effect": 0.05},
+                     {"metric": "noise_acc_gausian_0.3", "smallest_effect": 0.05}]}, "hypotheses[1].metric"),
 ])
 def test_unreported_metric_is_refused(top, field):
     raw = {"name": "m", "base": BASE, "space": {"regularizer.alpha": {"uniform": [0.1, 1]}},
