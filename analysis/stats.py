@@ -422,3 +422,43 @@ def decision_line(r: Any, alpha: float) -> str:
     diff = "–" if not r.diff == r.diff else f"{r.diff:+.3g}"
     return (f"{r.arm} {SYMBOLS.get(r.direction, '?')} {r.baseline_arm} on {r.metric} "
             f"(smallest effect {r.smallest_effect:g}): {diff} {ci}, p_{CONFIRMATORY_CORRECTION} {p}, {verdict}")
+
+
+def sequential_looks(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str = "train.seed") -> pd.DataFrame:
+    """The ``decisions`` table of a sequential sweep: one row per look, declared hypothesis and
+    regularized arm (arm, baseline_arm, metric, n, estimate, statistic, efficacy_bound,
+    futility_statistic, futility_bound, decision), replayed over the seeds in order with the
+    alpha split over the confirmatory rows, exactly as the decision lines are."""
+    seq, hyps = sequential_of(spec), hypotheses_of(spec)
+    if not seq or not hyps:
+        return pd.DataFrame()
+    alpha = float(spec.get("alpha") or ALPHA)
+    pairs = [(h, arm, a, base, base_arm) for h in hyps if h["metric"] in done.columns
+             for arm, a, base, base_arm in arms_with_baseline(done)]
+    rows = []
+    for h, arm, a, base, base_arm in pairs:
+        design = Design(h["smallest_effect"], h["direction"], alpha / len(pairs), seq["min"], seq["max"])
+        d = decide(paired_differences(a, base, h["metric"], seed_col).to_numpy(float), design)
+        rows += [{"arm": arm, "baseline_arm": base_arm, "metric": h["metric"], **vars(look)} for look in d.looks]
+        if not d.looks:
+            rows.append({"arm": arm, "baseline_arm": base_arm, "metric": h["metric"], "n": d.n, "decision": d.decision})
+    return pd.DataFrame(rows)
+
+
+def next_round(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str = "train.seed") -> dict[str, bool]:
+    """After a completed round of a sequential sweep: arm -> whether it gets one more seed.
+
+    A regularized arm continues while any of its declared hypotheses is undecided (continue,
+    or fewer than min seeds) and max is not reached; a baseline arm continues while any arm
+    of its condition does. Pure: ``done`` is the finished trials (arm, baseline, condition,
+    the seed column and the metrics), ``spec`` the saved sweep spec (SweepSpec.to_dict())."""
+    looks = sequential_looks(done, spec, seed_col)
+    out: dict[str, bool] = {}
+    if not len(looks):
+        return out
+    last = looks.groupby(["arm", "metric"], sort=False).tail(1)
+    more = last.groupby("arm")["decision"].agg(lambda s: bool(s.isin(["continue", "too few seeds"]).any()))
+    out.update({str(a): bool(v) for a, v in more.items()})
+    for base_arm, g in last.groupby("baseline_arm"):
+        out[str(base_arm)] = any(out[str(a)] for a in g["arm"].unique())
+    return out
