@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +25,7 @@ from neuroreg.atomic import atomic_write
 from neuroreg.config import DataConfig
 from neuroreg.errors import ConfigError
 from neuroreg.images import ImageData, resize_uint8, to_grayscale
+from neuroreg.safe_io import env_limit, is_regular, open_regular
 
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -87,36 +90,99 @@ def extract_archive(archive: Path) -> Path:
         raise
 
 
+MAX_EXTRACT_BYTES = 256 << 30
+"""Most bytes an archive may extract to (256 GiB; ImageNet's training set is ~140 GiB)."""
+MAX_EXTRACT_RATIO = 50
+"""Most extracted bytes per archive byte (JPEG and PNG barely compress: ~1)."""
+MAX_MEMBERS = 5_000_000
+"""Most members of an archive (ImageNet: 1.33 M files)."""
+MAX_PIXELS = 64_000_000
+"""Largest image decoded (64 megapixels); larger is refused by name, not decoded."""
+FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP", "GIF")
+"""Image formats decoded (ImageFolder's extensions); PIL's others (EPS runs Ghostscript) never."""
+
+
+def _limits() -> tuple[int, int, int]:
+    return (env_limit("NEUROREG_MAX_EXTRACT_BYTES", MAX_EXTRACT_BYTES),
+            env_limit("NEUROREG_MAX_EXTRACT_RATIO", MAX_EXTRACT_RATIO),
+            env_limit("NEUROREG_MAX_ARCHIVE_MEMBERS", MAX_MEMBERS))
+
+
 def _extract_files(archive: Path, dest: Path) -> None:
-    """Write the archive's regular files under ``dest``.
+    """Write the archive's regular files under ``dest``, within bounds.
 
     Hand-written instead of ``TarFile.extractall(filter="data")``: that sets mode, owner
     and times per member and is 2x slower on 60,000 small JPEGs (CIFAR-10: ~22 s vs ~10 s).
     Only regular files are written, links and devices are skipped, and names that are
     absolute or climb out with ``..`` are refused, so nothing lands outside ``dest``.
+    Only plain and gzip tar are opened (tarfile would also expand bz2 and xz). Each
+    member's size is checked before it is written: the total against
+    $NEUROREG_MAX_EXTRACT_BYTES, the total per archive byte against
+    $NEUROREG_MAX_EXTRACT_RATIO (a bomb), and the member count against
+    $NEUROREG_MAX_ARCHIVE_MEMBERS. The caller removes ``dest`` on any failure.
     """
-    with tarfile.open(archive) as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            rel = Path(os.path.normpath(m.name))
-            if rel.is_absolute() or rel.parts[:1] == ("..",) or not rel.parts:
-                raise ConfigError("data.root", f"{archive} holds an unsafe member name {m.name!r}")
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(m)
-            if src is None:
-                continue
-            with open(target, "wb") as f:
-                shutil.copyfileobj(src, f)
+    max_bytes, max_ratio, max_members = _limits()
+    with open_regular(archive, "data.root", ".tar/.tar.gz archive") as raw:
+        size = os.fstat(raw.fileno()).st_size
+        mode = "r:gz" if raw.read(2) == b"\x1f\x8b" else "r:"
+        raw.seek(0)
+        budget = min(max_bytes, max_ratio * size + (1 << 20))
+        total = count = 0
+        try:
+            with tarfile.open(fileobj=raw, mode=mode) as tf:
+                while (m := tf.next()) is not None:
+                    tf.members.clear()  # no list of millions of members kept in memory
+                    count += 1
+                    if count > max_members:
+                        raise ConfigError("data.root", f"{archive} holds more than {max_members} members; "
+                                          "raise $NEUROREG_MAX_ARCHIVE_MEMBERS if that is meant")
+                    if not m.isfile():
+                        continue
+                    rel = Path(os.path.normpath(m.name))
+                    if rel.is_absolute() or rel.parts[:1] == ("..",) or not rel.parts:
+                        raise ConfigError("data.root", f"{archive} holds an unsafe member name {m.name!r}")
+                    total += m.size
+                    if total > budget:
+                        why = (f"{max_ratio} times its own size of {size} bytes (a decompression bomb?); raise "
+                               "$NEUROREG_MAX_EXTRACT_RATIO" if budget < max_bytes else
+                               f"{max_bytes >> 30} GiB; raise $NEUROREG_MAX_EXTRACT_BYTES")
+                        raise ConfigError("data.root", f"{archive} extracts to more than {why} if that is meant "
+                                          f"(stopped at member {m.name!r})")
+                    target = dest / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tf.extractfile(m)
+                    if src is None:
+                        continue
+                    with open(target, "wb") as f:
+                        shutil.copyfileobj(src, f)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+            raise ConfigError("data.root", f"cannot extract {archive}: {why} (give a complete plain or gzip tar "
+                                           "of class folders, with space in the cache to extract it)") from None
 
 
 def _decode(path: str) -> np.ndarray:
-    """One image file -> uint8 H x W x 3 RGB, with PIL as ImageFolder's loader does."""
+    """One image file -> uint8 H x W x 3 RGB, with PIL as ImageFolder's loader does.
+
+    Only regular files in the formats of ``FORMATS``, at most $NEUROREG_MAX_PIXELS pixels
+    (read from the header before decoding); a file that is none of these, or corrupt or
+    truncated, is a ConfigError naming it.
+    """
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    max_pixels = env_limit("NEUROREG_MAX_PIXELS", MAX_PIXELS)
+    try:
+        with open_regular(path, "data.root", "image file") as fh, Image.open(fh, formats=FORMATS) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ConfigError("data.root", f"image {path} is {w} x {h} pixels, above the limit of "
+                                  f"{max_pixels}; shrink it, or raise $NEUROREG_MAX_PIXELS if that is meant")
+            return np.asarray(im.convert("RGB"))
+    except ConfigError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ConfigError("data.root", f"image {path} cannot be decoded ({why}); remove or replace it") from None
 
 
 def _decode_chunk(paths: Sequence[str], grayscale: bool, size: int | None) -> list[Tensor]:
@@ -187,6 +253,8 @@ def load_imagefolder(cfg: DataConfig, train: bool, field: str, root: Path) -> Im
     # become an ImageFolder class).
     cached = _cache_home() / cache_name
     try:
+        if not is_regular(cached):  # absent, or something planted that a read would hang on
+            raise OSError("no cached decode")
         images = torch.from_numpy(np.load(cached, allow_pickle=False))
         if images.dtype == torch.uint8 and images.dim() == 4 and images.shape[0] == len(labels):
             return ImageData(images, labels, list(ds.classes))
@@ -202,7 +270,14 @@ def load_imagefolder(cfg: DataConfig, train: bool, field: str, root: Path) -> Im
 
 
 def _stat_key(path: str) -> str:
-    st = os.stat(path)
+    """Size and mtime of an image file; a FIFO, device or socket among the images is refused by name."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError("data.root", f"cannot read image {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError("data.root", f"{path} is not a regular file (a FIFO, device or socket?); remove it "
+                                       "from the image folder")
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 

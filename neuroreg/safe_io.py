@@ -92,7 +92,8 @@ def read_bytes(path: str | os.PathLike, field: str, max_bytes: int, what: str = 
     with open_regular(path, field, what) as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ConfigError(field, f"{path} is larger than {_size(max_bytes)}; a {what} is smaller")
+        raise ConfigError(field, f"{path} is larger than {_size(max_bytes)}; a {what} is a small file "
+                                 f"(at most {_size(max_bytes)})")
     return data
 
 
@@ -144,6 +145,39 @@ def npy_header(f: BinaryIO, path: str | os.PathLike, field: str) -> tuple[tuple[
     return shape, dtype, fortran, f.tell()
 
 
+def npy_info(
+    path: str | os.PathLike, field: str, max_bytes: int | None = None, ndims: tuple[int, ...] = (1, 2, 3, 4),
+) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a user's ``.npy`` with every check of ``load_npy``, without reading the data."""
+    with open_regular(path, field, ".npy file") as f:
+        shape, dtype, _, _ = _checked_header(f, path, field, max_bytes, ndims)
+    return shape, dtype
+
+
+def _checked_header(f: BinaryIO, path: str | os.PathLike, field: str, max_bytes: int | None,
+                    ndims: tuple[int, ...]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    limit = max_bytes if max_bytes is not None else env_limit("NEUROREG_MAX_NPY_BYTES", MAX_NPY_BYTES)
+    shape, dtype, fortran, offset = npy_header(f, path, field)
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        what = {"c": "complex", "O": "Python objects (a pickle)", "U": "text", "S": "bytes", "V": "records"}
+        raise ConfigError(field, f"{path} holds {what.get(dtype.kind, dtype.kind)} values ({dtype}); "
+                                 "give an array of real numbers (float or int)")
+    if len(shape) not in ndims:
+        raise ConfigError(field, f"{path} has shape {shape}; expected {' or '.join(map(str, ndims))} dimensions")
+    n = 1
+    for s in shape:
+        n *= s
+    nbytes = n * dtype.itemsize
+    if nbytes > limit:
+        raise ConfigError(field, f"{path} claims shape {shape} ({_size(nbytes)} of {dtype}), above the limit "
+                                 f"of {_size(limit)}; raise it with $NEUROREG_MAX_NPY_BYTES if that is meant")
+    size = os.fstat(f.fileno()).st_size
+    if size - offset < nbytes:
+        raise ConfigError(field, f"{path} is truncated: its header claims {nbytes} bytes of data, "
+                                 f"the file holds {max(0, size - offset)}")
+    return shape, dtype, fortran, offset
+
+
 def load_npy(
     path: str | os.PathLike, field: str, max_bytes: int | None = None, ndims: tuple[int, ...] = (1, 2, 3, 4),
 ) -> np.ndarray:
@@ -153,26 +187,9 @@ def load_npy(
     string array, a rank outside ``ndims``, more than ``max_bytes`` of data, or a file
     shorter than its header claims.
     """
-    limit = max_bytes if max_bytes is not None else env_limit("NEUROREG_MAX_NPY_BYTES", MAX_NPY_BYTES)
     with open_regular(path, field, ".npy file") as f:
-        shape, dtype, fortran, offset = npy_header(f, path, field)
-        if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
-            what = {"c": "complex", "O": "Python objects (a pickle)", "U": "text", "S": "bytes", "V": "records"}
-            raise ConfigError(field, f"{path} holds {what.get(dtype.kind, dtype.kind)} values ({dtype}); "
-                                     "give an array of real numbers (float or int)")
-        if len(shape) not in ndims:
-            raise ConfigError(field, f"{path} has shape {shape}; expected {' or '.join(map(str, ndims))} dimensions")
-        n = 1
-        for s in shape:
-            n *= s
-        nbytes = n * dtype.itemsize
-        if nbytes > limit:
-            raise ConfigError(field, f"{path} claims shape {shape} ({_size(nbytes)} of {dtype}), above the limit "
-                                     f"of {_size(limit)}; raise it with $NEUROREG_MAX_NPY_BYTES if that is meant")
-        size = os.fstat(f.fileno()).st_size
-        if size - offset < nbytes:
-            raise ConfigError(field, f"{path} is truncated: its header claims {nbytes} bytes of data, "
-                                     f"the file holds {max(0, size - offset)}")
+        shape, dtype, fortran, _ = _checked_header(f, path, field, max_bytes, ndims)
+        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
         data = np.fromfile(f, dtype=dtype, count=n) if n else np.empty(0, dtype)
     if data.size != n:
         raise ConfigError(field, f"{path} is truncated (read {data.size} of {n} values)")

@@ -18,6 +18,7 @@ import torch
 
 from neuroreg.errors import ConfigError
 from neuroreg.registry import Registry
+from neuroreg.safe_io import check_regular, load_npy, npy_info
 
 if TYPE_CHECKING:
     from neuroreg.config import RegularizerConfig
@@ -251,12 +252,42 @@ def check_matrix(m: np.ndarray, n: int, field: str) -> torch.Tensor:
     return torch.as_tensor(np.clip(m, -1, 1), dtype=torch.float32)
 
 
-def _load_npy(path: str, field: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(field, f"file {p} does not exist")
-    # allow_pickle=False: a user-supplied .npy must never run code on load.
-    return np.load(p, allow_pickle=False)
+def _load_npy(path: str, field: str, ndims: tuple[int, ...]) -> np.ndarray:
+    # Header first, never allow_pickle: a user-supplied .npy must never run code or exhaust memory.
+    return load_npy(path, field, ndims=ndims)
+
+
+def check_responses_shape(shape: tuple[int, ...], n: int | None, path: str) -> None:
+    """Recorded responses: stimuli x neurons or repeats (>= 2) x stimuli x neurons, >= 1 neuron,
+    and (``n`` given) one stimulus per image of the regularization set."""
+    field = "regularizer.neural_responses"
+    if len(shape) == 3 and shape[0] < 2:
+        raise ConfigError(field, f"{path} has {shape[0]} repeat(s) (shape {shape}); SNR weighting needs >= 2 "
+                                 "repeats, or give the trial-averaged responses as stimuli x neurons")
+    if shape[-1] < 1:
+        raise ConfigError(field, f"{path} has no neurons (shape {shape})")
+    stimuli = shape[-2]
+    if n is not None and stimuli != n:
+        raise ConfigError(
+            field,
+            f"responses of shape {shape} in {path} do not match the regularization set of {n} images "
+            "(expected stimuli x neurons or repeats x stimuli x neurons, stimuli in the "
+            "order of the regularization set); set regularizer.n accordingly",
+        )
+
+
+def check_responses(r: np.ndarray, n: int, path: str) -> np.ndarray:
+    """The values of recorded responses: finite, and some neuron varying across stimuli."""
+    field = "regularizer.neural_responses"
+    check_responses_shape(r.shape, n, path)
+    r = r.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(r)):
+        raise ConfigError(field, f"{path} holds NaN or infinite values ({int((~np.isfinite(r)).sum())} of {r.size})")
+    mean = r.mean(axis=0) if r.ndim == 3 else r
+    if not np.any(mean.std(axis=0) > 0):
+        raise ConfigError(field, f"{path}: no neuron's response varies across stimuli, so the target would be "
+                                 "all zero; check the recording")
+    return r
 
 
 # --- features target ----------------------------------------------------------------
@@ -273,10 +304,18 @@ def feature_unit_vectors(
         net = getattr(torchvision.models, arch)(weights=None)
     except AttributeError as e:
         raise ConfigError("regularizer.features_arch", f"torchvision has no model {arch!r}") from e
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    check_regular(weights, "regularizer.features_weights", "state_dict file")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file: name it, never a traceback
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            why = "it holds Python objects beyond tensors (refused unread: loading it could run code)"
+        raise ConfigError("regularizer.features_weights", f"{weights} is not a readable state_dict "
+                                                          f"(torch.save of tensors): {why}") from None
     try:
         net.load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise ConfigError("regularizer.features_weights", f"weights do not fit {arch}: {e}") from e
     net.eval()
     try:
@@ -367,8 +406,9 @@ def build_target(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target | N
 
 
 def _existing_file(path: str, name: str) -> None:
-    if not Path(path).is_file():
+    if not Path(path).exists() and not Path(path).is_symlink():
         raise ConfigError(name, f"file {path} does not exist")
+    check_regular(path, name)  # a folder, FIFO, device or socket is named as such
 
 
 register_target("none", shuffleable=False)(None)
@@ -393,7 +433,15 @@ def _check_neural(cfg: RegularizerConfig, check_files: bool) -> None:
         )
     path_field = "neural_responses" if cfg.neural_responses else "neural_matrix"
     if check_files:
-        _existing_file(getattr(cfg, path_field), f"regularizer.{path_field}")
+        path = getattr(cfg, path_field)
+        _existing_file(path, f"regularizer.{path_field}")
+        # The header only (no data): dtype, rank, repeats, neurons and stimuli before any work.
+        shape, _ = npy_info(path, f"regularizer.{path_field}", ndims=(2, 3) if cfg.neural_responses else (2,))
+        if cfg.neural_responses:
+            check_responses_shape(shape, cfg.n, path)
+        elif shape[0] != shape[1] or shape[0] != cfg.n:
+            raise ConfigError("regularizer.neural_matrix", f"{path} has shape {shape}; the target matrix must be "
+                                                           f"N x N with N = regularizer.n = {cfg.n}")
 
 
 @register_target("neural", params=("neural_responses", "neural_matrix", "order"), check=_check_neural,
@@ -401,18 +449,14 @@ def _check_neural(cfg: RegularizerConfig, check_files: bool) -> None:
 def _neural(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
     n = reg_images.shape[0]
     if cfg.neural_matrix:
-        m = _load_npy(cfg.neural_matrix, "regularizer.neural_matrix")
+        m = _load_npy(cfg.neural_matrix, "regularizer.neural_matrix", (2,))
         return MatrixTarget(check_matrix(m, n, "regularizer.neural_matrix"))
-    r = _load_npy(cfg.neural_responses, "regularizer.neural_responses")
-    stimuli = r.shape[-2] if r.ndim == 3 else r.shape[0]
-    if r.ndim not in (2, 3) or stimuli != n:
-        raise ConfigError(
-            "regularizer.neural_responses",
-            f"responses of shape {r.shape} do not match the regularization set of {n} images "
-            "(expected stimuli x neurons or repeats x stimuli x neurons, stimuli in the "
-            "order of the regularization set); set regularizer.n accordingly",
-        )
-    return CosineTarget(neural_unit_vectors(r))
+    r = _load_npy(cfg.neural_responses, "regularizer.neural_responses", (2, 3))
+    unit = neural_unit_vectors(check_responses(r, n, cfg.neural_responses))
+    if not bool((unit.norm(dim=1) > 0).any()):
+        raise ConfigError("regularizer.neural_responses", f"{cfg.neural_responses}: every neuron has SNR weight 0 "
+                                                          "(no signal across stimuli beyond the trial noise)")
+    return CosineTarget(unit)
 
 
 def _check_features(cfg: RegularizerConfig, check_files: bool) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,7 +66,37 @@ def simulate_v1_responses(
     return counts.numpy().astype(np.float32)
 
 
+MAX_NEURONS = 100_000
+MAX_REPEATS = 1000
+MAX_VALUES = 1 << 31
+"""Most values (repeats x stimuli x neurons) simulated: 8 GiB of float32."""
+
+
+def check_flags(a: argparse.Namespace) -> Path:
+    """--neurons, --repeats, --seed, --rate and --out, before any data is loaded; returns the output path."""
+    from neuroreg.config import ConfigError
+    from neuroreg.paths import check_output_folder
+
+    if not 1 <= a.neurons <= MAX_NEURONS:
+        raise ConfigError("--neurons", f"must lie in [1, {MAX_NEURONS}], got {a.neurons}")
+    if not 2 <= a.repeats <= MAX_REPEATS:
+        raise ConfigError("--repeats", f"must lie in [2, {MAX_REPEATS}] (the neural target's SNR weights need "
+                                       f">= 2 repeats), got {a.repeats}")
+    if not 0 <= a.seed < 2**63:
+        raise ConfigError("--seed", f"must lie in [0, 2^63 - 1], got {a.seed}")
+    if not 0 < a.rate < math.inf:
+        raise ConfigError("--rate", f"must be a finite number > 0, got {a.rate}")
+    out = Path(a.out)
+    if out.suffix != ".npy":
+        raise ConfigError("--out", f"{out} must end in .npy (np.save would write {out}.npy instead)")
+    if out.is_dir() or (out.exists() and not out.is_file()):
+        raise ConfigError("--out", f"{out} is a folder or not a regular file; give a file name ending in .npy")
+    check_output_folder(out.parent if str(out.parent) else ".", "--out")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    from neuroreg.atomic import atomic_write
     from neuroreg.config import ConfigError, RunConfig, apply_overrides
     from neuroreg.data import load_regularization_set
 
@@ -75,24 +106,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--config", help="the run config the responses are for (its data and regularizer sections)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. regularizer.n=500")
-    p.add_argument("--neurons", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--neurons", type=int, default=200, help=f"simulated neurons (1 ... {MAX_NEURONS})")
+    p.add_argument("--repeats", type=int, default=4, help=f"trials per stimulus (2 ... {MAX_REPEATS})")
+    p.add_argument("--rate", type=float, default=5.0, help="mean spike count per trial")
     p.add_argument("--seed", type=int, default=0, help="seed of the population and the spike noise")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the .npy file to write (repeats x stimuli x neurons)")
     a = p.parse_args(argv)
     try:
+        out = check_flags(a)
         cfg = RunConfig.from_yaml(a.config, a.set) if a.config else RunConfig.from_dict(apply_overrides({}, a.set))
+        n_values = a.repeats * cfg.regularizer.n * a.neurons
+        if n_values > MAX_VALUES:
+            raise ConfigError("--neurons", f"{a.repeats} repeats x {cfg.regularizer.n} stimuli x {a.neurons} neurons "
+                                           f"is {n_values} values, above {MAX_VALUES}; lower one of them")
         # The same call the trainer makes, so stimulus k of the responses is image k of its set.
         images = load_regularization_set(cfg.regularizer, cfg.data).images
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    r = simulate_v1_responses(images, a.neurons, a.repeats, seed=a.seed)
-    np.save(a.out, r)
+    r = simulate_v1_responses(images, a.neurons, a.repeats, mean_rate=a.rate, seed=a.seed)
+    try:
+        atomic_write(out, lambda f: np.save(f, r, allow_pickle=False))
+    except OSError as e:
+        print(f"error: --out {out}: not written ({e.strerror or e}); any earlier file is untouched", file=sys.stderr)
+        return 2
     print(
-        f"wrote {a.out}: responses {r.shape} (repeats x stimuli x neurons) for the regularization set of "
+        f"wrote {out}: responses {r.shape} (repeats x stimuli x neurons) for the regularization set of "
         f"{cfg.regularizer.data.name if cfg.regularizer.data else cfg.data.name} (n={cfg.regularizer.n}); "
-        f"use it with the same config and regularizer.target=neural, regularizer.neural_responses={a.out}"
+        f"use it with the same config and regularizer.target=neural, regularizer.neural_responses={out}"
     )
     return 0
 

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from neuroreg.errors import ConfigError
+from neuroreg.safe_io import check_regular, read_bytes
 
 MAX_FILE_BYTES = 1 << 20
 """Largest configuration file read (1 MiB; the shipped ones are under 5 KiB)."""
@@ -93,17 +94,8 @@ def read_yaml_file(path: str | Path, field: str, what: str) -> Any:
     ``what`` names what the file should be ("run config YAML", "sweep file").
     """
     p = Path(path)
-    if not p.is_file():
-        kind = "a folder" if p.is_dir() else "a broken link" if p.is_symlink() else "missing"
-        raise ConfigError(field, f"{p} is {kind}; give the path of a {what}")
-    size = p.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ConfigError(field, f"{p} is {size / 2**20:.1f} MiB; a {what} is a small text file "
-                                 f"(at most {MAX_FILE_BYTES >> 20} MiB)")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(field, f"cannot read {p}: {e.strerror or e}") from None
+    check_regular(p, field, what)  # missing, a folder, a broken link, a FIFO or device: named as such
+    data = read_bytes(p, field, MAX_FILE_BYTES, what)
     return parse_yaml_bytes(data, str(p), field, what)
 
 
