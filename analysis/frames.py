@@ -224,7 +224,10 @@ def ci_text(lo: float, hi: float, n: Any, digits: int = 3) -> str:
 def family_table(rows: pd.DataFrame, confirmatory: bool = False) -> pd.DataFrame:
     """The rows of one family for a Markdown or HTML table."""
     t = rows[["metric", "arm", "test", "n", "mean", "baseline_mean", "diff"]].copy()
-    t[CI_LABEL] = [ci_text(lo, hi, n) for lo, hi, n in zip(rows["ci_low"], rows["ci_high"], rows["n"])]
+    label = "CI (uncorrected)" if confirmatory else CI_LABEL
+    t[label] = [ci_text(lo, hi, n) for lo, hi, n in zip(rows["ci_low"], rows["ci_high"], rows["n"])]
+    if confirmatory:
+        t["CI level %"] = 100 * rows["ci_level"]
     t["p"] = rows["p"]
     t[f"p ({CONFIRMATORY_CORRECTION if confirmatory else 'BH'})"] = rows["p_adj"]
     t["MDE (80 %)"] = rows["mde"]
@@ -255,8 +258,10 @@ def family_text(family: Family) -> str:
         "",
         "Difference = arm − baseline of the same condition, per metric (no metric is pooled across noise types "
         "or levels). Paired t-test over the seeds both arms share, Welch's t-test where seeds do not match. "
-        f"The {CI_LABEL} is per comparison, not corrected for the family; below {MIN_CI_SEEDS} seeds no "
-        "interval is given (with 1 df it spans ±12.7 sd). *MDE (80 %)*: the smallest difference these "
+        f"The {CI_LABEL} is per comparison, not corrected for the family; a one-sided confirmatory row "
+        f"shows the {100 * (1 - 2 * family.alpha):g} % interval of its one-sided test instead (lower bound above 0: "
+        "significant before Holm; upper bound below the smallest effect: futility). Below "
+        f"{MIN_CI_SEEDS} seeds no interval is given (with 1 df it spans ±12.7 sd) and no decision taken. *MDE (80 %)*: the smallest difference these "
         "seeds detect with 80 % power at the observed sd (metric units); *seeds for smallest effect*: "
         "seeds per arm for 80 % power at the declared smallest effect.",
         "",

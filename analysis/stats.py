@@ -233,7 +233,8 @@ def paired_differences(a: pd.DataFrame, base: pd.DataFrame, m: str, seed_col: st
 
 
 def _compare_one(a: pd.DataFrame, base: pd.DataFrame, m: str, seed_col: str | None, alpha: float,
-                 alternative: str = "two-sided") -> dict:
+                 alternative: str = "two-sided", ci_level: float | None = None) -> dict:
+    level = 1 - alpha if ci_level is None else ci_level
     xa, ya = _series(a, m, seed_col), _series(base, m, seed_col)
     n_inf = int(np.isinf(xa).sum() + np.isinf(ya).sum())
     x, y = xa[np.isfinite(xa)], ya[np.isfinite(ya)]
@@ -254,7 +255,7 @@ def _compare_one(a: pd.DataFrame, base: pd.DataFrame, m: str, seed_col: str | No
         sd = float(d.std(ddof=1))
         res.update(sd=sd, p=float(t.pvalue), mde=mde(len(d), True, alpha=alpha, alternative=alternative) * sd)
         if len(d) >= MIN_CI_SEEDS:
-            ci = sps.ttest_1samp(d, 0.0).confidence_interval(1 - alpha)
+            ci = sps.ttest_1samp(d, 0.0).confidence_interval(level)
             res.update(ci_low=float(ci.low), ci_high=float(ci.high))
         return res
     res.update(test="Welch t", n=len(x), n_baseline=len(y), **nan)
@@ -268,7 +269,7 @@ def _compare_one(a: pd.DataFrame, base: pd.DataFrame, m: str, seed_col: str | No
     sd = float(np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2))
     res.update(sd=sd, p=float(t.pvalue), mde=mde(len(x), False, len(y), alpha, alternative=alternative) * sd)
     if min(len(x), len(y)) >= MIN_CI_SEEDS:
-        ci = sps.ttest_ind(x.to_numpy(float), y.to_numpy(float), equal_var=False).confidence_interval(1 - alpha)
+        ci = sps.ttest_ind(x.to_numpy(float), y.to_numpy(float), equal_var=False).confidence_interval(level)
         res.update(ci_low=float(ci.low), ci_high=float(ci.high))
     return res
 
@@ -360,16 +361,19 @@ def confirmatory_rows(done: pd.DataFrame, hyps: Sequence[Mapping[str, Any]], alp
     for h in hyps:
         if h["metric"] not in done.columns:
             continue
+        # A one-sided test at alpha is two one-sided bounds of a (1 - 2 alpha) interval: its
+        # lower bound is the efficacy test (before Holm), its upper bound the futility test.
+        level = 1 - alpha if h["direction"] == "two-sided" else 1 - 2 * alpha
         for arm, a, base, base_arm in arms:
             r = {"metric": h["metric"], "arm": arm, "baseline_arm": base_arm, "direction": h["direction"],
-                 "smallest_effect": h["smallest_effect"],
-                 **_compare_one(a, base, h["metric"], seed_col if has_seed else None, alpha, h["direction"])}
+                 "smallest_effect": h["smallest_effect"], "ci_level": level,
+                 **_compare_one(a, base, h["metric"], seed_col if has_seed else None, alpha, h["direction"], level)}
             r["seeds_needed"] = (seeds_for_power(h["smallest_effect"] / r["sd"], r["test"] == "paired t",
                                                  alpha=alpha, alternative=h["direction"])
                                  if r["sd"] == r["sd"] and r["sd"] > 0 else np.nan)
             r["_diffs"] = paired_differences(a, base, h["metric"], seed_col) if has_seed else pd.Series(dtype=float)
             rows.append(r)
-    cols = [*_COLS, "direction", "smallest_effect", "seeds_needed", "decision", "decided_at", "design"]
+    cols = [*_COLS, "ci_level", "direction", "smallest_effect", "seeds_needed", "decision", "decided_at", "design"]
     if not rows:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame(rows)
@@ -391,22 +395,24 @@ def _decide(r: Mapping[str, Any], alpha: float, m: int, seq: Mapping[str, int] |
         design = Design(r["smallest_effect"], r["direction"], alpha / m, seq["min"], seq["max"])
         d = decide(r["_diffs"].to_numpy(float), design)
         return d.decision, d.n
-    if n < 2 or r["p"] != r["p"]:
+    # Below MIN_CI_SEEDS no interval is shown, and no decision is taken on one.
+    if n < MIN_CI_SEEDS or r["p"] != r["p"] or r["ci_low"] != r["ci_low"]:
         return "undecided", n
     sign = -1.0 if r["direction"] == "less" else 1.0
     if r["p_adj"] < alpha and (r["direction"] == "two-sided" or sign * r["diff"] > 0):
         return "efficacy", n
-    # Futility: the one-sided (1 - alpha) bound in the declared direction excludes the
-    # smallest effect (two-sided: both bounds, as in two one-sided tests).
-    half = float(sps.t.isf(alpha, n - 1)) * r["sd"] / np.sqrt(n)
-    reach = abs(r["diff"]) + half if r["direction"] == "two-sided" else sign * r["diff"] + half
-    return ("futility" if reach < r["smallest_effect"] else "undecided"), n
+    # Futility: the shown interval excludes the smallest effect in the declared direction
+    # (two-sided: lies within +-smallest_effect).
+    lo, hi, delta = r["ci_low"], r["ci_high"], r["smallest_effect"]
+    out = {"greater": hi < delta, "less": lo > -delta, "two-sided": -delta < lo and hi < delta}[r["direction"]]
+    return ("futility" if out else "undecided"), n
 
 
 def decision_line(r: Any, alpha: float) -> str:
     """One sentence per hypothesis and arm: estimate, interval, corrected p and the decision."""
-    ci = (f"n = {int(r.n)}: no interval" if not r.ci_low == r.ci_low
-          else f"[{r.ci_low:+.3g}, {r.ci_high:+.3g}]")
+    n = int(r.n) if r.n == r.n else 0
+    ci = (f"n = {n}: no interval" if not r.ci_low == r.ci_low
+          else f"{100 * r.ci_level:g} % CI [{r.ci_low:+.3g}, {r.ci_high:+.3g}]")
     p = "–" if not r.p_adj == r.p_adj else f"{r.p_adj:.2g}"
     if r.decision in ("efficacy", "futility"):
         verdict = f"decided after {int(r.decided_at)} seeds ({r.decision})"
@@ -418,7 +424,8 @@ def decision_line(r: Any, alpha: float) -> str:
         need = "" if not r.seeds_needed == r.seeds_needed else (
             f"; ~{int(r.seeds_needed)} seeds for {r.smallest_effect:g} at 80 % power"
             if np.isfinite(r.seeds_needed) else f"; > 1000 seeds for {r.smallest_effect:g}")
-        verdict = f"undecided at {int(r.n) if r.n == r.n else 0} seeds ({r.design} design{need})"
+        few = f"; a decision needs >= {MIN_CI_SEEDS} seeds" if n < MIN_CI_SEEDS else ""
+        verdict = f"undecided at {n} seeds ({r.design} design{few}{need})"
     diff = "–" if not r.diff == r.diff else f"{r.diff:+.3g}"
     return (f"{r.arm} {SYMBOLS.get(r.direction, '?')} {r.baseline_arm} on {r.metric} "
             f"(smallest effect {r.smallest_effect:g}): {diff} {ci}, p_{CONFIRMATORY_CORRECTION} {p}, {verdict}")

@@ -195,12 +195,19 @@ def test_two_seeds_decision_line_says_no_interval():
     fam = comparison_family(_two_arms(seeds=range(2)), SPEC)
     for r in fam.confirmatory.itertuples():
         line = decision_line(r, fam.alpha)
-        # a one-sided t-test with 1 df is valid and may decide; the interval is never shown
-        assert "n = 2: no interval" in line and "[" not in line
-        assert (r.decision == "efficacy") == (r.p_adj < 0.05)
-    fam = comparison_family(_two_arms(seeds=range(2), effect=0.04, rng_seed=3), SPEC)
-    r = next(fam.confirmatory.itertuples())
-    assert r.decision == "undecided" and "undecided at 2 seeds (fixed design" in decision_line(r, fam.alpha)
+        # with 1 df no interval is shown and no decision taken on one, even at p_Holm < 0.05
+        assert "n = 2: no interval" in line and "[" not in line and r.decision == "undecided"
+        assert "undecided at 2 seeds (fixed design; a decision needs >= 3 seeds" in line
+
+
+def test_futility_is_the_shown_interval_excluding_the_smallest_effect():
+    fam = comparison_family(_two_arms(seeds=range(4), effect=0.0, rng_seed=1), SPEC)
+    for r in fam.confirmatory.itertuples():
+        d = r.diff
+        assert r.ci_level == pytest.approx(0.9)  # two one-sided 5 % tests
+        assert (r.decision == "futility") == (r.ci_high < 0.05) and r.ci_low < d < r.ci_high
+        assert "90 % CI [" in decision_line(r, fam.alpha)
+    assert "futility" in set(fam.confirmatory.decision)
 
 
 def test_sequential_spec_replays_the_looks():
@@ -255,7 +262,7 @@ def test_console_and_report_print_the_same_family(tmp_path):
     for (arm, metric), p in rows.items():
         line = next(ln for ln in report.splitlines() if ln.startswith(f"| {metric} | {arm} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert f"{float(cells[10]):.2g}" == p, (arm, metric, cells[10], p)
+        assert f"{float(cells[9]):.2g}" == p, (arm, metric, cells[9], p)
 
 
 def test_a_rerun_sweep_counts_each_seed_once(tmp_path):
