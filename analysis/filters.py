@@ -35,6 +35,10 @@ _TOKEN = re.compile(
 _OPS: dict[str, Callable] = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
                              ">": operator.gt, ">=": operator.ge}
 _LITERALS = {"true": True, "false": False, "null": None, "none": None}
+MAX_DEPTH = 64
+"""Deepest nesting of parentheses and ``not`` (deeper is refused, never a RecursionError)."""
+MAX_CHARS = 10_000
+"""Longest expression."""
 
 
 class FilterError(ValueError):
@@ -46,6 +50,8 @@ class UnknownColumnError(FilterError, KeyError):
 
 
 def tokenize(expr: str) -> list[tuple[str, str]]:
+    if len(expr) > MAX_CHARS:
+        raise FilterError(f"--where: the expression is {len(expr)} characters long; at most {MAX_CHARS}")
     out, pos = [], 0
     expr = expr.rstrip()
     while pos < len(expr):
@@ -65,6 +71,7 @@ def parse_filter(expr: str, df: pd.DataFrame, resolve: Callable[[str, Iterable[s
     if not toks:
         raise FilterError("--where: empty expression")
     i = 0
+    depth = 0
 
     def peek() -> tuple[str, str] | None:
         return toks[i] if i < len(toks) else None
@@ -94,16 +101,26 @@ def parse_filter(expr: str, df: pd.DataFrame, resolve: Callable[[str, Iterable[s
         return m
 
     def parse_factor() -> pd.Series:
+        nonlocal depth
         t = take()
-        if t[0] == "word" and t[1].lower() == "not":
-            return ~parse_factor()
-        if t == ("op", "("):
-            m = parse_expr()
-            if peek() != ("op", ")"):
-                raise FilterError(f"--where {expr!r}: missing ')'")
-            if take() != ("op", ")"):
-                raise FilterError(f"--where {expr!r}: missing ')'")
-            return m
+        if (t[0] == "word" and t[1].lower() == "not") or t == ("op", "("):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise FilterError(f"--where: parentheses and 'not' nest more than {MAX_DEPTH} deep; simplify it")
+            try:
+                return ~parse_factor() if t[0] == "word" else parse_group()
+            finally:
+                depth -= 1
+        return parse_comparison(t)
+
+    def parse_group() -> pd.Series:
+        m = parse_expr()
+        if peek() != ("op", ")"):
+            raise FilterError(f"--where {expr!r}: missing ')'")
+        take()
+        return m
+
+    def parse_comparison(t: tuple[str, str]) -> pd.Series:
         if t[0] not in ("word", "bt"):
             raise FilterError(f"--where {expr!r}: expected a column name, got {t[1]!r}")
         try:

@@ -31,12 +31,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import yaml
 
 from analysis import store
 from analysis.filters import parse_filter
 from analysis.schema import ALIASES, KEY, REQUIRED, TABLES
 from neuroreg.atomic import atomic_write
+from neuroreg.yamlio import parse_value_text
 
 AGGREGATES = ("mean", "sem", "median", "count", "std", "min", "max")
 TRIAL_COLUMNS = ("status", "arm", "condition", "baseline", "reg_dataset")
@@ -154,7 +154,8 @@ def select(df: pd.DataFrame, where: Sequence[str] | str | None) -> pd.DataFrame:
 
 
 def _equals(df: pd.DataFrame, col: str, text: str) -> pd.Series:
-    values = [yaml.safe_load(v.strip()) if v.strip() else "" for v in text.split(",")]
+    # Strict safe YAML, nesting bounded; a bad value is a ConfigError (a ValueError) naming --where.
+    values = [parse_value_text(v.strip(), f"--where {col}") if v.strip() else "" for v in text.split(",")]
     series = df[col]
     out = pd.Series(False, index=df.index)
     numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)

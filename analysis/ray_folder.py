@@ -25,7 +25,24 @@ from typing import Any
 
 import yaml
 
+from neuroreg.safe_io import read_bytes
+from neuroreg.yamlio import load_strict
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MAX_FILE_BYTES = 512 << 20
+"""Largest file read from a trial folder (512 MiB; a result.json of 1000 epochs is ~5 MiB)."""
+UNREADABLE = (OSError, ValueError, TypeError, RecursionError, MemoryError)
+"""What reading one file can raise: missing, not a regular file (a FIFO), too large, bad JSON or
+YAML, nested past the recursion limit. Each is one Problem, never an aborted gather."""
+
+
+def read_text(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """A regular file's text (at most ``max_bytes``); a FIFO, device or socket is never opened."""
+    return read_bytes(path, path.name, max_bytes, "results file").decode("utf-8", errors="replace")
+
+
+def _json(path: Path) -> Any:
+    return json.loads(read_text(path))
 
 
 @dataclass
@@ -67,7 +84,7 @@ def read_experiment_state(sweep_dir: Path, problems: list[Problem]) -> dict[str,
         return {}
     path = states[-1]  # names carry the session timestamp, so the last one is the newest
     try:
-        data = json.loads(path.read_text())
+        data = _json(path)
         out = {}
         for item in data.get("trial_data", []):
             state = json.loads(item[0])
@@ -80,7 +97,7 @@ def read_experiment_state(sweep_dir: Path, problems: list[Problem]) -> dict[str,
                     "error_filename": runtime.get("error_filename"),
                 }
         return out
-    except (OSError, ValueError, TypeError, IndexError, AttributeError) as e:
+    except (*UNREADABLE, IndexError, AttributeError) as e:
         problems.append(Problem(path.name, f"unreadable experiment state ({e}); statuses inferred from files", False))
         return {}
 
@@ -97,12 +114,17 @@ def read_jsonl(path: Path, problems: list[Problem], where: str) -> list[dict[str
     """JSON lines; a bad line (e.g. half-written at the end) is dropped and reported."""
     rows = []
     bad = 0
-    for line in path.read_text(errors="replace").splitlines():
+    try:
+        text = read_text(path)
+    except UNREADABLE as e:
+        problems.append(Problem(where, f"{path.name} unreadable ({e})", False))
+        return rows
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             bad += 1
             continue
         if isinstance(row, dict):
@@ -132,8 +154,8 @@ def read_trial(path: Path, state: dict[str, Any] | None, problems: list[Problem]
     """Read one trial folder; None (and a Problem) when it cannot be used at all."""
     where = path.name
     try:
-        params = json.loads((path / "params.json").read_text()) if (path / "params.json").exists() else None
-    except (OSError, ValueError) as e:
+        params = _json(path / "params.json") if (path / "params.json").exists() else None
+    except UNREADABLE as e:
         problems.append(Problem(where, f"params.json unreadable ({e})", True))
         return None
     if params is not None and not isinstance(params, dict):
@@ -153,8 +175,8 @@ def read_trial(path: Path, state: dict[str, Any] | None, problems: list[Problem]
     error = None
     if (path / "error.txt").exists():
         try:
-            error = error_message((path / "error.txt").read_text(errors="replace")) or "error (empty error.txt)"
-        except OSError as e:
+            error = error_message(read_text(path / "error.txt")) or "error (empty error.txt)"
+        except UNREADABLE as e:
             error = f"error.txt unreadable: {e}"
     status = (state or {}).get("status") or ("ERROR" if error else "UNKNOWN")
     if status == "ERROR" and not error:
@@ -164,10 +186,10 @@ def read_trial(path: Path, state: dict[str, Any] | None, problems: list[Problem]
     cfg_path = path / "run" / "config.yaml"
     if cfg_path.exists():
         try:
-            config = yaml.safe_load(cfg_path.read_text())
+            config = load_strict(read_text(cfg_path, 1 << 20))  # safe YAML, nesting bounded
             if not isinstance(config, dict):
                 raise ValueError("not a mapping")
-        except (OSError, ValueError, yaml.YAMLError) as e:
+        except (*UNREADABLE, yaml.YAMLError) as e:
             problems.append(Problem(where, f"run/config.yaml unreadable ({e}); config from params.json", False))
             config = None
 
@@ -175,10 +197,10 @@ def read_trial(path: Path, state: dict[str, Any] | None, problems: list[Problem]
     sum_path = path / "evaluation" / "summary.json"
     if sum_path.exists():
         try:
-            summary = json.loads(sum_path.read_text())
+            summary = _json(sum_path)
             if not isinstance(summary, dict):
                 raise ValueError("not a mapping")
-        except (OSError, ValueError) as e:
+        except UNREADABLE as e:
             problems.append(Problem(where, f"evaluation/summary.json unreadable ({e})", False))
             summary = {}
 

@@ -75,14 +75,65 @@ def referenced_tables(sql: str) -> list[str]:
     return [t for t in TABLES if t in words]
 
 
-def run(sql: str, root: str | os.PathLike | None = None, sweeps: Sequence[str] | None = None) -> pd.DataFrame:
-    """The result of one SQL statement over the views, as a DataFrame (duckdb.Error on bad SQL)."""
+MAX_ROWS = 1_000_000
+"""Most rows a result may hold in memory (printed or returned); larger ones are refused, or
+streamed to --out batch by batch. Raise with --max-rows."""
+BATCH_ROWS = 65536
+
+
+class TooManyRows(ValueError):
+    """A result larger than the row limit."""
+
+
+def run(
+    sql: str, root: str | os.PathLike | None = None, sweeps: Sequence[str] | None = None, max_rows: int | None = MAX_ROWS,
+) -> pd.DataFrame:
+    """The result of one SQL statement over the views, as a DataFrame (duckdb.Error on bad SQL).
+
+    At most ``max_rows`` rows are fetched (DuckDB stops early under the LIMIT); a result
+    with more is a TooManyRows error, never a MemoryError half-way.
+    """
     con = connect(root, sweeps, referenced_tables(sql) or TABLES[:1])
     try:
         rel = con.sql(sql)
-        return rel.df() if rel is not None else pd.DataFrame()
+        if rel is None:
+            return pd.DataFrame()
+        if max_rows is None:
+            return rel.df()
+        df = rel.limit(max_rows + 1).df()
+        if len(df) > max_rows:
+            raise TooManyRows(f"the result has more than {max_rows} rows; aggregate or add a LIMIT, write it "
+                              "to a file with --out FILE.parquet (streamed, no row limit), or raise --max-rows")
+        return df
     finally:
         con.close()
+
+
+def stream_to(sql: str, out: str, root: str | os.PathLike | None = None, sweeps: Sequence[str] | None = None) -> int:
+    """Write the result of ``sql`` to ``out`` (.csv or .parquet) batch by batch, atomically; the row count."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from neuroreg.atomic import atomic_write
+
+    path = check_out(out)
+    con = connect(root, sweeps, referenced_tables(sql) or TABLES[:1])
+    rows = 0
+    try:
+        reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
+
+        def write(f) -> None:
+            nonlocal rows
+            make = pcsv.CSVWriter if path.suffix == ".csv" else pq.ParquetWriter
+            with make(f, reader.schema) as w:
+                for batch in reader:
+                    w.write_batch(batch)
+                    rows += batch.num_rows
+
+        atomic_write(path, write)
+    finally:
+        con.close()
+    return rows
 
 
 def describe(root: str | os.PathLike | None = None, sweeps: Sequence[str] | None = None) -> str:
@@ -118,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="append", default=None, help="only this sweep (repeatable)")
     ap.add_argument("--out", default=None, help="write the result to a .csv or .parquet file instead of printing")
     ap.add_argument("--limit", type=int, default=None, help="print at most this many rows")
+    ap.add_argument("--max-rows", type=int, default=MAX_ROWS,
+                    help=f"refuse results of more rows, unless written with --out (default {MAX_ROWS})")
     ap.add_argument("--list", action="store_true", help="list the views, their row counts and columns")
     args = ap.parse_args(argv)
     root = Path(args.results) if args.results else default_root()
@@ -127,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             check_out(args.out)
         except ValueError as e:
             problem = str(e)
+    if not problem and args.max_rows < 1:
+        problem = f"--max-rows must be >= 1, got {args.max_rows}"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    streamed = False
     try:
         if args.list:
             print(f"sweeps: {', '.join(args.sweep or store.sweeps(root))}\n{describe(root, args.sweep)}")
@@ -137,13 +193,26 @@ def main(argv: list[str] | None = None) -> int:
         if not args.query:
             print("error: give one SQL statement (or --list)", file=sys.stderr)
             return 2
-        df = run(args.query, root, args.sweep)
+        try:
+            df = run(args.query, root, args.sweep, max_rows=args.max_rows)
+        except TooManyRows:
+            if not args.out:
+                raise
+            streamed = True
+            rows = stream_to(args.query, args.out, root, args.sweep)
+    except OSError as e:  # streaming to --out: a full disk; the earlier file is untouched (atomic)
+        print(f"error: --out {args.out}: not written ({e.strerror or e}); any earlier file of that name is untouched",
+              file=sys.stderr)
+        return 2
     except duckdb.Error as e:
         print(f"error: SQL: {_one_line(e)}", file=sys.stderr)
         return 2
     except ValueError as e:  # a table file of another schema version
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if streamed:
+        print(f"wrote {args.out} ({rows} rows, streamed)")
+        return 0
     if args.out:
         return write_out(df, args.out)
     print(format_table(df.head(args.limit) if args.limit else df))

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from analysis.schema import META_SWEEP, META_TABLE, META_VERSION, SCHEMA_VERSION, TABLES
 from neuroreg.atomic import atomic_write
+from neuroreg.safe_io import is_regular
 
 
 def tables_dir(root: str | os.PathLike) -> Path:
@@ -70,19 +71,30 @@ def files(root: str | os.PathLike, table: str, sweeps: list[str] | None = None) 
         raise ValueError(f"table: unknown table {table!r}; choose one of {TABLES}")
     folder = tables_dir(root) / table
     if sweeps is not None:
-        return [p for p in (sweep_file(root, table, s) for s in sweeps) if p.exists()]
-    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        found = [p for p in (sweep_file(root, table, s) for s in sweeps) if p.exists() or p.is_symlink()]
+    else:
+        found = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    # A FIFO would hang the reader, a device never end: refused by name, never opened.
+    return [_regular(p) for p in found]
 
 
 def sweeps(root: str | os.PathLike) -> list[str]:
     """Names of the sweeps gathered into this root."""
     folder = tables_dir(root) / "trials"
-    return sorted(unquote(p.stem) for p in folder.glob("*.parquet")) if folder.is_dir() else []
+    return sorted(unquote(p.stem) for p in folder.glob("*.parquet") if not p.name.startswith(".")) \
+        if folder.is_dir() else []
+
+
+def _regular(path: Path) -> Path:
+    if not is_regular(path):
+        raise ValueError(f"--results: {path} is not a regular file (a FIFO, device, socket, folder or broken "
+                         "link); remove it and re-gather that sweep")
+    return path
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     """The neuroreg.* metadata of one file, decoded."""
-    meta = pq.read_schema(path).metadata or {}
+    meta = pq.read_schema(_regular(path)).metadata or {}
     out: dict[str, Any] = {}
     for k, v in meta.items():
         key = k.decode()
@@ -98,7 +110,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def check_version(path: Path) -> None:
-    meta = pq.read_schema(path).metadata or {}
+    meta = pq.read_schema(_regular(path)).metadata or {}
     version = meta.get(META_VERSION)
     if version is None or int(version) != SCHEMA_VERSION:
         raise ValueError(
