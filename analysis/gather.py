@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import store
+from analysis.provenance_table import provenance_table
 from analysis.ray_folder import (
     Problem,
     TrialFolder,
@@ -107,6 +108,7 @@ def collect(sweep_dir: str | os.PathLike) -> Gathered:
         "trials": _trials_table(sweep, trials, spec),
         "epochs": _epochs_table(sweep, trials),
     }
+    tables["provenance"] = provenance_table(sweep, sweep_dir, tables["trials"], problems)
     for table, file in RECORD_FILES.items():
         stem = file.removesuffix(".jsonl")
         rows = [{"sweep": sweep, "trial_id": t.trial_id, **r} for t in trials for r in t.records.get(stem, [])]

@@ -22,7 +22,7 @@ RECORD_FILES = {stem: f"{stem}.jsonl" for suite in SUITES for stem in suite.reco
 """Table name -> record file in a trial's evaluation/ folder: every registered suite's
 declared records (neuroreg.evaluate.suites), so a new suite gets its table and SQL view."""
 
-TABLES = ("trials", "epochs", *RECORD_FILES)
+TABLES = ("trials", "epochs", *RECORD_FILES, "provenance")
 
 REQUIRED = {
     "trials": (
@@ -38,12 +38,15 @@ REQUIRED = {
     "boundary": ("sweep", "trial_id", "budget", "success_rate"),
     "corruptions": ("sweep", "trial_id", "corruption", "severity", "accuracy"),
     "frequency": ("sweep", "trial_id", "kind"),
+    # One row per sweep, joinable on sweep alone (analysis/provenance_table.py).
+    "provenance": ("sweep", "torch", "git_commit", "cpu_model", "precision", "device_kind"),
 }
 """Columns each table always has (more may follow: config fields, metrics, record fields)."""
 for _table in RECORD_FILES:  # a suite registered later: its records carry at least the key
     REQUIRED.setdefault(_table, KEY)
 
 SORT = {
+    "provenance": ("sweep",),
     "trials": ("sweep", "trial_id"),
     "epochs": ("sweep", "trial_id", "epoch"),
 }

@@ -17,9 +17,11 @@ from pathlib import Path
 
 from neuroreg.config import ConfigError
 from neuroreg.paths import check_output_folder
+from sweep.folder import SPEC_FILE, sweep_folder
+from sweep.folder import read_saved_spec as _read_saved_spec
+from sweep.folder import write_saved_spec as _write_saved_spec
 
 PROJECT = Path(__file__).resolve().parents[1]
-SPEC_FILE = "sweep.yaml"
 
 
 def default_storage() -> Path:
@@ -50,7 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep --name (default: the latest of this space); with --num-samples N "
                         "an Optuna study is extended to N configurations")
+    p.add_argument("--rerun", metavar="SWEEP",
+                   help="run a stored sweep's exact sweep.yaml again under a new name (--name, default "
+                        "SWEEP-rerun-<time>), to compare the two sweeps' deterministic columns")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and the trial count; start nothing")
+    p.add_argument("--debug", action="store_true", help="show the full traceback when the sweep fails to start")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config field")
     p.add_argument("--data-root", help="sets NEUROREG_DATA_ROOT (made absolute) for data sets that need files")
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
@@ -146,6 +152,8 @@ def load_for_run(args: argparse.Namespace, storage: str):
         if not root.exists():
             raise ConfigError("--data-root", f"{root} does not exist")
         os.environ["NEUROREG_DATA_ROOT"] = str(root)
+    if args.rerun is not None:
+        return _load_rerun(args, storage)
     if args.resume:
         name = args.name
         if name is None:
@@ -207,6 +215,27 @@ def load_for_run(args: argparse.Namespace, storage: str):
     return spec, name
 
 
+def _load_rerun(args: argparse.Namespace, storage: str):
+    """--rerun SWEEP: the stored sweep.yaml as it is, under a new name."""
+    from sweep.spec import parse_spec
+
+    clash = [f for f, v in (("--space", args.space), ("--resume", args.resume), ("--set", args.set),
+                            ("--num-samples", args.num_samples), ("--study-storage", args.study_storage),
+                            ("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial),
+                            ("--max-concurrent", args.max_concurrent)) if v]
+    if clash:
+        raise ConfigError(clash[0], "a rerun runs the stored sweep.yaml exactly; drop the flag (or start a new sweep "
+                                    "with --space to change it)")
+    source = check_name(args.rerun, "--rerun")
+    saved = _read_saved_spec(storage, source, "--rerun")
+    spec = parse_spec(saved, default_name=source, source=f"{storage}/{source}/{SPEC_FILE}")
+    name = check_name(args.name or f"{source}-rerun-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    if "://" not in storage and (Path(storage) / name).exists():
+        raise ConfigError("--name", f"{Path(storage) / name} exists; choose another name for the rerun")
+    spec.rerun_of = source
+    return spec, name
+
+
 def _extend(spec, n: int, max_samples: int) -> None:
     """--resume --num-samples N: an Optuna study grows to N configurations; nothing else can."""
     if spec.search.algorithm != "optuna":
@@ -225,101 +254,6 @@ def _spec_name(path: Path) -> str:
     return raw.get("name", path.stem) if isinstance(raw, dict) else path.stem
 
 
-def _read_saved_spec(storage: str, name: str):
-    """The sweep's saved sweep.yaml, parsed with the same guards as a --space file."""
-    from neuroreg.yamlio import MAX_FILE_BYTES, parse_yaml_bytes, read_yaml_file
-
-    if "://" in storage:
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(storage)
-        try:
-            with fs.open_input_stream(f"{root}/{name}/{SPEC_FILE}") as f:
-                data = f.read(MAX_FILE_BYTES + 1)
-        except OSError as e:
-            raise ConfigError("--name", f"no {SPEC_FILE} of sweep {name!r} in {storage} ({e}); check --name and --storage") from None
-        return parse_yaml_bytes(data, f"{storage}/{name}/{SPEC_FILE}", "--name", "saved sweep file")
-    path = Path(storage) / name / SPEC_FILE
-    if not path.is_file():
-        raise ConfigError("--name", f"{path.parent} is no sweep of this tool (no {SPEC_FILE}); check --name and --storage")
-    return read_yaml_file(path, "--name", "saved sweep file")
-
-
-def _write_saved_spec(storage: str, name: str, text: str) -> str:
-    """Write sweep.yaml in one step (a temp file or key, then a rename): --resume depends on it."""
-    if "://" in storage:
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(storage)
-        fs.create_dir(f"{root}/{name}", recursive=True)
-        tmp = f"{root}/{name}/.{SPEC_FILE}.tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(text.encode())
-        fs.move(tmp, f"{root}/{name}/{SPEC_FILE}")
-        return f"{storage.rstrip('/')}/{name}/{SPEC_FILE}"
-    from neuroreg.atomic import atomic_write_text
-
-    return str(atomic_write_text(Path(storage) / name / SPEC_FILE, text))
-
-
-def describe(spec) -> str:
-    """The resolved space, as --dry-run prints it."""
-    from sweep.spec import enumerate_trials
-
-    lines = [f"sweep {spec.name}: {spec.description}".rstrip(": "), f"  source: {spec.source}"]
-    b = spec.base_config
-    searched = {p.key for p in spec.space}
-
-    def show(key: str, value) -> str:
-        return "searched" if key in searched else str(value)
-
-    lines.append(
-        f"  base: {b.data.name} / {b.model.name} width {show('model.width', b.model.width)} / "
-        f"target {show('regularizer.target', b.regularizer.target)} "
-        f"alpha {show('regularizer.alpha', b.regularizer.alpha)} th {show('regularizer.th', b.regularizer.th)} / "
-        f"{show('train.epochs', b.train.epochs)} epochs / "
-        f"evaluation {b.evaluation.suites} on {b.evaluation.n_images} images"
-    )
-    lines.append("  space:")
-    for p in spec.space:
-        lines.append(f"    {p.key}: {p.describe()}")
-    if not spec.space:
-        lines.append("    (none: the base configuration only)")
-    s = spec.search
-    objective = (
-        ", ".join(f"{m} ({o})" for m, o in zip(spec.search_metrics, spec.search_modes))
-        if s.metrics else f"{spec.metric} ({spec.mode})"
-    )
-    lines.append(f"  search: {s.algorithm} (seed {s.seed}); objective: {objective}")
-    sch = spec.scheduler
-    lines.append(
-        "  scheduler: " + (f"asha (grace {sch.grace_period} epochs, reduction {sch.reduction_factor:g}, "
-                           f"on {spec.metric})" if sch.type == "asha" else "none")
-    )
-    lines.append(f"  seeds: {spec.seeds if spec.seeds else [b.train.seed]}")
-    r = spec.resources
-    lines.append(f"  resources: {r.cpus_per_trial:g} CPU + {r.gpus_per_trial:g} GPU per trial, "
-                 f"max concurrent {r.max_concurrent or 'as many as fit'}; time budget {spec.time_budget_s or 'none'}")
-    n = spec.num_trials()
-    if spec.search.algorithm == "optuna":
-        extra = f" + {spec.baseline_trials()} baseline (regularizer.target none)" if spec.baseline_trials() else ""
-        lines.append(f"  trials: {n} ({spec.num_samples} configurations x {spec.repeats} seeds{extra})")
-    else:
-        trials = enumerate_trials(spec)
-        lines.append(f"  trials: {n}")
-        for i, t in enumerate(trials):
-            lines.append(f"    {i:3d}  " + "  ".join(f"{k}={_short_value(v)}" for k, v in t.items()))
-    return "\n".join(lines)
-
-
-def _short_value(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list):
-        return "+".join(map(str, v))
-    return str(v)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     storage = resolve_storage(args.storage)
@@ -329,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
+        from sweep.describe import describe
+
         print(describe(spec))
         print(f"  would write to: {storage}/{name}")
         return 0
@@ -354,7 +290,7 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     )
     from sweep.report import best_result_metric, format_table, trial_rows, unfinished
     from sweep.space import BASELINE_PARAMS, config_value
-    from sweep.tuner import build_tuner, restore_tuner
+    from sweep.start import StartError, remove_failed_start
 
     try:
         info = start_ray(args.address, args.num_cpus, dashboard=not args.no_dashboard)
@@ -384,24 +320,18 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
             res, r.cpus_per_trial, r.gpus_per_trial, spec.num_trials() if args.no_resource_check else None)
         verbose = 1 if args.verbose else 0
         t0 = time.perf_counter()
-        study = _study_storage(spec, storage, name, args)
-        if args.resume:
-            print(f"Resuming {storage}/{name} ({spec.num_trials()} trials)")
-            tuner = restore_tuner(spec, storage, name, verbose)
-            if args.num_samples is not None:  # restored: the extended count is what the next --resume sees
-                _write_saved_spec(storage, name, spec.to_yaml())
-        else:
-            saved = _write_saved_spec(storage, name, spec.to_yaml())
-            print(f"Sweep {name}: {spec.num_trials()} trials, up to {concurrency} at a time; spec saved to {saved}",
-                  flush=True)
-            tuner = build_tuner(spec, storage, name, concurrency, verbose, progress=not args.quiet,
-                                study_storage=study, max_failures=spec.failure.max_failures,
-                                loggers=_loggers(args, name))
-        if study:
-            print(f"Optuna study {name!r} in {study}  (browse: optuna-dashboard {study})", flush=True)
-        if "://" not in storage:  # Ray's own hint names a session folder; the curves are here
-            print(f"Live curves: tensorboard --logdir {Path(storage) / name}", flush=True)
-        results = tuner.fit()
+        try:
+            results = _start_and_fit(spec, name, storage, args, concurrency, verbose)
+        except StartError as e:
+            folder = sweep_folder(storage, name)
+            removed = not args.resume and remove_failed_start(folder)
+            print(f"error: {e}" + (f" (nothing kept: {folder} removed)" if removed else
+                                   f"; the sweep folder {folder} is kept for --resume"), file=sys.stderr)
+            if args.debug:
+                import traceback
+
+                traceback.print_exception(e.__cause__ or e)
+            return 1
         wall = time.perf_counter() - t0
         df = trial_rows(results, fill={k: config_value(spec.base_config, k) for k in BASELINE_PARAMS})
         print()
@@ -426,6 +356,59 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     finally:
         if info.started_here:
             ray.shutdown()
+
+
+def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, concurrency: int, verbose: int):
+    """Save the spec and the provenance, build (or restore) the Tuner and run it. Anything
+    that fails before the first trial started is a StartError naming what failed."""
+    from sweep.start import StartError, has_trials, read_record, record_provenance
+    from sweep.tuner import build_tuner, restore_tuner
+
+    folder = sweep_folder(storage, name)
+    threads = max(1, int(spec.resources.cpus_per_trial // 1))
+    study = _study_storage(spec, storage, name, args)
+    try:
+        if args.resume:
+            print(f"Resuming {storage}/{name} ({spec.num_trials()} trials)")
+            _warn_provenance(read_record(folder), threads)
+            tuner = restore_tuner(spec, storage, name, verbose)
+            if args.num_samples is not None:  # restored: the extended count is what the next --resume sees
+                _write_saved_spec(storage, name, spec.to_yaml())
+        else:
+            saved = _write_saved_spec(storage, name, spec.to_yaml())
+            rerun_of = getattr(spec, "rerun_of", None)
+            record_provenance(folder, threads, {"sweep": name, "rerun_of": rerun_of})
+            print(f"Sweep {name}: {spec.num_trials()} trials, up to {concurrency} at a time; spec saved to {saved}"
+                  + (f" (a rerun of {rerun_of})" if rerun_of else ""), flush=True)
+            tuner = build_tuner(spec, storage, name, concurrency, verbose, progress=not args.quiet,
+                                study_storage=study, max_failures=spec.failure.max_failures,
+                                loggers=_loggers(args, name))
+    except StartError:
+        raise
+    except Exception as e:  # Tune's own set-up (storage, the experiment state, the study database)
+        raise StartError(f"the sweep could not be set up: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    if study:
+        print(f"Optuna study {name!r} in {study}  (browse: optuna-dashboard {study})", flush=True)
+    if "://" not in storage:  # Ray's own hint names a session folder; the curves are here
+        print(f"Live curves: tensorboard --logdir {Path(storage) / name}", flush=True)
+    try:
+        return tuner.fit()
+    except Exception as e:
+        if has_trials(folder):
+            raise
+        raise StartError(f"Tune stopped before the first trial: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
+
+
+def _warn_provenance(stored: dict | None, threads: int) -> None:
+    """--resume on another machine or code: one line per difference that can move numbers."""
+    from neuroreg import provenance
+
+    if stored is None:
+        return
+    now = provenance.collect(threads_per_trial=threads)
+    for line in provenance.differences(stored, now, provenance.NUMERIC_FIELDS + ("cpu_model", "lock_sha256")):
+        print(f"warning: resumed under different provenance, {line} (stored vs now)", file=sys.stderr)
 
 
 def _loggers(args: argparse.Namespace, name: str) -> list:

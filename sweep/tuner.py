@@ -18,6 +18,7 @@ from ray import tune
 from ray.tune.search import Repeater, Searcher
 
 from neuroreg.evaluate.metrics import EPOCH_METRICS
+from sweep.folder import sweep_folder
 from sweep.space import (
     BASELINE_PARAMS,
     SweepSpec,
@@ -26,6 +27,7 @@ from sweep.space import (
     sample_value,
     scalar_choices,
 )
+from sweep.start import check_picklable
 from sweep.study import ExtendableSearch, make_sampler, rdb_storage, search_generator
 from sweep.trainable import TRIAL_INDEX, data_key, prepare_shared_data, run_trial
 
@@ -223,12 +225,14 @@ def build_tuner(
     if searcher is not None:
         # Our own generator (same chain Tune would build) so --resume --num-samples can extend it.
         searcher, max_concurrent = search_generator(searcher, max_concurrent), None
+    trainable, scheduler = build_trainable(spec, experiment_dir, verbose=verbose), build_scheduler(spec)
+    check_picklable({"search algorithm": searcher, "trainable": trainable, "scheduler": scheduler})
     return tune.Tuner(
-        build_trainable(spec, experiment_dir, verbose=verbose),
+        trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=build_scheduler(spec),
+            scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=max_concurrent,
             time_budget_s=spec.time_budget_s,
@@ -275,8 +279,7 @@ def restore_tuner(spec: SweepSpec, storage: str, name: str, verbose: int = 1) ->
     ``spec.num_trials()`` trials, more than it started with when --num-samples grew."""
     ExtendableSearch.extend_to = spec.num_trials() if spec.search.algorithm == "optuna" else None
     local = "://" not in storage
-    base, sep, query = storage.partition("?")  # s3://b/p?endpoint_override=... keeps its query last
-    path = str(Path(storage) / name) if local else f"{base.rstrip('/')}/{name}{sep}{query}"
+    path = sweep_folder(storage, name)
     if needs_lenient_metrics(spec):
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     return tune.Tuner.restore(

@@ -197,3 +197,108 @@ def test_console_is_compact(ray_cluster, tmp_path, capfd):
     assert not any("Checkpoint successfully created" in x for x in lines)
     assert not any(x.startswith("│ params/") or "Trial status" in x for x in lines)  # no per-trial boxes
     assert len(lines) < 80, "\n".join(lines)
+
+
+# --- provenance, rerun and a failed start (issue 20) --------------------------------
+
+# Columns a rerun on the same machine must reproduce bit for bit: everything a trial
+# computes, not how long it took (epoch_s, images_per_s, pairs_per_s, train_wall_s, Ray's times).
+DETERMINISTIC = ("best_val_acc", "val_acc", "train_acc", "train_loss", "sim_loss", "val_sim_loss",
+                 "clean_acc", "noise_acc_mean", "noise_acc_gaussian_0.2", "evaluated_epoch", "precision",
+                 "channels_last", "device")
+
+
+def _by_seed_and_alpha(exp: Path) -> dict:
+    out = {}
+    for t in trial_dirs(exp):
+        cfg = yaml.safe_load((t / "run" / "config.yaml").read_text())
+        r = final_result(t)
+        key = (cfg["regularizer"]["target"], cfg["regularizer"]["alpha"], cfg["train"]["seed"])
+        out[key] = {k: r.get(k) for k in DETERMINISTIC}
+    return out
+
+
+def test_provenance_and_rerun_is_bit_identical(ray_cluster, tmp_path, capsys):
+    import duckdb
+
+    from analysis.sql import connect
+
+    base = {**TINY_BASE, "evaluation": {
+        "suites": ["clean", "noise"], "noise_types": ["gaussian"],
+        "noise_levels": {"gaussian": [0.0, 0.2]}, "noise_n_images": 16, "progress": False,
+    }}
+    space = write_space(tmp_path / "p.yaml", base=base, space={"regularizer.alpha": {"grid": [0.5, 2.0]}},
+                        search={"algorithm": "grid"}, seeds=[0, 1])
+    res = tmp_path / "res"
+    assert run_main("--space", str(space), "--storage", str(res), "--name", "orig") == 0
+    rec = json.loads((res / "orig" / "provenance.json").read_text())
+    from importlib.metadata import version
+
+    assert rec["torch"] == version("torch") and rec["optuna"] == version("optuna") and rec["ray"] == version("ray")
+    assert rec["git_commit"] and len(rec["git_commit"]) == 40 and isinstance(rec["git_dirty"], bool)
+    assert rec["lock_sha256"] and rec["threads_per_trial"] == 1 and rec["rerun_of"] is None
+    assert {"cpu_model", "cpu_avx2", "cpu_avx512f", "cpu_avx512_bf16", "cpu_amx_tile", "gpu_model",
+            "hostname"} <= set(rec)
+
+    assert run_main("--rerun", "orig", "--storage", str(res), "--name", "again") == 0
+    assert "(a rerun of orig)" in capsys.readouterr().out
+    assert json.loads((res / "again" / "provenance.json").read_text())["rerun_of"] == "orig"
+    assert (res / "again" / "sweep.yaml").read_text() == (res / "orig" / "sweep.yaml").read_text()
+    first, second = _by_seed_and_alpha(res / "orig"), _by_seed_and_alpha(res / "again")
+    assert len(first) == 6 and first == second  # 2 alphas + baseline, x 2 seeds; every value equal
+
+    con = connect(tmp_path)  # sweep.run gathered both into res/../tables
+    rows = con.execute("SELECT sweep, torch, git_commit, cpu_avx2, precision, device_kind, n_trials, rerun_of "
+                       "FROM provenance ORDER BY sweep").fetchall()
+    assert [r[0] for r in rows] == ["again", "orig"] and rows[0][7] == "orig"
+    assert all(r[1] == version("torch") and r[2] == rec["git_commit"] and r[5] == "cpu" and r[6] == 6 for r in rows)
+    assert rows[0][4] in ("fp32", "bf16")
+    # Joinable on sweep alone.
+    n = con.execute("SELECT count(*) FROM trials JOIN provenance USING (sweep)").fetchone()[0]
+    assert n == 12
+    assert isinstance(con, duckdb.DuckDBPyConnection)
+
+
+def test_rerun_flags_refused(tmp_path, capsys):
+    (tmp_path / "orig").mkdir()
+    cases = [(["--rerun", "orig", "--set", "train.epochs=2"], "--set"),
+             (["--rerun", "orig", "--space", "alpha_th.yaml"], "--space"),
+             (["--rerun", "../x"], "--rerun"),
+             (["--rerun", "nosuch"], "--rerun")]
+    for argv, flag in cases:
+        assert run_main(*argv, "--storage", str(tmp_path), "--dry-run") == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], (argv, err)
+
+
+# Any sampler that cannot be pickled, as optuna 5.1's NSGA-II could not, in a fresh process
+# (the user's view: what it prints, its exit status, what it leaves).
+_UNPICKLABLE = """
+import sys, threading, optuna, sweep.tuner
+def unpicklable(multi, seed, **kw):
+    s = optuna.samplers.TPESampler(seed=seed)
+    s._lock = threading.Lock()
+    return s
+sweep.tuner.make_sampler = unpicklable
+from sweep.run import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_failed_start_leaves_nothing(ray_cluster, tmp_path):
+    space = write_space(tmp_path / "o.yaml", base=BASE_ONE_EPOCH, space={"regularizer.alpha": {"loguniform": [0.1, 10]}},
+                        search={"algorithm": "optuna", "seed": 0}, num_samples=2)
+    argv = [sys.executable, "-c", _UNPICKLABLE, "--space", str(space), "--storage", str(tmp_path / "res"),
+            "--name", "broken", "--address", ray_cluster, "--quiet"]
+    p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    err = [x for x in p.stderr.splitlines() if x.startswith("error:")]
+    assert len(err) == 1 and "TPE sampler" in err[0] and "could not be saved" in err[0], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr + p.stdout
+    assert not (tmp_path / "res" / "broken").exists()  # nothing half-made for --resume to trip on
+
+    p = subprocess.run([*argv, "--debug"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "Traceback" in p.stderr and "cannot pickle" in p.stderr
+
+
+BASE_ONE_EPOCH = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 1}}
