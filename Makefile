@@ -13,7 +13,7 @@ COMPILE_FLAGS := --extra test --strip-extras --no-emit-find-links --no-emit-inde
 # `make test-latest`: the newest releases pyproject.toml's ranges allow, in a venv of its own.
 LATEST ?= .venv-latest
 
-.PHONY: sweep test lint lock test-latest bench repro-mnist repro-cifar10 investigate-mnist investigate-cifar10 clean-venv
+.PHONY: sweep test lint lock test-latest gpu-check bench repro-mnist repro-cifar10 investigate-mnist investigate-cifar10 clean-venv
 
 # Real data for the reproductions: MNIST/ and cifar10-jpg.tar.gz (see ../shared/data/README.md).
 DATA_ROOT ?= $(or $(NEUROREG_DATA_ROOT),../shared/data)
@@ -48,6 +48,10 @@ test-latest:
 	$(LATEST)/bin/python -m neuroreg.provenance --diff-lock
 	$(LATEST)/bin/ruff check .
 	$(LATEST)/bin/python -m pytest -q --timeout=900 $(ARGS)
+
+# Issue 25: everything that needs a CUDA GPU, in one table (exit 2 where there is none).
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
