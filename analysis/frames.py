@@ -80,6 +80,31 @@ def finished_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "TERMINATED"] if "status" in df.columns and len(df) else df
 
 
+def noise_table(noise: pd.DataFrame) -> pd.DataFrame:
+    """arm x (noise, level): 'mean ± sem' of accuracy over the arm's trials (seeds)."""
+    if not len(noise):
+        return pd.DataFrame()
+    s = noise.groupby(["arm", "noise", "level"])["accuracy"].agg(["mean", "sem"]).reset_index()
+    s["cell"] = [pm(m, e, 3) for m, e in zip(s["mean"], s["sem"])]
+    s["col"] = [f"{k} {lv:g}" for k, lv in zip(s["noise"], s["level"])]
+    order = list(dict.fromkeys(s.sort_values(["noise", "level"])["col"]))
+    wide = s.pivot(index="arm", columns="col", values="cell")[order]
+    n = noise.groupby("arm")["trial_id"].nunique().rename("n")
+    return wide.join(n).reset_index()[["arm", "n", *order]]
+
+
+def distance_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """arm x norm: per-trial median distance, 'mean ± sem' over the arm's trials."""
+    if not len(summary):
+        return pd.DataFrame()
+    s = summary.groupby(["arm", "norm"])["median"].agg(["mean", "sem"]).reset_index()
+    s["cell"] = [pm(m, e, 3) for m, e in zip(s["mean"], s["sem"])]
+    wide = s.pivot(index="arm", columns="norm", values="cell")
+    wide.columns = [f"median {c}" for c in wide.columns]
+    n = summary.groupby("arm")["trial_id"].nunique().rename("n")
+    return wide.join(n).reset_index()[["arm", "n", *wide.columns]]
+
+
 # --- the data of a report: one sweep, or several keyed by configuration ----------------------
 
 
