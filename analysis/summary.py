@@ -44,8 +44,8 @@ def sweep_summary(root: str | os.PathLike, sweep: str) -> str:
         lines.append("No baseline arm in this sweep: nothing to compare against.")
     else:
         seeds = done.groupby("arm").size()
-        lines.append(f"Family of {fam.size} comparisons against the baseline "
-                     f"({', '.join(sorted(set(fam.rows().baseline_arm)))}): {len(fam.confirmatory)} confirmatory "
+        lines.append(f"Against the baseline ({', '.join(sorted(set(fam.rows().baseline_arm)))}): "
+                     f"Family of {fam.size} comparisons, {len(fam.confirmatory)} confirmatory "
                      f"(declared, {CONFIRMATORY_CORRECTION}), {len(fam.exploratory)} exploratory ({CORRECTION}); "
                      "the report (analysis.report) lists every row.")
         if len(fam.confirmatory):
