@@ -257,6 +257,11 @@ def _load_npy(path: str, field: str, ndims: tuple[int, ...]) -> np.ndarray:
     return load_npy(path, field, ndims=ndims)
 
 
+VALUES_CHECKED_UP_FRONT = 64 << 20
+"""Recordings up to this size have their values checked with the config, before any work;
+larger ones when the target is built."""
+
+
 def check_responses_shape(shape: tuple[int, ...], n: int | None, path: str) -> None:
     """Recorded responses: stimuli x neurons or repeats (>= 2) x stimuli x neurons, >= 1 neuron,
     and (``n`` given) one stimulus per image of the regularization set."""
@@ -439,6 +444,8 @@ def _check_neural(cfg: RegularizerConfig, check_files: bool) -> None:
         shape, _ = npy_info(path, f"regularizer.{path_field}", ndims=(2, 3) if cfg.neural_responses else (2,))
         if cfg.neural_responses:
             check_responses_shape(shape, cfg.n, path)
+            if Path(path).stat().st_size <= VALUES_CHECKED_UP_FRONT:
+                check_responses(_load_npy(path, "regularizer.neural_responses", (2, 3)), cfg.n, path)
         elif shape[0] != shape[1] or shape[0] != cfg.n:
             raise ConfigError("regularizer.neural_matrix", f"{path} has shape {shape}; the target matrix must be "
                                                            f"N x N with N = regularizer.n = {cfg.n}")

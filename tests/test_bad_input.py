@@ -261,6 +261,268 @@ CASES: dict[str, Case] = {
 }
 
 
+# --- issue 22: untrusted files and extreme values --------------------------------------------------
+
+MEMORY = 4 << 30
+"""Address-space cap (ulimit -v) of the cases that used to allocate without bound."""
+ARROW_MEMORY = 8 << 30
+"""The cap where pyarrow reads tables: below ~6 GiB of address space its default thread pools
+(8 I/O threads here) cannot start and the read hangs, whatever the data."""
+
+
+def _memory_limit(n: int = MEMORY) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (n, n))
+
+
+def _forged_checkpoint(config: dict | None = None, num_classes: int = 10, in_chans: int = 1, width: int = 2,
+                       weights: str = "ok", name: str = "c.pt") -> Callable[[Path], None]:
+    """A checkpoint of a tiny real model whose stored config (merged over a digits run's) says ``config``;
+    ``{tmp}`` in string values becomes the case folder."""
+    def make(tmp: Path) -> None:
+        import torch
+
+        from neuroreg.checkpoint import build_model, trainer_state
+        from neuroreg.config import RunConfig, config_with
+
+        base = RunConfig.from_dict({"model": {"width": width}, "data": {"image_size": 8}})
+        torch.manual_seed(0)
+        model = build_model(base, num_classes, in_chans)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(0)
+        state = trainer_state(base, model, opt, None, g, g, num_classes, in_chans, 1, 0.1, 0.5, 0.0, [])
+        flat = {k: v.replace("{tmp}", str(tmp)) if isinstance(v, str) else v for k, v in (config or {}).items()}
+        state["config"] = config_with(base.to_dict(), flat)
+        if weights == "nan":
+            state["model"]["fc.weight"][0, 0] = float("nan")
+        torch.save(state, tmp / name)
+    return make
+
+
+def _fifo(name: str) -> Callable[[Path], None]:
+    def make(tmp: Path) -> None:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(tmp / name)
+    return make
+
+
+def _npy(name: str, kind: str) -> Callable[[Path], None]:
+    def make(tmp: Path) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        p = tmp / name
+        if kind == "object":
+            np.save(p, np.array([{"a": 1}, _Payload()], dtype=object), allow_pickle=True)
+        elif kind == "empty":
+            p.write_bytes(b"")
+        elif kind == "npz":
+            with open(p, "wb") as f:
+                np.savez(f, r=rng.random((20, 8)))
+        elif kind == "one_repeat":
+            np.save(p, rng.random((1, 20, 8)))
+        elif kind == "complex":
+            np.save(p, rng.random((20, 8)) + 1j)
+        elif kind == "no_neurons":
+            np.save(p, np.zeros((20, 0)))
+        elif kind == "nan":
+            r = rng.random((20, 8))
+            r[3, 3] = np.nan
+            np.save(p, r)
+        elif kind == "constant":
+            np.save(p, np.zeros((3, 20, 8), dtype=np.float32))
+        elif kind == "huge_header":  # claims 20 x 10^10 float64 (1.6 TB); holds 1 KiB
+            header = {"descr": "<f8", "fortran_order": False, "shape": (20, 10**10)}
+            with open(p, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, header)
+                f.write(b"\0" * 1024)
+        elif kind == "truncated":
+            np.save(p, rng.random((20, 8)))
+            p.write_bytes(p.read_bytes()[:200])
+        elif kind == "wrong_stimuli":
+            np.save(p, rng.random((4, 19, 8)))
+        elif kind == "text":
+            p.write_text("1,2,3\n")
+    return make
+
+
+def _tar(name: str, members: dict[str, bytes | int], compress: str = "gz") -> Callable[[Path], None]:
+    """A tar archive; an int member is that many zero bytes (streamed: a bomb costs no memory here)."""
+    def make(tmp: Path) -> None:
+        import io
+        import tarfile
+
+        class Zeros(io.RawIOBase):
+            def __init__(self, n: int):
+                self.left = n
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, b) -> int:
+                k = min(len(b), self.left)
+                b[:k] = bytes(k)
+                self.left -= k
+                return k
+
+        with tarfile.open(tmp / name, f"w:{compress}") as tf:
+            for member, data in members.items():
+                info = tarfile.TarInfo(member)
+                info.size = data if isinstance(data, int) else len(data)
+                tf.addfile(info, Zeros(data) if isinstance(data, int) else io.BytesIO(data))
+    return make
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG that claims w x h pixels in its header (and holds one byte of image data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+
+
+def _image_folder(bad_name: str, bad: bytes | None) -> Callable[[Path], None]:
+    """imgs/{train,test}/{a,b}/*.png of 8 x 8 pixels, plus one bad file (None: a FIFO) at ``bad_name``."""
+    def make(tmp: Path) -> None:
+        from PIL import Image
+
+        for split in ("train", "test"):
+            for cls in ("a", "b"):
+                d = tmp / "imgs" / split / cls
+                d.mkdir(parents=True)
+                for i in range(3):
+                    Image.new("L", (8, 8), 40 * i).save(d / f"{i}.png")
+        (tmp / "cache").mkdir()
+        if bad is None:
+            os.mkfifo(tmp / bad_name)
+        else:
+            (tmp / bad_name).write_bytes(bad)
+    return make
+
+
+EVAL = ["neuroreg.evaluate", "--checkpoint", "c.pt", "--out", "ev"]
+NO_ROOT = {"NEUROREG_DATA_ROOT": ""}
+NEURAL = ["neuroreg.train", "--out", "run", "--set", "regularizer.target=neural", "--set", "regularizer.alpha=1",
+          "--set", "regularizer.n=20", "--set", "regularizer.neural_responses=r.npy"]
+V1SIM_FOLDER = ["neuroreg.v1sim", "--out", "r.npy", "--set", "data.name=imagefolder", "--set", "data.root=imgs",
+                "--set", "regularizer.n=4", "--set", "data.image_size=8"]
+CACHE = {"NEUROREG_CACHE": "{tmp}/cache"}
+
+CASES.update({
+    # -- a checkpoint never steers: data location, download, split folders, surrogate ---------------------------
+    "ckpt-download-elsewhere": Case("steer", EVAL, "--data-root", _forged_checkpoint(
+        {"data.name": "mnist", "data.download": True, "data.root": "{tmp}/elsewhere/mnist"}), env=NO_ROOT),
+    "ckpt-imagefolder-usr": Case("steer", EVAL, "--data-root", _forged_checkpoint(
+        {"data.name": "imagefolder", "data.root": "/usr", "data.test_dir": "."}), env=NO_ROOT, timeout=60),
+    "ckpt-imagefolder-usr-env-root": Case("steer", EVAL, "data.test_dir", _all(_forged_checkpoint(
+        {"data.name": "imagefolder", "data.root": "/usr", "data.test_dir": "."}), lambda t: (t / "data").mkdir()),
+        env={"NEUROREG_DATA_ROOT": "{tmp}/data"}, timeout=60),
+    "ckpt-surrogate-from-file": Case("steer", [*EVAL, "--suites", "transfer"], "evaluation.surrogate",
+                                     _all(_forged_checkpoint({"evaluation.surrogate": "{tmp}/s.pt"}),
+                                          _forged_checkpoint(name="s.pt"))),
+    "ckpt-width-3000": Case("steer", EVAL, "model.width", _forged_checkpoint({"model.width": 3000}),
+                            preexec=_memory_limit(), timeout=60),
+    "ckpt-width-mismatch": Case("steer", EVAL, "c.pt", _forged_checkpoint({"model.width": 256}),
+                                preexec=_memory_limit(), says="shape", timeout=60),
+    "ckpt-nan-weights": Case("steer", EVAL, "c.pt", _forged_checkpoint(weights="nan"), says="NaN"),
+    "ckpt-stored-alpha-nan": Case("steer", EVAL, "regularizer.alpha",
+                                  _forged_checkpoint({"regularizer.alpha": float("nan")})),
+    "ckpt-stored-unknown-field": Case("steer", EVAL, "model.evil", _forged_checkpoint({"model.evil": 1})),
+    "ckpt-class-count-differs": Case("steer", EVAL, "data.name", _forged_checkpoint(num_classes=4), says="classes"),
+    "ckpt-channels-differ": Case("steer", EVAL, "data.grayscale", _forged_checkpoint(in_chans=3)),
+    "ckpt-fifo": Case("steer", EVAL, "c.pt", _fifo("c.pt"), says="FIFO", timeout=60),
+    "evaluate-device-bogus": Case("steer", [*EVAL, "--device", "tpu:0"], "--device", _forged_checkpoint()),
+    # -- archives and images: bounded, named -----------------------------------------------------------------
+    "archive-bomb": Case("bounded", [*V1SIM_FOLDER[:-6], "--set", "data.root=a.tar.gz"], "a.tar.gz",
+                         _all(_tar("a.tar.gz", {"train/a/0.png": 256 << 20}), lambda t: (t / "cache").mkdir()),
+                         env=CACHE, says="times its own size", preexec=_memory_limit(), timeout=60),
+    "archive-bz2": Case("bounded", [*V1SIM_FOLDER[:-6], "--set", "data.root=a.tar.gz"], "a.tar.gz",
+                        _all(_tar("a.tar.gz", {"train/a/0.png": b"x"}, "bz2"), lambda t: (t / "cache").mkdir()),
+                        env=CACHE, says="cannot extract"),
+    "archive-many-members": Case("bounded", [*V1SIM_FOLDER[:-6], "--set", "data.root=a.tar"], "a.tar",
+                                 _all(_tar("a.tar", {f"train/a/{i}.png": b"x" for i in range(20)}, ""),
+                                      lambda t: (t / "cache").mkdir()),
+                                 env={**CACHE, "NEUROREG_MAX_ARCHIVE_MEMBERS": "5"}, says="members"),
+    "archive-escapes": Case("bounded", [*V1SIM_FOLDER[:-6], "--set", "data.root=a.tar"], "a.tar",
+                            _all(_tar("a.tar", {"../../evil.png": b"x"}, ""), lambda t: (t / "cache").mkdir()),
+                            env=CACHE, says="unsafe member"),
+    "image-20000-px": Case("bounded", V1SIM_FOLDER, "imgs/train/a/big.png",
+                           _image_folder("imgs/train/a/big.png", _png_header(20000, 20000)), env=CACHE,
+                           preexec=_memory_limit(), timeout=60),
+    "image-truncated-jpeg": Case("bounded", V1SIM_FOLDER, "imgs/train/b/bad.jpg",
+                                 _image_folder("imgs/train/b/bad.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"),
+                                 env=CACHE, says="cannot be decoded"),
+    "image-eps-disguised": Case("code", V1SIM_FOLDER, "imgs/train/a/x.png", _image_folder(
+        "imgs/train/a/x.png", f"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n({TOUCH}) pop\n".encode()),
+        env=CACHE),
+    "image-fifo": Case("bounded", V1SIM_FOLDER, "imgs/train/a/fifo.png", _image_folder("imgs/train/a/fifo.png", None),
+                       env=CACHE, timeout=60),
+    "config-fifo": Case("bounded", ["neuroreg.train", "--config", "c.yaml", "--out", "run"], "--config",
+                        _fifo("c.yaml"), says="FIFO", timeout=60),
+    "tables-fifo": Case("bounded", ["analysis.query", "trials", "--results", "results"], "s.parquet",
+                        _all(_tables, lambda t: (t / "results/tables/trials/s.parquet").unlink(),
+                             _fifo("results/tables/trials/s.parquet")), timeout=60),
+    "sql-50-million-rows": Case("bounded", ["analysis.sql", "--results", "results",
+                                            "SELECT * FROM trials, range(50000000)"], "--max-rows", _tables,
+                                preexec=_memory_limit(ARROW_MEMORY), timeout=90),
+    # -- recordings ---------------------------------------------------------------------------------------------
+    **{f"recording-{kind}": Case("recordings", NEURAL, "r.npy", _npy("r.npy", kind), says=says, timeout=60,
+                                 preexec=_memory_limit())
+       for kind, says in (("object", "pickle"), ("empty", "not an .npy"), ("npz", ".npz"),
+                          ("one_repeat", "repeat"), ("complex", "complex"), ("no_neurons", "no neurons"),
+                          ("nan", "NaN"), ("constant", "varies"), ("huge_header", "limit"),
+                          ("truncated", "truncated"), ("wrong_stimuli", "regularizer.n"), ("text", "not an .npy"))},
+    "recording-fifo": Case("recordings", NEURAL, "r.npy", _fifo("r.npy"), says="FIFO", timeout=60),
+    "recording-folder": Case("recordings", NEURAL, "r.npy", lambda t: (t / "r.npy").mkdir(), says="folder"),
+    "matrix-not-square": Case("recordings", [*NEURAL[:-2], "--set", "regularizer.neural_matrix=m.npy"], "m.npy",
+                              _npy("m.npy", "wrong_stimuli")),
+    "v1sim-zero-repeats": Case("recordings", ["neuroreg.v1sim", "--repeats", "0", "--out", "r.npy"], "--repeats"),
+    "v1sim-one-repeat": Case("recordings", ["neuroreg.v1sim", "--repeats", "1", "--out", "r.npy"], "--repeats"),
+    "v1sim-out-not-npy": Case("recordings", ["neuroreg.v1sim", "--out", "responses"], "--out", says=".npy"),
+    "v1sim-out-folder": Case("recordings", ["neuroreg.v1sim", "--out", "d.npy"], "--out",
+                             lambda t: (t / "d.npy").mkdir()),
+    "v1sim-neurons-negative": Case("recordings", ["neuroreg.v1sim", "--neurons", "-5", "--out", "r.npy"],
+                                   "--neurons"),
+    "v1sim-too-many-values": Case("recordings", ["neuroreg.v1sim", "--neurons", "100000", "--repeats", "1000",
+                                                 "--out", "r.npy"], "--neurons", preexec=_memory_limit()),
+    # -- limits on sizes and values ------------------------------------------------------------------------
+    **{f"limit-{key}={value}": Case("limits", ["neuroreg.train", "--out", "run", "--set", f"{key}={value}"], key,
+                                    says=says, preexec=_memory_limit())
+       for key, value, says in (
+           ("model.width", "1000000", "NEUROREG_MAX_MODEL_WIDTH"), ("data.image_size", "3000", "limit"),
+           ("regularizer.n_pairs", "1000000000", "limit"), ("regularizer.batch_k", "100000", "limit"),
+           ("regularizer.n", "100000000", "limit"), ("train.batch_size", "10000000", "limit"),
+           ("model.blur_sigma", ".nan", "finite"), ("model.blur_sigma", ".inf", "finite"),
+           ("regularizer.alpha", ".nan", "nan"), ("regularizer.alpha", ".inf", "finite"),
+           ("regularizer.eps", ".nan", "finite"), ("optim.weight_decay", ".nan", "finite"),
+           ("optim.lr", ".inf", "finite"), ("train.seed", "100000000000000000000000", "seed"),
+           ("data.split_seed", "-1", "seed"), ("regularizer.alpha", "1" + "0" * 400, "float"),
+           ("evaluation.boundary_steps", "10000000000", "limit"),
+           ("evaluation.transfer_epsilons", "[0, .nan]", "finite"),
+           ("evaluation.pgd_eps_l2", "[0.1, .inf]", "finite"))},
+    # -- YAML in --set and --where ---------------------------------------------------------------------------
+    "set-unclosed-list": Case("yaml", ["neuroreg.train", "--out", "run", "--set", "regularizer.layers=[conv1"],
+                              "--set regularizer.layers"),
+    "set-python-tag": Case("code", ["neuroreg.train", "--out", "run", "--set",
+                                    f"train.seed=!!python/object/apply:os.system ['{TOUCH}']"], "--set train.seed"),
+    "set-deep-nesting": Case("yaml", ["neuroreg.train", "--out", "run", "--set",
+                                      "regularizer.layers=" + "[" * 3000 + "]" * 3000], "nest"),
+    "set-in-v1sim": Case("yaml", ["neuroreg.v1sim", "--out", "r.npy", "--set", "regularizer.n={a: 1"], "--set"),
+    "set-in-evaluate": Case("yaml", [*EVAL, "--set", "evaluation.suites=[clean"], "--set", _forged_checkpoint()),
+    "where-unclosed-list": Case("yaml", ["analysis.query", "trials", "--results", "results", "--where",
+                                         "best_val_acc=[1"], "--where", _tables),
+    "where-python-tag": Case("code", ["analysis.query", "trials", "--results", "results", "--where",
+                                      f"status=!!python/object/apply:os.system ['{TOUCH}']"], "--where", _tables),
+    "where-3000-parens": Case("yaml", ["analysis.query", "trials", "--results", "results", "--where",
+                                       "(" * 3000 + "best_val_acc > 0" + ")" * 3000], "--where", _tables),
+    "where-3000-nots": Case("yaml", ["analysis.query", "trials", "--results", "results", "--where",
+                                     "not " * 3000 + "best_val_acc > 0"], "--where", _tables),
+})
+
+
 def _free_port() -> int:
     """A port nothing listens on (bound, then closed again)."""
     with socket.socket() as s:
@@ -289,7 +551,8 @@ def test_refused(name, tmp_path):
     before = _snapshot(tmp_path)
     # Ray's socket paths must stay under 108 bytes, so its temp dir is short, not in tmp_path.
     ray_tmp = Path(tempfile.mkdtemp(prefix="nr-ray-", dir="/tmp"))
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "GIT_PYTHON_REFRESH": "quiet", **case.env}
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "GIT_PYTHON_REFRESH": "quiet",
+           **{k: v.replace("{tmp}", str(tmp_path)) for k, v in case.env.items()}}
     env.pop("NEUROREG_RESULTS", None)
     argv = [a.replace("{free_port}", str(_free_port())) for a in case.argv]
     t0 = time.time()
@@ -309,13 +572,15 @@ def test_refused(name, tmp_path):
     assert not ray_files and "Ray ready" not in p.stdout, f"a Ray session started: {ray_files}"
     after = _snapshot(tmp_path)
     assert after == before, f"files changed: {sorted(set(after) ^ set(before)) or 'contents'}"
+    assert not (tmp_path.parent / "evil.png").exists(), "an archive member escaped"
     assert took < case.timeout
 
 
 def test_every_class_of_the_issue_is_covered():
     classes = {c.cls for c in CASES.values()}
     assert classes >= {"code", "paths", "flags", "spaces", "syntax", "hangs", "unicode", "huge", "symlinks",
-                       "read-only", "disk-full"}
+                       "read-only", "disk-full",
+                       "steer", "bounded", "recordings", "limits", "yaml"}  # issue 22
 
 
 def test_the_payloads_are_real(tmp_path, monkeypatch):
