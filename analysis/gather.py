@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import store
-from analysis.provenance_table import provenance_table
+from analysis.provenance_table import decisions_table, provenance_table
 from analysis.ray_folder import (
     Problem,
     TrialFolder,
@@ -108,7 +108,9 @@ def collect(sweep_dir: str | os.PathLike) -> Gathered:
         "trials": _trials_table(sweep, trials, spec),
         "epochs": _epochs_table(sweep, trials),
     }
-    tables["provenance"] = provenance_table(sweep, sweep_dir, tables["trials"], problems)
+    if trials:  # a folder without trials is no sweep to describe
+        tables["provenance"] = provenance_table(sweep, sweep_dir, tables["trials"], problems)
+    tables["decisions"] = decisions_table(sweep, tables["trials"], spec)
     for table, file in RECORD_FILES.items():
         stem = file.removesuffix(".jsonl")
         rows = [{"sweep": sweep, "trial_id": t.trial_id, **r} for t in trials for r in t.records.get(stem, [])]
@@ -235,6 +237,7 @@ def _trials_table(sweep: str, trials: list[TrialFolder], spec: dict[str, Any]) -
             "iterations": int(last["training_iteration"]) if "training_iteration" in last else 0,
             "n_epochs": len(_epoch_rows(t)),
             **_node_columns(t.results),
+            **_round(t, spec),
         }
         metrics = _final_metrics(t)
         for k, v in cfg.items():
@@ -258,6 +261,14 @@ def _trials_table(sweep: str, trials: list[TrialFolder], spec: dict[str, Any]) -
     fixed = list(REQUIRED["trials"]) + ["condition", "baseline", "arm_key", "condition_key"]
     metric_cols = [c for c in df.columns if c not in fixed and c not in config_keys]
     return df[fixed + config_cols + sorted(metric_cols)]
+
+
+def _round(t: TrialFolder, spec: dict[str, Any]) -> dict[str, Any]:
+    """A sequential sweep's round of the trial: 1 for the first min seeds, then one per seed."""
+    seeds, index = spec.get("seeds"), t.params.get("__trial_index__")
+    if not isinstance(seeds, dict) or not isinstance(seeds.get("min"), int) or not isinstance(index, int):
+        return {}
+    return {"round": 1 if index < seeds["min"] else index - seeds["min"] + 2}
 
 
 def _node_columns(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The ``provenance`` table: one row per sweep, what made its numbers.
+"""The per-sweep tables: ``provenance`` (one row per sweep, what made its numbers) and
+``decisions`` (a sequential sweep's looks).
 
 From the sweep's ``provenance.json`` (written by ``sweep.run`` before the first trial:
 versions, commit, lock file, CPU, GPU, host, threads per trial) plus what its trials
@@ -58,3 +59,85 @@ def provenance_table(sweep: str, sweep_dir: Path, trials: pd.DataFrame, problems
         "n_trials": len(trials),
     }
     return pd.DataFrame([row])
+
+
+def decisions_table(sweep: str, trials: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
+    """A sequential sweep's looks, replayed from its finished trials exactly as the sweep
+    made them (analysis.stats.sequential_looks): one row per look, hypothesis and arm, with
+    the statistic, its boundaries and the decision. Empty for other sweeps."""
+    if not isinstance(spec.get("seeds"), dict) or not spec.get("hypotheses") or not len(trials):
+        return pd.DataFrame()
+    from analysis.stats import finished, sequential_looks
+
+    looks = sequential_looks(finished(trials), spec)
+    return looks.assign(sweep=sweep)[["sweep", *looks.columns]] if len(looks) else looks
+
+
+# --- in reports ---------------------------------------------------------------------
+
+SHOWN = (("torch", "torch"), ("ray", "Ray"), ("optuna", "Optuna"), ("git_commit", "commit"),
+         ("git_dirty", "dirty"), ("lock_drift", "drift from the lock"), ("cpu_model", "CPU"),
+         ("cpu_avx512_bf16", "AVX512-BF16"), ("cpu_amx_tile", "AMX"), ("gpu_model", "GPU"),
+         ("precision", "precision used"), ("device_kind", "device"), ("threads_per_trial", "threads/trial"),
+         ("hostname", "host"), ("rerun_of", "rerun of"))
+"""The fields a report shows (the table has them all): column, label."""
+
+
+def load_provenance(root: str | Path, sweeps: list[str]) -> pd.DataFrame:
+    """The provenance rows of these sweeps (an empty frame when none was gathered)."""
+    from analysis.store import files
+
+    paths = files(root, "provenance", sweeps)
+    if not paths:
+        return pd.DataFrame(columns=["sweep"])
+    import pyarrow.parquet as pq
+
+    return pd.concat([pq.read_table(p).to_pandas() for p in paths], ignore_index=True)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if column == "git_commit":
+        return str(value)[:12]
+    if column == "lock_drift":
+        return str(value) or "none"
+    return str(value)
+
+
+def provenance_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the report's provenance table: one row per field, one column per sweep."""
+    sweeps = [str(s) for s in df["sweep"]] if len(df) else []
+    header = ["", *sweeps]
+    rows = []
+    for column, label in SHOWN:
+        if column not in df.columns:
+            continue
+        rows.append([label, *(_cell(column, v) for v in df[column])])
+    return header, rows
+
+
+def provenance_markdown(df: pd.DataFrame) -> list[str]:
+    """The markdown lines of a report's provenance section."""
+    if not len(df):
+        return ["No provenance recorded (sweeps made before it was, or not gathered)."]
+    header, rows = provenance_rows(df)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines.append("")
+    lines.append("All fields: `python -m analysis.sql \"SELECT * FROM provenance\"`.")
+    return lines
+
+
+def provenance_warnings(df: pd.DataFrame) -> list[str]:
+    """One line per field that differs between the sweeps and can move numbers."""
+    if len(df) < 2:
+        return []
+    recs = df.to_dict("records")
+    out = []
+    for field in provenance.NUMERIC_FIELDS:
+        values = {str(r.get(field)) for r in recs}
+        if len(values) > 1:
+            detail = ", ".join(f"{r['sweep']}: {_cell(field, r.get(field))}" for r in recs)
+            out.append(f"warning: the sweeps differ in {field} ({detail}); differences between them may come from it")
+    return out

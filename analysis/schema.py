@@ -22,7 +22,7 @@ RECORD_FILES = {stem: f"{stem}.jsonl" for suite in SUITES for stem in suite.reco
 """Table name -> record file in a trial's evaluation/ folder: every registered suite's
 declared records (neuroreg.evaluate.suites), so a new suite gets its table and SQL view."""
 
-TABLES = ("trials", "epochs", *RECORD_FILES, "provenance")
+TABLES = ("trials", "epochs", *RECORD_FILES, "provenance", "decisions")
 
 REQUIRED = {
     "trials": (
@@ -40,6 +40,8 @@ REQUIRED = {
     "frequency": ("sweep", "trial_id", "kind"),
     # One row per sweep, joinable on sweep alone (analysis/provenance_table.py).
     "provenance": ("sweep", "torch", "git_commit", "cpu_model", "precision", "device_kind"),
+    # A sequential sweep's looks: one row per look, declared hypothesis and arm.
+    "decisions": ("sweep", "arm", "baseline_arm", "metric", "n", "decision"),
 }
 """Columns each table always has (more may follow: config fields, metrics, record fields)."""
 for _table in RECORD_FILES:  # a suite registered later: its records carry at least the key
@@ -47,6 +49,7 @@ for _table in RECORD_FILES:  # a suite registered later: its records carry at le
 
 SORT = {
     "provenance": ("sweep",),
+    "decisions": ("sweep", "arm", "metric", "n"),
     "trials": ("sweep", "trial_id"),
     "epochs": ("sweep", "trial_id", "epoch"),
 }

@@ -26,7 +26,7 @@ def _short(params: dict[str, Any]) -> str:
 class CompactProgress(tune.Callback):
     """Start / finish / error lines; the objective(s) and the metrics that matter."""
 
-    def __init__(self, objectives: list[str], total: int):
+    def __init__(self, objectives: list[str], total: int | str):
         self.objectives = [m for m in objectives if m not in SHOWN]
         self.total = total
         self.done = 0

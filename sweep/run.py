@@ -362,7 +362,7 @@ def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, conc
     """Save the spec and the provenance, build (or restore) the Tuner and run it. Anything
     that fails before the first trial started is a StartError naming what failed."""
     from sweep.start import StartError, has_trials, read_record, record_provenance
-    from sweep.tuner import build_tuner, restore_tuner
+    from sweep.tuner import build_tuner, restore_tuner, trial_count
 
     folder = sweep_folder(storage, name)
     threads = max(1, int(spec.resources.cpus_per_trial // 1))
@@ -378,7 +378,7 @@ def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, conc
             saved = _write_saved_spec(storage, name, spec.to_yaml())
             rerun_of = getattr(spec, "rerun_of", None)
             record_provenance(folder, threads, {"sweep": name, "rerun_of": rerun_of})
-            print(f"Sweep {name}: {spec.num_trials()} trials, up to {concurrency} at a time; spec saved to {saved}"
+            print(f"Sweep {name}: {trial_count(spec)} trials, up to {concurrency} at a time; spec saved to {saved}"
                   + (f" (a rerun of {rerun_of})" if rerun_of else ""), flush=True)
             tuner = build_tuner(spec, storage, name, concurrency, verbose, progress=not args.quiet,
                                 study_storage=study, max_failures=spec.failure.max_failures,

@@ -19,6 +19,7 @@ from ray.tune.search import Repeater, Searcher
 
 from neuroreg.evaluate.metrics import EPOCH_METRICS
 from sweep.folder import sweep_folder
+from sweep.sequential import ListSearcher, SequentialSeeds, all_seeds, max_trials
 from sweep.space import (
     BASELINE_PARAMS,
     SweepSpec,
@@ -138,7 +139,12 @@ def build_search(
     ``study_storage``: the Optuna study's SQLAlchemy URL (None: in memory)."""
     if spec.search.algorithm != "optuna":
         trials = enumerate_trials(spec)
-        return None, {PARAMS: tune.grid_search(trials)}, 1
+        if spec.sequential is None:
+            return None, {PARAMS: tune.grid_search(trials)}, 1
+        # Sequential: the list as a searcher, each seed by its index, so later rounds add seeds.
+        first = [{PARAMS: {k: v for k, v in t.items() if k != "train.seed"},
+                  TRIAL_INDEX: spec.seeds.index(t["train.seed"])} for t in trials]
+        return SequentialSeeds(ListSearcher(first), spec), {}, max_trials(spec, len(first))
 
     from ray.tune.search.optuna import OptunaSearch
 
@@ -162,6 +168,8 @@ def build_search(
         searcher = MeanRepeater(searcher, repeat=spec.repeats, set_index=True)
     if spec.baseline_trials():
         searcher = BaselineFirst(searcher, spec.baseline_trials())
+    if spec.sequential is not None:
+        return SequentialSeeds(searcher, spec), {}, max_trials(spec, spec.num_trials())
     return searcher, {}, spec.num_trials()
 
 
@@ -195,7 +203,7 @@ def build_trainable(spec: SweepSpec, experiment_dir: str | None, share_data: boo
     fn = tune.with_parameters(
         run_trial,
         base=spec.base,
-        seeds=spec.seeds,
+        seeds=all_seeds(spec),
         experiment_dir=experiment_dir,
         cpus_per_trial=spec.resources.cpus_per_trial,
         shared=shared,
@@ -249,7 +257,14 @@ def _callbacks(spec: SweepSpec, verbose: int, progress: bool) -> list:
         return []
     from sweep.progress import CompactProgress
 
-    return [CompactProgress(spec.search_metrics, spec.num_trials())]
+    return [CompactProgress(spec.search_metrics, trial_count(spec))]
+
+
+def trial_count(spec: SweepSpec) -> str:
+    """The trial count as printed: a range for a sequential sweep (first round to max seeds)."""
+    if spec.sequential is None:
+        return str(spec.num_trials())
+    return f"{spec.num_trials()} to {max_trials(spec, spec.num_trials())}"
 
 
 def run_config(
