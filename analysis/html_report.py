@@ -27,6 +27,7 @@ from plotly.subplots import make_subplots
 from analysis import plots
 from analysis.frames import Frames, decision_lines, family_table, family_text, pm, relative_path
 from analysis.importance import param_importances, pareto_front
+from analysis.provenance_table import load_provenance, provenance_rows, provenance_warnings
 from analysis.stats import KEY_METRICS, arm_summary, comparison_family
 from neuroreg.atomic import atomic_write_text
 
@@ -298,6 +299,16 @@ def build_html(
         else:
             page.table(imp.rename_axis("parameter").reset_index())
             page.figure("importance", lambda: importance_figure(imp, metric))
+
+    prov = load_provenance(root, list(frames.sweeps))
+    page.add("<h2>Provenance</h2>")
+    for line in provenance_warnings(prov):
+        page.p(line, "note")
+    if len(prov):
+        header, rows = provenance_rows(prov)
+        page.table(pd.DataFrame(rows, columns=["field", *header[1:]]))
+    else:
+        page.p("No provenance recorded (sweeps made before it was, or not gathered).", "note")
 
     doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>{html.escape(title)}</title><style>{_CSS}</style>"

@@ -49,6 +49,7 @@ from analysis.gather import (
     gather_report,
 )
 from analysis.importance import param_importances, pareto_front
+from analysis.provenance_table import load_provenance, provenance_markdown, provenance_warnings
 from analysis.query import config_columns, default_root, load, run_cli, sweep_meta
 from analysis.stats import (
     KEY_METRICS,
@@ -313,6 +314,7 @@ def build_report(
             names = list(objectives)
             doc.plot("Pareto front", lambda p: plots.pareto(means, front, names[0], names[1], p), "pareto")
 
+    doc.add("## Provenance", "", *provenance_markdown(load_provenance(root, [sweep])), "")
     path = out_dir / "report.md"
     return atomic_write_text(path, "\n".join(doc.lines) + "\n")
 
@@ -339,6 +341,9 @@ def build_comparison(
     doc.add("An arm is one `arm_key` (the trained configuration without its seed, the same hash in every "
             "sweep); its label names the configuration fields that vary across these sweeps. Its "
             "baseline is the unregularized arm of the same `condition_key`, from any of the sweeps.", "")
+    prov = load_provenance(root, list(frames.sweeps))
+    if warnings_ := provenance_warnings(prov):
+        doc.add(*[f"**{w}**" for w in warnings_], "")
     t = frames.trials
     arms = t.groupby("arm").agg(arm_key=("arm_key", "first"), sweeps=("sweep", lambda v: ", ".join(sorted(set(v)))),
                                 trials=("trial_id", "size")).reset_index()
@@ -357,6 +362,7 @@ def build_comparison(
         doc.plot("median adversarial distance", lambda p: plots.median_distance(frames.adv_sum, p), "median_distance")
     if len(frames.adv):
         doc.plot("robust accuracy vs epsilon", lambda p: plots.robust_accuracy_curves(frames.adv, p), "robust_accuracy")
+    doc.add("## Provenance", "", *provenance_markdown(prov), "")
     return atomic_write_text(out_dir / "comparison.md", "\n".join(doc.lines) + "\n"), frames
 
 
@@ -461,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if len(names) > 1:
         out = Path(args.out) if args.out else root / "reports" / ("compare-" + "+".join(names))
+        for line in provenance_warnings(load_provenance(root, names)):  # numbers may differ for these reasons
+            print(line, file=sys.stderr)
         path, frames = build_comparison(names, root, out, args.metric or "best_val_acc")
         print(f"report: {path}")
         if args.html:

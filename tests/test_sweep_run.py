@@ -258,6 +258,25 @@ def test_provenance_and_rerun_is_bit_identical(ray_cluster, tmp_path, capsys):
     assert n == 12
     assert isinstance(con, duckdb.DuckDBPyConnection)
 
+    # The reports show it; the same code and machine give no warning, a forged torch does.
+    from analysis.report import main as report
+
+    assert report(["orig", "again", "--results", str(tmp_path), "--out", str(tmp_path / "cmp"), "--html"]) == 0
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "## Provenance" in md and "| torch |" in md and "differ in" not in md
+    assert "<h2>Provenance</h2>" in (tmp_path / "cmp" / "report.html").read_text()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "tables" / "provenance" / "again.parquet"
+    t = pq.read_table(f)
+    pq.write_table(t.set_column(t.schema.get_field_index("torch"), "torch", pa.array(["9.9.9"])), f)
+    capsys.readouterr()
+    assert report(["orig", "again", "--results", str(tmp_path), "--out", str(tmp_path / "cmp2")]) == 0
+    err = capsys.readouterr().err
+    assert "differ in torch" in err and "9.9.9" in err
+    assert "differ in torch" in (tmp_path / "cmp2" / "comparison.md").read_text()
+
 
 def test_rerun_flags_refused(tmp_path, capsys):
     (tmp_path / "orig").mkdir()
