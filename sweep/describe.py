@@ -37,7 +37,15 @@ def describe(spec) -> str:
         "  scheduler: " + (f"asha (grace {sch.grace_period} epochs, reduction {sch.reduction_factor:g}, "
                            f"on {spec.metric})" if sch.type == "asha" else "none")
     )
-    lines.append(f"  seeds: {spec.seeds if spec.seeds else [b.train.seed]}")
+    if spec.sequential is not None:
+        q = spec.sequential
+        lines.append(f"  seeds: sequential, {q.min} to {q.max} per arm (first round {spec.seeds}; more until each "
+                     "declared hypothesis is decided)")
+    else:
+        lines.append(f"  seeds: {spec.seeds if spec.seeds else [b.train.seed]}")
+    for h in spec.hypotheses:
+        lines.append(f"  hypothesis: every arm {h.direction} than its baseline on {h.metric} "
+                     f"(smallest effect {h.smallest_effect:g}, alpha {spec.alpha:g}, Holm)")
     r = spec.resources
     lines.append(f"  resources: {r.cpus_per_trial:g} CPU + {r.gpus_per_trial:g} GPU per trial, "
                  f"max concurrent {r.max_concurrent or 'as many as fit'}; time budget {spec.time_budget_s or 'none'}")
@@ -47,7 +55,12 @@ def describe(spec) -> str:
         lines.append(f"  trials: {n} ({spec.num_samples} configurations x {spec.repeats} seeds{extra})")
     else:
         trials = enumerate_trials(spec)
-        lines.append(f"  trials: {n}")
+        if spec.sequential is not None:
+            from sweep.tuner import trial_count
+
+            lines.append(f"  trials: {trial_count(spec)} (the first round:)")
+        else:
+            lines.append(f"  trials: {n}")
         for i, t in enumerate(trials):
             lines.append(f"    {i:3d}  " + "  ".join(f"{k}={_short_value(v)}" for k, v in t.items()))
     return "\n".join(lines)
