@@ -121,17 +121,9 @@ def run_steps(cfg: RunConfig, data, progress: bool = False) -> SyncDetector:
     return det
 
 
-SHUFFLE_SYNCS = pytest.mark.xfail(strict=True, reason=(
-    "ShuffleTarget.pairs copies the pair indices to the host (k.cpu()) for the Feistel permutation "
-    "(whose cycle walking loops on bool(outside.any())) and back with blocking .to() in the base "
-    "target: 5 syncs per step. Fix in neuroreg/targets.py: permute k on its own device without a "
-    "data-dependent loop"))
-
-
 @pytest.mark.parametrize("pairing", ["pairs", "batch"])
 @pytest.mark.parametrize("augment", [False, True], ids=["plain", "augment"])
-@pytest.mark.parametrize("target", ["pixel", "pixel_th", "neural", "features",
-                                    pytest.param("shuffle", marks=SHUFFLE_SYNCS)])
+@pytest.mark.parametrize("target", ["pixel", "pixel_th", "neural", "features", "shuffle"])
 def test_no_syncs_in_the_step(target, augment, pairing, files, data):
     det = run_steps(_cfg(target, augment, pairing, files.get(target, {})), data)
     assert not det.outside(*ALLOWED), det.report(det.outside(*ALLOWED))

@@ -80,6 +80,91 @@ def test_feistel_is_a_permutation_and_depends_on_seed():
     assert (a == torch.arange(1000)).float().mean() < 0.05  # not near identity
 
 
+def _host_loop_perm(perm: FeistelPermutation, k: torch.Tensor) -> torch.Tensor:
+    """The permutation as it was before issue 25: cycle walking on the host until every index
+    is back in [0, m), reading ``outside.any()`` once per walking step (a GPU sync each)."""
+    out = perm._once(k)
+    outside = out >= perm.m
+    while bool(outside.any()):
+        out = torch.where(outside, perm._once(out), out)
+        outside = out >= perm.m
+    return out
+
+
+def _host_loop_shuffle_matrix(base_matrix: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """The shuffle target's N x N matrix as the previous implementation computed it."""
+    perm = FeistelPermutation(max(1, n * (n - 1) // 2), seed)
+    ii, jj = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    i, j = ii.reshape(-1), jj.reshape(-1)
+    same = i == j
+    k = pair_index(i, torch.where(same, (i + 1) % n, j), n)
+    a, b = pair_from_index(_host_loop_perm(perm, k.cpu()), n)
+    v = base_matrix[a, b]
+    return torch.where(same, torch.ones_like(v), v).reshape(n, n)
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 40, 300])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_shuffle_values_identical_to_the_host_loop(n, seed):
+    """The fixed-step walk on the device changes no value of the shuffle control."""
+    imgs = _images(n=n, seed=seed)
+    base = build_target(RegularizerConfig(target="pixel_th", th=0.2, alpha=1.0), imgs)
+    sh = build_target(RegularizerConfig(target="shuffle", shuffle_of="pixel_th", th=0.2, alpha=1.0, seed=seed), imgs)
+    assert torch.equal(sh.matrix(), _host_loop_shuffle_matrix(base.matrix(), n, seed))
+
+
+def _walk_lengths(perm: FeistelPermutation) -> torch.Tensor:
+    """How many extra Feistel applications each index of [0, m) needs (brute force)."""
+    out = perm._once(torch.arange(perm.m))
+    steps = torch.zeros(perm.m, dtype=torch.int64)
+    while bool((out >= perm.m).any()):
+        outside = out >= perm.m
+        steps += outside.long()
+        out = torch.where(outside, perm._once(out), out)
+    return steps
+
+
+@pytest.mark.parametrize("m", [1, 3, 780, 124_750, 499_500])
+def test_walk_bound_is_the_exact_maximum(m):
+    """walk_steps is the longest walk of any index: enough for all, and not one step more."""
+    perm = FeistelPermutation(m, seed=1)
+    assert perm.exact
+    assert perm.walk_steps == int(_walk_lengths(perm).max())
+    k = torch.arange(m)
+    assert torch.equal(perm(k), _host_loop_perm(perm, k))
+    assert int(perm(k).max()) < m
+
+
+def test_walk_without_an_exact_bound_flags_an_unfinished_index(monkeypatch):
+    """Above EXACT_WALK_MAX the bound is probabilistic: values are still the same, and an index
+    still outside after walk_steps (forced here by a bound of 0) raises the device flag."""
+    import neuroreg.targets as targets
+
+    monkeypatch.setattr(targets, "EXACT_WALK_MAX", 0)
+    m = 780
+    perm = FeistelPermutation(m, seed=1)
+    p, t = 1 - m / 1024, perm.walk_steps  # domain 2^10
+    assert not perm.exact and m * p**t <= 2**-40 < m * p ** (t - 1)  # the smallest such t
+    k = torch.arange(m)
+    out, unfinished = perm.walk(k)
+    assert torch.equal(out, _host_loop_perm(perm, k)) and not bool(unfinished)
+    needs_walk = _walk_lengths(perm) > 0
+    assert bool(needs_walk.any())
+    perm.walk_steps = 0
+    out, unfinished = perm.walk(k)
+    assert bool(unfinished)
+    assert torch.equal(out[needs_walk], k[needs_walk])  # a valid index, never one >= m
+    with pytest.raises(RuntimeError, match="cycle-walking steps"):
+        perm(k)
+    # the target keeps the flag on its device until the trainer reads it
+    imgs = _images(n=40)
+    sh = build_target(RegularizerConfig(target="shuffle", shuffle_of="pixel", alpha=1.0, seed=1), imgs).to("cpu")
+    assert sh.incomplete() is not None and not bool(sh.incomplete())
+    sh.perm.walk_steps = 0
+    sh.pairs(torch.arange(40), torch.arange(40).flip(0))
+    assert bool(sh.incomplete())
+
+
 def test_shuffle_keeps_values_and_symmetry_but_moves_them():
     imgs = _images(n=20, seed=7)
     cfg = RegularizerConfig(target="shuffle", shuffle_of="pixel", alpha=1.0, seed=3)
