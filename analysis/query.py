@@ -67,7 +67,8 @@ def load(
     if isinstance(sweeps, str):
         sweeps = [sweeps]
     df = _read(table, root, list(sweeps) if sweeps is not None else None)
-    if join_trials and table != "trials" and len(df):
+    # provenance and decisions are per sweep (no trial_id): nothing per trial to join on.
+    if join_trials and table != "trials" and len(df) and "trial_id" in df.columns:
         trials = _read("trials", root, list(sweeps) if sweeps is not None else None)
         cols = list(KEY) + [c for c in config_columns(root, sweeps) + list(TRIAL_COLUMNS)
                             if c in trials.columns and c not in df.columns]
@@ -114,12 +115,12 @@ def config_columns(root: str | os.PathLike, sweeps: Iterable[str] | None = None)
 
 def sweep_meta(root: str | os.PathLike, sweep: str) -> dict:
     """The metadata stored with a sweep's trials table (sweep_spec, sweep_dir, problems)."""
-    path = store.sweep_file(root, "trials", sweep)
-    if not path.exists():
+    paths = store.files(root, "trials", [sweep])  # the current generation's file
+    if not paths:
         raise FileNotFoundError(
             f"sweep: {sweep!r} is not gathered in {root}; gathered: {store.sweeps(root)}"
         )
-    return store.read_meta(path)
+    return store.read_meta(paths[0])
 
 
 def resolve(name: str, columns: Iterable[str]) -> str:

@@ -107,6 +107,8 @@ def check_flags(args: argparse.Namespace, storage: str) -> None:
         raise ConfigError("--num-cpus", f"must be >= 1, got {args.num_cpus}")
     if "://" not in storage:
         check_output_folder(storage, "--storage")
+    if args.results is not None:  # the root of the Parquet tables: a folder, never a file
+        check_output_folder(Path(args.results).expanduser(), "--results")
     if "://" in storage:
         check_remote_storage(storage)
     for flag, package in (("--wandb", "wandb"), ("--mlflow", "mlflow")):
@@ -202,6 +204,7 @@ def load_for_run(args: argparse.Namespace, storage: str):
     if args.study_storage is not None:
         # Ray's OptunaSearch loads an existing study of the same name: a new sweep would be
         # seeded with another sweep's trials (another space, maybe other directions).
+        # Read-only: a dry run (and this check) never creates Optuna's tables.
         from sweep.study import study_trials
 
         try:

@@ -146,8 +146,8 @@ def parse_spec(
         raise ConfigError("mode", f"must be min or max, got {spec.mode!r}")
     if not 1 <= spec.num_samples <= MAX_SAMPLES:
         raise ConfigError("num_samples", f"must lie in [1, {MAX_SAMPLES}], got {spec.num_samples}")
-    if spec.time_budget_s is not None and not spec.time_budget_s > 0:
-        raise ConfigError("time_budget_s", f"must be > 0 seconds or null, got {spec.time_budget_s}")
+    if spec.time_budget_s is not None and not (math.isfinite(spec.time_budget_s) and spec.time_budget_s > 0):
+        raise ConfigError("time_budget_s", f"must be a finite number of seconds > 0, or null, got {spec.time_budget_s}")
     spec.search = _section(raw, "search", SearchSpec)
     spec.scheduler = _section(raw, "scheduler", SchedulerSpec)
     spec.resources = _section(raw, "resources", ResourcesSpec)

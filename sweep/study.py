@@ -57,16 +57,27 @@ def rdb_storage(url: str | None) -> Any:
 
 
 def study_trials(url: str, study_name: str) -> int:
-    """How many trials the stored study holds (0 when there is no such study)."""
-    import optuna
+    """How many trials the stored study holds (0 when there is no such study).
 
+    Read-only: plain SELECTs on Optuna's tables through SQLAlchemy, never optuna's
+    RDBStorage (which creates its tables and stamps a schema version in any database it
+    opens), so asking, in a dry run too, changes no database."""
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         return 0  # no database yet (and none created by asking)
+    import sqlalchemy as sa
 
+    engine = sa.create_engine(url)
     try:
-        return len(optuna.load_study(study_name=study_name, storage=url).trials)
-    except KeyError:
-        return 0
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            if not {"studies", "trials"} <= tables:
+                return 0  # no Optuna study in this database
+            n = conn.execute(sa.text("SELECT count(*) FROM trials t JOIN studies s ON t.study_id = s.study_id "
+                                     "WHERE s.study_name = :name"), {"name": study_name}).scalar()
+            conn.rollback()
+            return int(n or 0)
+    finally:
+        engine.dispose()
 
 
 class ExtendableSearch(SearchGenerator):

@@ -4,6 +4,7 @@ value a trial can take (through RunConfig validation) and the metrics it optimis
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from neuroreg.config import ConfigError, RunConfig, config_with, field_paths, set_dotted
@@ -29,13 +30,20 @@ def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
         raise ConfigError("scheduler.type", f"must be one of {SCHEDULERS}, got {spec.scheduler.type!r}")
     if spec.scheduler.grace_period < 1:
         raise ConfigError("scheduler.grace_period", "must be >= 1 epoch")
-    if not spec.scheduler.reduction_factor > 1:
-        raise ConfigError("scheduler.reduction_factor", "must be > 1")
+    if not (math.isfinite(spec.scheduler.reduction_factor) and spec.scheduler.reduction_factor > 1):
+        raise ConfigError("scheduler.reduction_factor", f"must be a finite number > 1 (e.g. 2), "
+                                                        f"got {spec.scheduler.reduction_factor}")
+    if not 0 <= spec.search.seed <= MAX_SAMPLER_SEED:
+        raise ConfigError("search.seed", f"must be an integer in [0, 2^32 - 1] (numpy's and Optuna's sampler "
+                                         f"seed range), got {spec.search.seed}")
     r = spec.resources
-    if not r.cpus_per_trial > 0:
-        raise ConfigError("resources.cpus_per_trial", f"must be > 0 (fractions allowed), got {r.cpus_per_trial}")
-    if r.gpus_per_trial < 0:
-        raise ConfigError("resources.gpus_per_trial", f"must be >= 0 (fractions allowed), got {r.gpus_per_trial}")
+    if not (math.isfinite(r.cpus_per_trial) and r.cpus_per_trial > 0):
+        raise ConfigError("resources.cpus_per_trial", f"must be a finite number > 0 (fractions allowed; flag "
+                                                      f"--cpus-per-trial), got {r.cpus_per_trial}")
+    if not (math.isfinite(r.gpus_per_trial) and r.gpus_per_trial >= 0):
+        raise ConfigError("resources.gpus_per_trial", f"must be a finite number >= 0 (fractions allowed; flag "
+                                                      f"--gpus-per-trial), got {r.gpus_per_trial}")
+    _check_devices(spec)
     if r.max_concurrent is not None and r.max_concurrent < 1:
         raise ConfigError("resources.max_concurrent", "must be >= 1 or null")
 
@@ -110,9 +118,11 @@ def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
         raise ConfigError("space", "optuna needs at least one parameter to search")
     if spec.search.n_startup_trials is not None and spec.search.n_startup_trials < 0:
         raise ConfigError("search.n_startup_trials", "must be >= 0")
+    configs = _trial_configs(spec)
     if algo != "optuna":
-        for trial in enumerate_trials(spec):
-            _validate(config_with(spec.base, trial), "space", check_files)  # every full combination
+        for d in configs:
+            _validate(d, "space", check_files)  # every full combination
+    _check_regularization_sets(spec, configs)
     if spec.seeds:
         # A sequential sweep may add seeds up to max - 1: those must be valid seeds too.
         later = [spec.sequential.max - 1] if spec.sequential and spec.sequential.max > len(spec.seeds) else []
@@ -120,6 +130,73 @@ def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
             d = copy.deepcopy(spec.base)
             set_dotted(d, "train.seed", s)
             _validate(d, "seeds", check_files)
+
+
+MAX_SAMPLER_SEED = 2**32 - 1
+SWEEP_DEVICES = ("auto", "cpu")
+"""train.device values a sweep trial may take: Ray assigns GPUs (``--gpus-per-trial``)."""
+
+
+def _check_devices(spec: SweepSpec) -> None:
+    """A sweep's trials take the devices Ray gives them: an explicit cuda / cuda:N would grab
+    GPU 0 without a share, or name a GPU the trial cannot see."""
+    fix = ("a sweep assigns GPUs through --gpus-per-trial (resources.gpus_per_trial); use train.device: auto "
+           "(the trial's GPU share, else the CPU) or cpu (logical GPUs used only to pack trials)")
+    device = spec.base_config.train.device
+    if device not in SWEEP_DEVICES:
+        raise ConfigError("base.train.device", f"{device!r} is not allowed in a sweep; {fix}")
+    for p in spec.space:
+        if p.key == "train.device":
+            bad = [v for v in (p.values or [None]) if v not in SWEEP_DEVICES]
+            if bad:
+                raise ConfigError("space.train.device", f"{bad[0]!r} is not allowed in a sweep; {fix}")
+
+
+def _check_regularization_sets(spec: SweepSpec, configs: list[dict[str, Any]]) -> None:
+    """Every regularized trial's regularizer.n fits its regularization set, checked where the
+    set's size is known without files (digits, synthetic); other sets are checked by the trial."""
+    from neuroreg.data import _train_val, load_dataset
+
+    sizes: dict[str, int] = {}
+    for d in configs:
+        try:
+            cfg = RunConfig.from_dict(copy.deepcopy(d), validate=False)
+        except (ConfigError, KeyError, TypeError, ValueError):
+            continue  # an invalid value is reported by its own check
+        r = cfg.regularizer
+        if not r.active:
+            continue
+        source = r.data if r.data is not None else cfg.data
+        if source.name not in ("digits", "synthetic"):
+            continue
+        key = repr((source, r.data is None))
+        if key not in sizes:
+            try:
+                sizes[key] = (len(_train_val(source, "data")[0]) if r.data is None
+                              else len(load_dataset(source, train=True, field="regularizer.data")))
+            except ConfigError:
+                continue  # reported by the config's own check
+        if r.n > sizes[key]:
+            what = "classification training split" if r.data is None else f"regularizer.data ({source.name}) training set"
+            raise ConfigError("regularizer.n", f"a regularized trial asks for {r.n} images but the {what} has only "
+                                               f"{sizes[key]}; set regularizer.n <= {sizes[key]} (--set "
+                                               f"regularizer.n={sizes[key]}) or choose a larger regularizer.data")
+
+
+def _trial_configs(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Config trees covering the values trials can take: every trial of a grid / random
+    sweep, the probed values of an Optuna space."""
+    if spec.search.algorithm != "optuna":
+        return [config_with(spec.base, t) for t in enumerate_trials(spec)]
+    out = [copy.deepcopy(spec.base)]
+    for p in spec.space:
+        for value in _probe_values(p):
+            d = copy.deepcopy(spec.base)
+            for ck, cv in _condition_values(spec, p).items():
+                set_dotted(d, ck, cv)
+            set_dotted(d, p.key, value)
+            out.append(d)
+    return out
 
 
 def _check_metrics(spec: SweepSpec) -> None:

@@ -383,7 +383,8 @@ def test_when_that_can_never_hold():
     from neuroreg.config import ConfigError
     from sweep.spec import parse_spec
 
-    raw = {"name": "w", "base": {"data": {"name": "digits"}, "regularizer": {"target": "pixel", "alpha": 1.0}},
+    raw = {"name": "w", "base": {"data": {"name": "digits"},
+                                 "regularizer": {"target": "pixel", "alpha": 1.0, "n": 500}},
            "space": {"regularizer.target": {"choice": ["pixel", "shuffle"]},
                      "regularizer.th": {"uniform": [0.1, 0.9], "when": {"regularizer.target": "pixel_th"}}},
            "search": {"algorithm": "random"}}
