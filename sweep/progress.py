@@ -26,17 +26,21 @@ def _short(params: dict[str, Any]) -> str:
 class CompactProgress(tune.Callback):
     """Start / finish / error lines; the objective(s) and the metrics that matter."""
 
-    def __init__(self, objectives: list[str], total: int | str):
+    def __init__(self, objectives: list[str], total: int | str, seeds: list[int] | None = None):
         self.objectives = [m for m in objectives if m not in SHOWN]
         self.total = total
+        self.seeds = seeds  # train.seed by trial index: the line shows the seed, not its position
         self.done = 0
         self.t0 = time.perf_counter()
 
     def _label(self, trial: Any) -> str:
         cfg = trial.config or {}
-        seed = cfg.get("__trial_index__")
+        index = cfg.get("__trial_index__")
         params = _short(cfg.get("params") or {})
-        return f"{trial.trial_id} {params}" + (f" seed#{seed}" if seed is not None else "")
+        if index is None:
+            return f"{trial.trial_id} {params}"
+        seed = self.seeds[int(index)] if self.seeds and int(index) < len(self.seeds) else None
+        return f"{trial.trial_id} {params}" + (f" seed={seed}" if seed is not None else f" seed#{index}")
 
     def _say(self, text: str) -> None:
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {text}", file=sys.stdout, flush=True)

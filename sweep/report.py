@@ -37,13 +37,14 @@ def unfinished(results: Any) -> int:
     return sum(s not in ("TERMINATED", "ERROR") for s in ray_statuses(results).values())
 
 
-def trial_rows(results: Any, fill: dict[str, Any] | None = None) -> pd.DataFrame:
+def trial_rows(results: Any, fill: dict[str, Any] | None = None, seeds: list[int] | None = None) -> pd.DataFrame:
     """A DataFrame of a ResultGrid: trial, status, parameters, final metrics, folder.
 
     status: done (trained and evaluated), stopped (ended early by the scheduler or the time
     budget), error, or interrupted (continue with --resume). ``fill``: values of parameters
     some trials set and others take from the base (the baseline's regularizer.target: the
-    other trials' target is the base's, not "–")."""
+    other trials' target is the base's, not "–"). ``seeds``: train.seed by trial index, so the
+    seed column shows the seed itself (without it, the index as ``seed#``)."""
     statuses = ray_statuses(results)
     searched = {k for r in results for k in ((r.config or {}).get("params") or {})}
     fill = {k: v for k, v in (fill or {}).items() if k in searched}
@@ -52,7 +53,11 @@ def trial_rows(results: Any, fill: dict[str, Any] | None = None) -> pd.DataFrame
         cfg = r.config or {}
         params = {**fill, **(cfg.get("params") or {})}
         if "__trial_index__" in cfg:
-            params["seed#"] = cfg["__trial_index__"]
+            i = int(cfg["__trial_index__"])
+            if seeds and i < len(seeds):
+                params["seed"] = seeds[i]
+            else:
+                params["seed#"] = i
         m = r.metrics or {}
         tid = m.get("trial_id") or _trial_id(r.path)
         row: dict[str, Any] = {"trial": tid}

@@ -257,7 +257,7 @@ def _callbacks(spec: SweepSpec, verbose: int, progress: bool) -> list:
         return []
     from sweep.progress import CompactProgress
 
-    return [CompactProgress(spec.search_metrics, trial_count(spec))]
+    return [CompactProgress(spec.search_metrics, trial_count(spec), all_seeds(spec))]
 
 
 def trial_count(spec: SweepSpec) -> str:
