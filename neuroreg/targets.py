@@ -7,8 +7,6 @@ N = 50,000 fits in memory; an N x N matrix exists only where the user hands one.
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,8 @@ import numpy as np
 import torch
 
 from neuroreg.errors import ConfigError
+from neuroreg.pairperm import FeistelPermutation, pair_from_index, pair_index
+from neuroreg.precision import ieee_fp32
 from neuroreg.registry import Registry
 from neuroreg.safe_io import check_regular, load_npy, npy_info
 
@@ -111,133 +111,6 @@ class MatrixTarget(Target):
 
 
 # --- shuffle control --------------------------------------------------------------
-
-
-def pair_index(i: torch.Tensor, j: torch.Tensor, n: int) -> torch.Tensor:
-    """Linear index of the unordered pair {i, j}, i != j, in the upper triangle (row-major)."""
-    a, b = torch.minimum(i, j), torch.maximum(i, j)
-    return a * n - a * (a + 1) // 2 + (b - a - 1)
-
-
-def pair_from_index(k: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of ``pair_index``: the pair (a < b) with linear index k."""
-    kf = k.double()
-    t = 2 * n - 1
-    a = torch.floor((t - torch.sqrt((t * t - 8 * kf).clamp_min(0))) / 2).long()
-    # The float estimate can be off by one near row boundaries; correct it exactly.
-    start = a * n - a * (a + 1) // 2
-    a = torch.where(start > k, a - 1, a)
-    start = a * n - a * (a + 1) // 2
-    nxt = start + (n - a - 1)
-    a = torch.where(k >= nxt, a + 1, a)
-    start = a * n - a * (a + 1) // 2
-    b = k - start + a + 1
-    return a, b
-
-
-_MASK32 = 0xFFFFFFFF
-
-
-EXACT_WALK_MAX = 1 << 24
-"""Up to this many pairs (N <= 5,793) the cycle-walking bound is computed exactly, over every
-index, when the permutation is made (N = 1,000: 0.1 s on a CPU core; N = 5,000: 2.5 s); above it the bound
-holds with a failure probability below 2^-40 and a device-side flag catches the rest."""
-_WALK_CHUNK = 1 << 22
-
-
-@functools.lru_cache(maxsize=32)
-def _exact_walk_bound(perm: FeistelPermutation) -> int:
-    """The most extra Feistel applications any index in [0, m) needs to walk back into [0, m)."""
-    worst = 0
-    for start in range(0, perm.m, _WALK_CHUNK):
-        out = perm._once(torch.arange(start, min(start + _WALK_CHUNK, perm.m), dtype=torch.int64))
-        steps = 0
-        out = out[out >= perm.m]  # host tensors at construction: this loop is no step's
-        while out.numel():
-            steps += 1
-            out = perm._once(out)
-            out = out[out >= perm.m]
-        worst = max(worst, steps)
-    return worst
-
-
-def _probable_walk_bound(m: int, domain: int) -> int:
-    """Steps t with m * p^t <= 2^-40, p = 1 - m / domain the share of the domain outside [0, m):
-    for a random permutation, the chance that any of the m starting indices walks longer."""
-    p = 1.0 - m / domain
-    return math.ceil((-40 * math.log(2) - math.log(m)) / math.log(p)) if p > 0 else 0
-
-
-class FeistelPermutation:
-    """A seeded bijection of [0, m) evaluated elementwise on int64 tensors.
-
-    Hand-written because the shuffle control permutes N(N-1)/2 off-diagonal pairs:
-    1.25e9 of them for N = 50,000, whose torch.randperm alone would take 10 GB. A
-    4-round Feistel network on the smallest even bit width >= log2(m), with cycle-walking
-    back into [0, m), is a true permutation computed on the fly.
-
-    The walk runs on the indices' own device in a fixed number of steps (``walk_steps``),
-    each a ``torch.where``, so a training step never reads a value back to the host (a
-    ``while outside.any()`` loop would, once per walking step). The domain 2^bits is below
-    4m, so each step leaves an index outside with probability < 3/4; ``walk_steps`` is the
-    exact maximum over all m indices up to EXACT_WALK_MAX (``exact``), else a bound that
-    holds but with probability 2^-40, and ``walk`` then also returns a device flag telling
-    whether any index was still outside (the trainer reads it with the finiteness check).
-    """
-
-    def __init__(self, m: int, seed: int, rounds: int = 4):
-        if m < 1:
-            raise ValueError("m must be >= 1")
-        self.m = m
-        bits = max(2, math.ceil(math.log2(max(m, 2))))
-        bits += bits % 2
-        self.half = bits // 2
-        self.half_mask = (1 << self.half) - 1
-        rng = np.random.default_rng(seed)
-        self.keys = [int(k) for k in rng.integers(1, 2**31 - 1, size=rounds)]
-        self.exact = m <= EXACT_WALK_MAX
-        self.walk_steps = _exact_walk_bound(self) if self.exact else _probable_walk_bound(m, 1 << bits)
-
-    def __hash__(self) -> int:  # the walk bound's cache key: what the permutation is made of
-        return hash((self.m, self.half, tuple(self.keys)))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, FeistelPermutation) and (self.m, self.half, self.keys) == (
-            other.m, other.half, other.keys)
-
-    def _round(self, r: torch.Tensor, key: int) -> torch.Tensor:
-        # A multiply-xorshift mix kept within 32 bits so int64 products never overflow.
-        x = (r ^ key) & _MASK32
-        x = (x * 0x45D9F3B) & _MASK32
-        x = x ^ (x >> 16)
-        x = (x * 0x45D9F3B) & _MASK32
-        x = x ^ (x >> 16)
-        return x & self.half_mask
-
-    def _once(self, k: torch.Tensor) -> torch.Tensor:
-        left, right = k >> self.half, k & self.half_mask
-        for key in self.keys:
-            left, right = right, left ^ self._round(right, key)
-        return (left << self.half) | right
-
-    def walk(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """perm(k) for indices k in [0, m), on k's device without a host sync, and (where the
-        bound is not exact) a 0-d bool tensor: True if some index had not walked back into
-        [0, m) (its value then is k itself, a valid index, and must not be used)."""
-        out = self._once(k)
-        for _ in range(self.walk_steps):  # a fixed count: no value is read back
-            out = torch.where(out >= self.m, self._once(out), out)
-        if self.exact:
-            return out, None
-        outside = out >= self.m
-        return torch.where(outside, k, out), outside.any()
-
-    def __call__(self, k: torch.Tensor) -> torch.Tensor:
-        out, unfinished = self.walk(k)
-        if unfinished is not None and bool(unfinished):  # a sync, but __call__ is no step's
-            raise RuntimeError(f"the Feistel permutation of {self.m} needs more than {self.walk_steps} "
-                               "cycle-walking steps for some index")
-        return out
 
 
 class ShuffleTarget(Target):
@@ -376,9 +249,15 @@ def check_responses(r: np.ndarray, n: int, path: str) -> np.ndarray:
 
 
 def feature_unit_vectors(
-    images: torch.Tensor, weights: str, arch: str, layer: str, batch_size: int = 256
+    images: torch.Tensor, weights: str, arch: str, layer: str, batch_size: int = 256,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Unit vectors of a frozen torchvision network's layer, weights from a user file."""
+    """Unit vectors of a frozen torchvision network's layer, weights from a user file.
+
+    The network runs on ``device`` (the trainer's: a GPU trial must not spend minutes on
+    the CPU here), in IEEE fp32 (no TF32: the target is data, the same on every GPU); the
+    unit vectors come back on ``device``.
+    """
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -399,17 +278,17 @@ def feature_unit_vectors(
         net.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise ConfigError("regularizer.features_weights", f"weights do not fit {arch}: {e}") from e
-    net.eval()
+    net.to(device).eval()
     try:
         extractor = create_feature_extractor(net, return_nodes={layer: "out"})
     except Exception as e:  # torchvision raises ValueError with the list of valid names
         raise ConfigError("regularizer.features_layer", str(e).splitlines()[0]) from e
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
     feats = []
-    with torch.no_grad():
+    with torch.no_grad(), ieee_fp32():
         for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size].float() / 255.0
+            x = images[start : start + batch_size].to(device).float() / 255.0
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
             feats.append(extractor((x - mean) / std)["out"].flatten(1))
@@ -432,6 +311,14 @@ class TargetSpec:
     """May be the target whose values ``shuffle`` permutes."""
     paths: tuple[str, ...] = ()
     """Those of ``params`` that name files: made absolute for Ray trials, checked on every node."""
+    takes_device: bool = False
+    """``build`` takes a ``device`` keyword (it computes there, e.g. a frozen network)."""
+
+    def make(self, cfg: RegularizerConfig, reg_images: torch.Tensor, device: torch.device | str) -> Target:
+        """The built target, on ``device``."""
+        assert self.build is not None
+        target = self.build(cfg, reg_images, device=device) if self.takes_device else self.build(cfg, reg_images)
+        return target.to(device)
 
 
 TARGETS: Registry[TargetSpec] = Registry("target")
@@ -443,11 +330,13 @@ def register_target(
     check: Callable[[RegularizerConfig, bool], None] | None = None,
     shuffleable: bool = True,
     paths: tuple[str, ...] = (),
+    takes_device: bool = False,
 ) -> Callable:
-    """Decorator: register ``build(cfg, reg_images) -> Target`` as the target ``name``."""
+    """Decorator: register ``build(cfg, reg_images) -> Target`` as the target ``name``
+    (``build(cfg, reg_images, device=...)`` with ``takes_device``)."""
 
-    def wrap(build: Callable[[RegularizerConfig, torch.Tensor], Target] | None):
-        TARGETS.add(name, TargetSpec(name, build, params, check, shuffleable, paths))
+    def wrap(build: Callable[..., Target] | None):
+        TARGETS.add(name, TargetSpec(name, build, params, check, shuffleable, paths, takes_device))
         return build
 
     return wrap
@@ -479,12 +368,14 @@ def validate_target(cfg: RegularizerConfig, check_files: bool) -> None:
         spec.check(cfg, check_files)
 
 
-def build_target(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target | None:
-    """The target of ``cfg`` over the regularization images (uint8 N x C x H x W)."""
+def build_target(
+    cfg: RegularizerConfig, reg_images: torch.Tensor, device: torch.device | str = "cpu"
+) -> Target | None:
+    """The target of ``cfg`` over the regularization images (uint8 N x C x H x W), on ``device``."""
     if not cfg.active:
         return None
-    build = TARGETS.get(cfg.target, "regularizer.target").build
-    return build(cfg, reg_images) if build is not None else None
+    spec = TARGETS.get(cfg.target, "regularizer.target")
+    return spec.make(cfg, reg_images, device) if spec.build is not None else None
 
 
 def _existing_file(path: str, name: str) -> None:
@@ -551,12 +442,13 @@ def _check_features(cfg: RegularizerConfig, check_files: bool) -> None:
 
 
 @register_target("features", params=("features_weights", "features_arch", "features_layer"), check=_check_features,
-                 paths=("features_weights",))
-def _features(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
-    return CosineTarget(feature_unit_vectors(reg_images, cfg.features_weights, cfg.features_arch, cfg.features_layer))
+                 paths=("features_weights",), takes_device=True)
+def _features(cfg: RegularizerConfig, reg_images: torch.Tensor, device: torch.device | str = "cpu") -> Target:
+    return CosineTarget(feature_unit_vectors(reg_images, cfg.features_weights, cfg.features_arch, cfg.features_layer,
+                                             device=device))
 
 
-@register_target("shuffle", params=("shuffle_of",), shuffleable=False)
-def _shuffle(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
-    base = TARGETS.get(cfg.shuffle_of, "regularizer.shuffle_of").build
-    return ShuffleTarget(base(cfg, reg_images), seed=cfg.seed)
+@register_target("shuffle", params=("shuffle_of",), shuffleable=False, takes_device=True)
+def _shuffle(cfg: RegularizerConfig, reg_images: torch.Tensor, device: torch.device | str = "cpu") -> Target:
+    base = TARGETS.get(cfg.shuffle_of, "regularizer.shuffle_of").make(cfg, reg_images, device)
+    return ShuffleTarget(base, seed=cfg.seed, device=device)

@@ -138,9 +138,9 @@ def test_walk_bound_is_the_exact_maximum(m):
 def test_walk_without_an_exact_bound_flags_an_unfinished_index(monkeypatch):
     """Above EXACT_WALK_MAX the bound is probabilistic: values are still the same, and an index
     still outside after walk_steps (forced here by a bound of 0) raises the device flag."""
-    import neuroreg.targets as targets
+    import neuroreg.pairperm as pairperm
 
-    monkeypatch.setattr(targets, "EXACT_WALK_MAX", 0)
+    monkeypatch.setattr(pairperm, "EXACT_WALK_MAX", 0)
     m = 780
     perm = FeistelPermutation(m, seed=1)
     p, t = 1 - m / 1024, perm.walk_steps  # domain 2^10
