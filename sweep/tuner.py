@@ -267,9 +267,17 @@ def trial_count(spec: SweepSpec) -> str:
     return f"{spec.num_trials()} to {max_trials(spec, spec.num_trials())}"
 
 
+def _quiet_tune(verbose: int) -> None:
+    """Ray's new console output prints a configuration box and a TensorBoard hint into its
+    session folder at every start, whatever the verbosity; its legacy reporter at verbosity 0
+    prints nothing, and the sweep's own lines (CompactProgress) say what matters."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0" if verbose < 1 else "1"
+
+
 def run_config(
     storage: str, name: str, local: bool, verbose: int = 1, callbacks: list | None = None, max_failures: int = 0
 ) -> tune.RunConfig:
+    _quiet_tune(verbose)
     return tune.RunConfig(
         callbacks=callbacks or None,
         name=name,
@@ -297,6 +305,7 @@ def restore_tuner(spec: SweepSpec, storage: str, name: str, verbose: int = 1) ->
     path = sweep_folder(storage, name)
     if needs_lenient_metrics(spec):
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    _quiet_tune(verbose)
     return tune.Tuner.restore(
         path,
         trainable=build_trainable(spec, path if local else None, verbose=verbose),

@@ -196,6 +196,8 @@ def test_console_is_compact(ray_cluster, tmp_path, capfd):
     assert sum("] start " in x for x in lines) == 3 and sum("] done " in x for x in lines) == 3  # + the baseline
     assert not any("Checkpoint successfully created" in x for x in lines)
     assert not any(x.startswith("│ params/") or "Trial status" in x for x in lines)  # no per-trial boxes
+    # Nor Tune's configuration box and its TensorBoard hint into Ray's session folder.
+    assert not any("Configuration for experiment" in x or "To visualize your results" in x for x in lines)
     assert len(lines) < 80, "\n".join(lines)
 
 
