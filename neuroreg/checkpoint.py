@@ -136,6 +136,28 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), cfg
 
 
+# --- layer weights -------------------------------------------------------------------
+
+
+COLLAPSE_WEIGHT = 0.99
+"""A run has collapsed when one layer holds at least this share of the similarity weight."""
+
+
+def layer_weights_of(state: dict[str, Any], layers: list[str]) -> dict[str, float]:
+    """Softmax layer weights stored in a checkpoint's similarity head."""
+    logits = state["similarity"]["layer_logits"].float().cpu()
+    return dict(zip(layers, torch.softmax(logits, dim=0).tolist()))
+
+
+def collapse_summary(weights: dict[str, float]) -> dict[str, Any]:
+    """Dominant layer, its weight, and whether one layer holds >= COLLAPSE_WEIGHT of it."""
+    if not weights:
+        return {}
+    name = max(weights, key=weights.get)
+    return {"dominant_layer": name, "dominant_weight": weights[name],
+            "collapsed": bool(weights[name] >= COLLAPSE_WEIGHT)}
+
+
 # --- the trainer's state: what checkpoint_last.pt holds for an exact resume ----------------
 
 
@@ -143,8 +165,14 @@ def trainer_state(
     cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, head: nn.Module | None,
     gen_data: torch.Generator, gen_pairs: torch.Generator, num_classes: int, in_chans: int,
     epoch: int, lr: float, best_val_acc: float, initial_val_sim_loss: float, history: list[dict[str, Any]],
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict after ``epoch`` (1-based): tensors and plain values only."""
+    """The checkpoint dict after ``epoch`` (1-based): tensors and plain values only.
+
+    ``scaler`` (fp16 training) adds its state (the loss scale and its growth tracker: plain
+    numbers) under "scaler"; other runs' checkpoints have no such key.
+    """
+    extra = {"scaler": scaler.state_dict()} if scaler is not None else {}
     return {
         "model": model.state_dict(),
         "config": cfg.to_dict(),
@@ -158,14 +186,20 @@ def trainer_state(
         "best_val_acc": best_val_acc,
         "initial_val_sim_loss": initial_val_sim_loss,
         "history": history,
+        **extra,
     }
 
 
 def restore_trainer_state(
     path: str | os.PathLike, device: torch.device, model: nn.Module, opt: torch.optim.Optimizer,
     head: nn.Module | None, gen_data: torch.Generator, gen_pairs: torch.Generator,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[int, float, list[dict[str, Any]], float]:
     """Load ``path`` into the live objects; returns (epoch, best_val_acc, history, initial_val_sim_loss).
+
+    ``scaler`` (fp16 training) gets the saved loss scale back, so a resumed run neither
+    restarts from the initial scale (a burst of skipped steps) nor diverges from the
+    uninterrupted run; a checkpoint of an fp16 run without it is refused.
 
     The file is read onto the CPU whatever ``device`` is: the generators take only CPU byte
     tensors (``Generator.set_state``), and ``load_state_dict`` of the model, the optimizer
@@ -181,6 +215,13 @@ def restore_trainer_state(
         opt.load_state_dict(st["optimizer"])
         if head is not None:
             head.load_state_dict(st["similarity"])
+        if scaler is not None:
+            if "scaler" not in st:
+                raise ValueError("it holds no gradient scaler state (saved by a run that was not fp16)")
+            saved = st["scaler"]
+            if not isinstance(saved, dict) or not all(isinstance(v, (int, float)) for v in saved.values()):
+                raise TypeError("the saved gradient scaler state must be a dict of numbers")
+            scaler.load_state_dict(saved)
         gen_data.set_state(states[0].cpu())
         gen_pairs.set_state(states[1].cpu())
         return (int(st["epoch"]), float(st["best_val_acc"]), list(st["history"]),

@@ -17,6 +17,7 @@ import yaml
 from neuroreg.errors import ConfigError
 from neuroreg.evaluate.config import EvalConfig
 from neuroreg.limits import check_run_limits
+from neuroreg.precision import PRECISIONS
 from neuroreg.typed import apply_overrides, build_dataclass, config_with, parse_value, set_dotted
 
 __all__ = [  # the typed builder and the overrides live in neuroreg.typed; importable from here
@@ -161,9 +162,12 @@ class TrainConfig:
     """Cap steps per epoch (quick runs, benchmarks); None = a full pass."""
     eval_batch_size: int = 256
     precision: str = "auto"
-    """auto | fp32 | bf16: autocast dtype of the CNN while training. auto = bf16 where the
-    device multiplies bf16 natively (CPU with AMX or AVX512-BF16, CUDA with bf16), else
-    fp32. Similarity head, losses and optimizer state stay fp32; evaluation is always fp32."""
+    """auto | fp32 | bf16 | fp16: autocast dtype of the CNN while training. auto = bf16 where
+    the device multiplies bf16 natively (CPU with AMX or AVX512-BF16, CUDA with bf16), fp16
+    on a CUDA GPU of compute capability 7.x (T4, V100: fp16 tensor cores, no bf16), else
+    fp32. fp16 trains with a gradient scaler (torch.amp.GradScaler, saved in the checkpoint)
+    and needs CUDA. Similarity head, losses and optimizer state stay fp32; evaluation is
+    always IEEE fp32."""
     channels_last: bool = True
     """NHWC memory format for the model and the batches while training (faster convolutions
     on CPU and CUDA; the same numbers up to summation order)."""
@@ -174,6 +178,14 @@ class TrainConfig:
     later epoch) or the last epoch (the protocol of the papers' reference notebooks)."""
     check_finite_every: int = 50
     """Steps between checks that the loss is finite; each check waits for the device."""
+    deterministic: bool = False
+    """true: deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic
+    and no autotuning, CUBLAS_WORKSPACE_CONFIG=:4096:8), so a CUDA run, and a resume, repeat
+    bit for bit on the same GPU and software; an op without a deterministic kernel raises.
+    Costs speed on CUDA (cuDNN's fastest convolutions are often nondeterministic, and
+    atomics-based backward kernels are replaced: expect 10-50 % slower steps). false (the
+    default) lets cuDNN autotune convolutions (cudnn.benchmark) on CUDA: faster, but not
+    bit-exact from run to run. A CPU run is deterministic either way."""
 
 
 @dataclass
@@ -282,8 +294,11 @@ class RunConfig:
             _positive(t.num_threads, "train.num_threads")
         if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
             raise ConfigError("train.device", "must be auto, cpu, cuda or cuda:N")
-        if t.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError("train.precision", f"{t.precision!r} is not a precision; use auto, fp32 or bf16")
+        if t.precision not in PRECISIONS:
+            raise ConfigError("train.precision", f"{t.precision!r} is not a precision; use {', '.join(PRECISIONS)}")
+        if t.precision == "fp16" and t.device == "cpu":
+            raise ConfigError("train.precision", "fp16 (autocast with a gradient scaler) is for CUDA GPUs without "
+                                                 "native bf16; on train.device: cpu use bf16, fp32 or auto")
         _positive(t.check_finite_every, "train.check_finite_every")
         if t.evaluate_checkpoint not in ("best", "last"):
             raise ConfigError("train.evaluate_checkpoint", "must be best or last")

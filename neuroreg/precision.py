@@ -15,17 +15,30 @@ training runs inside ``fast_fp32()``: the CNN computes in bf16 under autocast an
 cuDNN may use TF32 for fp32 convolutions, while matmuls stay IEEE because the fp32
 islands (the similarity head's Gram matrix, the losses) are matmuls. On a CPU these
 flags change nothing unless a user turned oneDNN's reduced precision on.
+
+fp16 is for CUDA GPUs with fp16 but no bf16 tensor cores (compute capability 7.x: T4,
+V100), where ``auto`` picks it: the CNN runs under fp16 autocast with the same fp32
+islands as bf16, and the loss is scaled by a ``torch.amp.GradScaler`` (fp16's range ends
+at 65504, gradients underflow without it), whose state the checkpoint keeps. The
+optimizer is then torch's fused SGD, which skips a step with non-finite gradients on the
+device, so the scaler never reads a value back per step.
+
+``determinism(deterministic, device)`` sets torch's deterministic-algorithm and cuDNN
+flags for a run (train.deterministic) and restores them afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from neuroreg.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # --- fp32 math modes (TF32 or IEEE) ------------------------------------------------------
 
@@ -150,15 +163,27 @@ def device_has_fast_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """'fp32' or 'bf16' for ``requested`` in PRECISIONS on ``device``.
+def device_prefers_fp16(device: torch.device) -> bool:
+    """A CUDA GPU of compute capability 7.x: fp16 tensor cores, no bf16 ones."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 7
 
-    An explicit 'bf16' is honoured even where it is slow (parity studies need it).
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """'fp32', 'bf16' or 'fp16' for ``requested`` in PRECISIONS on ``device``.
+
+    auto: bf16 where it is native, fp16 on CUDA compute capability 7.x, else fp32. An
+    explicit 'bf16' is honoured even where it is slow (parity studies need it); 'fp16'
+    needs CUDA (a ConfigError naming train.precision elsewhere).
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     if requested == "auto":
-        return "bf16" if device_has_fast_bf16(device) else "fp32"
+        if device_has_fast_bf16(device):
+            return "bf16"
+        return "fp16" if device_prefers_fp16(device) else "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision", f"fp16 (autocast with a gradient scaler) needs a CUDA device; this run "
+                                             f"is on {device.type}: use bf16, fp32 or auto")
     return requested
 
 
@@ -187,7 +212,7 @@ class Precision:
     """How the CNN's forward passes run: dtype under autocast and memory layout."""
 
     name: str = "fp32"
-    """fp32 or bf16 (resolved, never auto)."""
+    """fp32, bf16 or fp16 (resolved, never auto)."""
     device_type: str = "cpu"
     channels_last: bool = False
 
@@ -201,10 +226,14 @@ class Precision:
         return cls(resolve_precision(requested, device), device.type, channels_last)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the CNN's forward pass, or nothing for fp32."""
-        if self.name == "bf16":
-            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        """bf16 or fp16 autocast for the CNN's forward pass, or nothing for fp32."""
+        if self.name in ("bf16", "fp16"):
+            return torch.autocast(self.device_type, dtype=torch.bfloat16 if self.name == "bf16" else torch.float16)
         return contextlib.nullcontext()
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """A loss scaler for fp16 training; None for fp32 and bf16 (bf16 has fp32's range)."""
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
 
     def math(self) -> contextlib.AbstractContextManager:
         """The fp32 math modes of training: IEEE for fp32, the fast modes for mixed precision."""
@@ -221,3 +250,40 @@ class Precision:
 
 
 FP32 = Precision()
+
+
+# --- determinism (train.deterministic) --------------------------------------------------------
+
+CUBLAS_WORKSPACE = ":4096:8"
+"""cuBLAS's deterministic workspace setting (CUDA's documented value)."""
+
+
+@contextlib.contextmanager
+def determinism(deterministic: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels inside when ``deterministic``; else cuDNN autotuning on CUDA.
+
+    true: ``torch.use_deterministic_algorithms(True)`` (an op without a deterministic
+    kernel raises, naming itself), ``cudnn.deterministic = True``, ``cudnn.benchmark =
+    False``, and CUBLAS_WORKSPACE_CONFIG set to :4096:8 unless the user set it: cuBLAS
+    reads it when its first handle is made, so the trainer enters this before it builds
+    the model. The cost is speed on CUDA (often 10-50 % per step). false: on CUDA
+    ``cudnn.benchmark = True`` (cuDNN times its convolution algorithms per shape and keeps
+    the fastest: faster, not bit-exact between runs); a CPU run is left alone. The flags are
+    process-wide, so the previous ones come back on exit (a Ray worker runs several
+    trials); the environment variable stays (torch checks it at every cuBLAS call while
+    deterministic algorithms are on, and the handles made under it live on).
+    """
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuroreg.checkpoint import (
+from neuroreg.checkpoint import (  # collapse_summary: re-exported (sweep/trainable.py)
     build_model,
+    collapse_summary,  # noqa: F401
+    layer_weights_of,
     load_checkpoint,
     restore_trainer_state,
     save_checkpoint,
@@ -42,7 +44,7 @@ from neuroreg.data import (
 from neuroreg.evaluate.common import accuracy
 from neuroreg.loss import similarity_loss
 from neuroreg.paths import check_output_folder
-from neuroreg.precision import FP32, Precision, fp32_modes, ieee_fp32
+from neuroreg.precision import FP32, Precision, determinism, fp32_modes, ieee_fp32
 from neuroreg.similarity import SimilarityHead, upper_pairs
 from neuroreg.targets import Target, build_target
 
@@ -75,28 +77,6 @@ class TrainResult:
     evaluated_layer_weights: dict[str, float] = field(default_factory=dict)
     """Softmax layer weights of the evaluated checkpoint (not of the last epoch)."""
     test: ImageData | None = field(repr=False, default=None)
-
-
-# --- layer weights -------------------------------------------------------------------
-
-
-COLLAPSE_WEIGHT = 0.99
-"""A run has collapsed when one layer holds at least this share of the similarity weight."""
-
-
-def layer_weights_of(state: dict[str, Any], layers: list[str]) -> dict[str, float]:
-    """Softmax layer weights stored in a checkpoint's similarity head."""
-    logits = state["similarity"]["layer_logits"].float().cpu()
-    return dict(zip(layers, torch.softmax(logits, dim=0).tolist()))
-
-
-def collapse_summary(weights: dict[str, float]) -> dict[str, Any]:
-    """Dominant layer, its weight, and whether one layer holds >= COLLAPSE_WEIGHT of it."""
-    if not weights:
-        return {}
-    name = max(weights, key=weights.get)
-    return {"dominant_layer": name, "dominant_weight": weights[name],
-            "collapsed": bool(weights[name] >= COLLAPSE_WEIGHT)}
 
 
 # --- pieces ------------------------------------------------------------------------------
@@ -215,12 +195,31 @@ def fixed_pair_similarity_loss(
         return similarity_loss(s_cnn, s_t, cfg.regularizer.loss, cfg.regularizer.eps).item()
 
 
-def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
-    step = int(first_bad)
-    if step >= 0:
+_WHICH = {1: "the task loss (cross-entropy)", 2: "the similarity loss", 3: "both the task and the similarity loss",
+          0: "the total loss (task + alpha x similarity overflowed)"}
+
+
+def _note_bad(first_bad: torch.Tensor, step: int, loss: torch.Tensor, task: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+    """On the device: (step + 1) * 4 + which loss (1 task, 2 similarity, 3 both) the first time
+    the total is non-finite, -1 before; nothing is read back here."""
+    which = (~torch.isfinite(task)).long() + 2 * (~torch.isfinite(sim)).long()
+    return torch.where((first_bad < 0) & ~torch.isfinite(loss), (step + 1) * 4 + which, first_bad)
+
+
+def _check_finite(first_bad: torch.Tensor, incomplete: torch.Tensor | None, epoch: int) -> None:
+    """The every-N-steps check: one read-back of the loss's state (and the target's flag)."""
+    if incomplete is None:
+        code, unfinished = int(first_bad), 0
+    else:
+        code, unfinished = torch.stack([first_bad, incomplete.to(first_bad.device).long()]).tolist()
+    if code >= 0:
+        step, which = divmod(code, 4)
         raise TrainingDiverged(
-            f"loss became NaN or infinite at epoch {epoch + 1}, step {step}; lower optim.lr or regularizer.alpha"
-        )
+            f"{_WHICH[which]} became NaN or infinite at epoch {epoch + 1}, step {step}; lower optim.lr or "
+            "regularizer.alpha, or raise regularizer.eps (the soft arctanh's distance from +-1)")
+    if unfinished:
+        raise RuntimeError("the shuffle target's pair permutation did not finish within its cycle-walking bound "
+                           "(a 2^-40 event for this regularizer.n): change regularizer.seed")
 
 
 def _epoch_totals(sums: torch.Tensor) -> list[float]:
@@ -252,6 +251,8 @@ class Learner:
     gen_pairs: torch.Generator
     num_classes: int
     in_chans: int
+    scaler: torch.amp.GradScaler | None = None
+    """fp16 training's loss scaler (None otherwise)."""
 
 
 def build_learner(cfg: RunConfig, data: PreparedData, device: torch.device) -> Learner:
@@ -268,12 +269,16 @@ def build_learner(cfg: RunConfig, data: PreparedData, device: torch.device) -> L
     if reg.active:
         channels = _tap_channels(model, reg.layers, in_chans, device)
         head = SimilarityHead(reg.layers, channels, reg.centering, reg.ema_beta, reg.train_layer_weights).to(device)
-        target = build_target(reg, data.reg.images).to(device)
+        target = build_target(reg, data.reg.images, device)
     params = list(model.parameters()) + ([head.layer_logits] if head and reg.train_layer_weights else [])
-    opt = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    scaler = precision.grad_scaler()
+    # fp16: fused SGD skips a step with non-finite gradients on the device (GradScaler would
+    # otherwise read found_inf back every step); the other precisions keep the plain SGD.
+    opt = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                          fused=True if scaler is not None else None)
     gen_data = torch.Generator().manual_seed(cfg.train.seed)
     gen_pairs = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
-    return Learner(model, forward, precision, head, target, opt, gen_data, gen_pairs, num_classes, in_chans)
+    return Learner(model, forward, precision, head, target, opt, gen_data, gen_pairs, num_classes, in_chans, scaler)
 
 
 def train_epoch(
@@ -304,15 +309,20 @@ def train_epoch(
             model, lrn.head, lrn.target, cfg, x, y, x_reg, lrn.gen_pairs, lrn.precision, lrn.forward
         )
         lrn.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        lrn.opt.step()
+        if lrn.scaler is None:
+            loss.backward()
+            lrn.opt.step()
+        else:  # fp16: scaled loss, a skipped step on non-finite gradients, the scale adapted
+            lrn.scaler.scale(loss).backward()
+            lrn.scaler.step(lrn.opt)
+            lrn.scaler.update()
         with torch.no_grad():
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + 1, first_bad)
+            first_bad = _note_bad(first_bad, step, loss, loss_task, loss_sim)
             sums += torch.stack([loss_task * len(y), loss_sim * len(y), (logits.argmax(1) == y).sum()]).double()
         seen += len(y)
         n_pairs_seen += n_pairs
         if (step + 1) % cfg.train.check_finite_every == 0 or step + 1 == steps:
-            _check_finite(first_bad, epoch)
+            _check_finite(first_bad, lrn.target.incomplete() if lrn.target is not None else None, epoch)
         if progress and (step + 1) % max(1, steps // 10) == 0:
             print(f"  epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}", file=sys.stderr)
     task_sum, sim_sum, correct = _epoch_totals(sums)
@@ -333,22 +343,34 @@ def train(
 
     ``resume_from`` (a checkpoint_last.pt) continues exactly where it stopped;
     ``callback`` gets each epoch's metrics (an exception there stops the run).
+    ``out_dir`` is made only once the run's parts are built, so a refused run (a bad
+    recording or weights file) leaves no folder behind. train.deterministic's flags (or
+    cuDNN autotuning) hold for the whole run, set before the model is built, and the
+    previous process-wide flags come back afterwards.
     """
     t_start = time.perf_counter()
     cfg.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
+    with determinism(cfg.train.deterministic, device):
+        return _train(cfg, Path(out_dir), device, t_start, callback, resume_from, data, progress)
+
+
+def _train(
+    cfg: RunConfig, out: Path, device: torch.device, t_start: float,
+    callback: Callable[[dict[str, Any]], None] | None, resume_from: str | os.PathLike | None,
+    data: PreparedData | None, progress: bool,
+) -> TrainResult:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     data = data or prepare_data(cfg)
     lrn = build_learner(cfg, data, device)
+    out.mkdir(parents=True, exist_ok=True)
     model, head, reg = lrn.model, lrn.head, cfg.regularizer
 
     start_epoch, best_val, history, init_sim = 0, -1.0, [], None
     if resume_from is not None:
         start_epoch, best_val, history, init_sim = restore_trainer_state(
-            resume_from, device, model, lrn.opt, head, lrn.gen_data, lrn.gen_pairs)
+            resume_from, device, model, lrn.opt, head, lrn.gen_data, lrn.gen_pairs, lrn.scaler)
         # The metrics file may have run ahead of the checkpoint we resume from: rewrite it.
         (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
     elif (out / "metrics.jsonl").exists():
@@ -390,7 +412,7 @@ def train(
             metrics.update({f"layer_weight_{n}": w for n, w in zip(reg.layers, head.layer_weights().tolist())})
         history.append(metrics)
         state = trainer_state(cfg, model, lrn.opt, head, lrn.gen_data, lrn.gen_pairs, lrn.num_classes,
-                              lrn.in_chans, epoch + 1, lr, best_val, init_sim, history)
+                              lrn.in_chans, epoch + 1, lr, best_val, init_sim, history, lrn.scaler)
         save_checkpoint(last_path, state)
         if improved:
             save_checkpoint(best_path, state)
