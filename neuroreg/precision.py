@@ -235,6 +235,23 @@ class Precision:
         """A loss scaler for fp16 training; None for fp32 and bf16 (bf16 has fp32's range)."""
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
 
+    def sgd(self, params: list[torch.nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+        """The trainer's SGD: torch's default for fp32 and bf16; for fp16 the fused one, which
+        skips a step with non-finite gradients on the device (with another optimizer
+        GradScaler.step reads found_inf back every step)."""
+        if self.name != "fp16":
+            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+        if momentum:
+            # torch's fused SGD makes its momentum buffers with empty_like on the first step
+            # and marks them initialised even when found_inf skips that step, so the next step
+            # reads uninitialised memory (NaN weights after an overflow at the initial scale,
+            # the usual start of fp16 training). Zero buffers instead: with dampening 0 the
+            # first real step then stores exactly the gradient, as the first step would.
+            for p in params:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return opt
+
     def math(self) -> contextlib.AbstractContextManager:
         """The fp32 math modes of training: IEEE for fp32, the fast modes for mixed precision."""
         return ieee_fp32() if self.name == "fp32" else fast_fp32()

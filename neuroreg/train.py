@@ -272,10 +272,7 @@ def build_learner(cfg: RunConfig, data: PreparedData, device: torch.device) -> L
         target = build_target(reg, data.reg.images, device)
     params = list(model.parameters()) + ([head.layer_logits] if head and reg.train_layer_weights else [])
     scaler = precision.grad_scaler()
-    # fp16: fused SGD skips a step with non-finite gradients on the device (GradScaler would
-    # otherwise read found_inf back every step); the other precisions keep the plain SGD.
-    opt = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                          fused=True if scaler is not None else None)
+    opt = precision.sgd(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     gen_data = torch.Generator().manual_seed(cfg.train.seed)
     gen_pairs = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
     return Learner(model, forward, precision, head, target, opt, gen_data, gen_pairs, num_classes, in_chans, scaler)

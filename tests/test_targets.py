@@ -283,3 +283,18 @@ def test_v1sim_cli_writes_responses_matching_the_run_config(tmp_path):
     res = train(cfg, tmp_path / "run")
     assert res.history[-1]["pairs_per_s"] > 0
     assert v1sim_main(["--set", "regularizer.n=-1", "--out", str(out)]) == 2
+
+
+def test_features_target_runs_on_the_given_device(tmp_path):
+    """The frozen network and its unit vectors live on ``device`` (meta here: a stand-in for a
+    GPU that runs no arithmetic), not on the CPU."""
+    import torchvision
+
+    weights = tmp_path / "squeezenet.pt"
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    cfg = RegularizerConfig(target="features", alpha=1.0, features_weights=str(weights),
+                            features_arch="squeezenet1_1", features_layer="features.3")
+    t = build_target(cfg, _images(n=6, h=32, w=32), device="meta")
+    assert t.unit.device.type == "meta" and t.unit.shape[0] == 6
+    on_cpu = build_target(cfg, _images(n=6, h=32, w=32))
+    assert on_cpu.unit.device.type == "cpu" and bool(torch.isfinite(on_cpu.unit).all())

@@ -204,3 +204,66 @@ def test_data_root_expands_environment_variables(monkeypatch, tmp_path):
     with pytest.raises(ConfigError) as e:
         RunConfig.from_dict({"data": {"name": "imagefolder", "root": "$MY_DATA/x.tar.gz"}})
     assert e.value.field == "data.root" and "not set" in str(e.value)
+
+
+# --- issue 25: which loss went non-finite, no folder for a refused run, the target's device --------
+
+
+def test_nan_hint_names_the_task_loss_and_the_knobs(tmp_path, digits_data):
+    """No regularizer: only the task loss can go non-finite, and the message says so."""
+    cfg = tiny(optim__lr=1e12, train__epochs=2, optim__momentum=0.0)
+    with pytest.raises(TrainingDiverged, match=r"^the task loss \(cross-entropy\) became NaN or infinite at epoch 1, "
+                                               r"step \d+; lower optim.lr or regularizer.alpha, or raise regularizer.eps"):
+        train(cfg, tmp_path / "nan", data=digits_data)
+
+
+@pytest.mark.parametrize(("task", "sim", "total", "which"), [
+    (1.0, math.inf, math.inf, "the similarity loss"),
+    (math.nan, 1.0, math.nan, "the task loss"),
+    (math.inf, math.nan, math.nan, "both the task and the similarity loss"),
+    (1e38, 1e38, math.inf, "the total loss"),  # each finite, the weighted sum overflows (fp32)
+])
+def test_first_non_finite_step_records_which_loss(task, sim, total, which):
+    """_note_bad keeps the first bad step and which loss it was, on the device; _check_finite
+    decodes both from one read-back."""
+    from neuroreg.train import _check_finite, _note_bad
+
+    t = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    bad = torch.full((), -1, dtype=torch.int64)
+    bad = _note_bad(bad, 0, t(1.0), t(1.0), t(0.0))  # step 1 finite
+    bad = _note_bad(bad, 1, t(total), t(task), t(sim))  # step 2 not
+    bad = _note_bad(bad, 2, t(math.nan), t(math.nan), t(1.0))  # a later one does not overwrite it
+    with pytest.raises(TrainingDiverged, match=rf"^{which}.* at epoch 4, step 2;"):
+        _check_finite(bad, None, 3)
+    _check_finite(torch.full((), -1, dtype=torch.int64), torch.tensor(False), 0)  # all fine: no error
+    with pytest.raises(RuntimeError, match="cycle-walking bound"):
+        _check_finite(torch.full((), -1, dtype=torch.int64), torch.tensor(True), 0)
+
+
+def test_a_refused_target_leaves_no_output_folder(tmp_path, digits_data):
+    """Weights that do not fit the features network are found when the target is built; the
+    run's folder must not exist then (a sweep would otherwise keep an empty run/)."""
+    weights = tmp_path / "wrong.pt"
+    torch.save({"not_a_layer.weight": torch.zeros(3)}, weights)
+    cfg = tiny(regularizer__target="features", regularizer__alpha=1.0, regularizer__features_weights=str(weights),
+               regularizer__features_arch="squeezenet1_1", regularizer__features_layer="features.3")
+    with pytest.raises(ConfigError, match="regularizer.features_weights"):
+        train(cfg, tmp_path / "run", data=digits_data)
+    assert not (tmp_path / "run").exists()
+
+
+def test_build_learner_builds_the_target_on_the_trainer_device(monkeypatch, digits_data):
+    """The features target's frozen network must run where the trainer does, not on the CPU."""
+    import neuroreg.train as train_mod
+
+    seen = []
+    real = train_mod.build_target
+
+    def spy(reg, images, *args, **kwargs):
+        seen.append(torch.device(*args, *kwargs.values()) if args or kwargs else None)  # None: not passed
+        return real(reg, images, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "build_target", spy)
+    train_mod.build_learner(tiny(regularizer__target="pixel_th", regularizer__alpha=1.0), digits_data,
+                            torch.device("cpu"))
+    assert seen == [torch.device("cpu")]
