@@ -11,7 +11,6 @@ left out; it never stops the gather.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -23,6 +22,8 @@ from typing import Any
 import pandas as pd
 
 from analysis import store
+from analysis.arms import NOT_IDENTITY, arm_keys, arm_labels, is_seed_column  # noqa: F401 (re-exported)
+from analysis.arms import arm_keys as _config_keys  # noqa: F401 (the old private name)
 from analysis.provenance_table import decisions_table, provenance_table
 from analysis.ray_folder import (
     Problem,
@@ -33,15 +34,12 @@ from analysis.ray_folder import (
     read_trial,
     trial_dirs,
 )
-from analysis.schema import ALIASES, RAY_INTERNAL, RECORD_FILES, REQUIRED, SORT, TABLES
-from neuroreg.config import ConfigError, config_with, regularizer_active
-from neuroreg.targets import target_params
+from analysis.schema import RAY_INTERNAL, RECORD_FILES, REQUIRED, SORT, TABLES
+from analysis.trial_keys import finite_float, finite_int, strip_config, strip_trial
+from neuroreg.config import ConfigError, config_with
 from neuroreg.yamlio import read_yaml_file
 
 log = logging.getLogger("analysis.gather")
-
-_SHORT = {v: k for k, v in ALIASES.items()}
-
 
 @dataclass
 class Gathered:
@@ -59,11 +57,6 @@ def default_results_root(sweep_dir: str | os.PathLike) -> Path:
     results/sweeps/NAME has its tables in results/tables/, next to every other sweep
     stored in results/sweeps/."""
     return Path(sweep_dir).resolve().parent.parent
-
-
-def is_seed_column(name: str) -> bool:
-    last = name.rsplit(".", 1)[-1]
-    return last == "seed" or last.endswith("_seed")
 
 
 def collect(sweep_dir: str | os.PathLike) -> Gathered:
@@ -104,8 +97,21 @@ def collect(sweep_dir: str | os.PathLike) -> Gathered:
         trials = unique
 
     spec = _read_spec(sweep_dir, problems)
+    # The keys gather sets win: what a trial's files say about them is dropped and reported.
+    configs = {id(t): strip_config(t, _config_columns(t, spec), problems) for t in trials}
+    config_cols = sorted({k for c in configs.values() for k in c})
+    rows, kept = [], []
+    for t in trials:
+        try:
+            strip_trial(t, set(config_cols), problems)
+            rows.append(_trial_row(sweep, t, spec, configs[id(t)], problems))
+            kept.append(t)
+        except Exception as e:  # noqa: BLE001 -- one malformed trial must never stop a gather
+            problems.append(Problem(t.path.name, f"cannot be tabled ({type(e).__name__}: {str(e)[:200]})", True))
+    trials = kept
+    config_cols = sorted({k for t in trials for k in configs[id(t)]})
     tables = {
-        "trials": _trials_table(sweep, trials, spec),
+        "trials": _trials_table(rows, config_cols),
         "epochs": _epochs_table(sweep, trials),
     }
     if trials:  # a folder without trials is no sweep to describe
@@ -127,7 +133,6 @@ def collect(sweep_dir: str | os.PathLike) -> Gathered:
                 for c in missing:
                     df[c] = None
             tables[name] = _order(df, name)
-    config_cols = sorted({k for t in trials for k in _config_columns(t, spec)})
     return Gathered(sweep=sweep, tables=tables, problems=problems, spec=spec, config_columns=config_cols)
 
 
@@ -148,20 +153,20 @@ def gather_report(
     root = Path(results_root) if results_root is not None else default_results_root(sweep_dir)
     for p in g.problems:
         log.warning("%s: %s", g.sweep, p)
-    written: dict[str, Path] = {}
+    arrow: dict[str, Any] = {}
     for name in TABLES:
         df = g.tables.get(name, pd.DataFrame())
-        path = store.sweep_file(root, name, g.sweep)
         if len(df) == 0:
-            store.remove(path)
+            arrow[name] = None  # the table's file of an earlier gather goes with the switch
             continue
         extra = {"sweep_dir": str(Path(sweep_dir).resolve())}
         if name == "trials":
             extra["sweep_spec"] = g.spec
             extra["config_columns"] = g.config_columns
             extra["problems"] = [str(p) for p in g.problems]
-        written[name] = store.write_atomic(store.to_arrow(df, name, g.sweep, extra), path)
-    return written, g.problems
+        arrow[name] = store.to_arrow(df, name, g.sweep, extra)
+    # All tables of the sweep switch at once: a gather killed midway leaves the old generation.
+    return store.write_generation(root, g.sweep, arrow), g.problems
 
 
 # --- tables ----------------------------------------------------------------------
@@ -215,51 +220,54 @@ def _final_metrics(t: TrialFolder) -> dict[str, Any]:
     return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-def _trials_table(sweep: str, trials: list[TrialFolder], spec: dict[str, Any]) -> pd.DataFrame:
-    rows = []
-    config_keys: set[str] = set()
-    for t in trials:
-        cfg = _config_columns(t, spec)
-        config_keys |= set(cfg)
-        last = t.results[-1] if t.results else {}
-        wall = last.get("time_total_s")
-        if wall is None and t.run_metrics:
-            wall = float(sum(m.get("epoch_s", 0.0) for m in t.run_metrics))
-        ckpt = latest_checkpoint(t.path)
-        row = {
-            "sweep": sweep,
-            "trial_id": t.trial_id,
-            "status": t.status,
-            "error": t.error,
-            "trial_dir": str(t.path),
-            "checkpoint": str(ckpt) if ckpt else None,
-            "wall_time_s": float(wall) if wall is not None else math.nan,
-            "iterations": int(last["training_iteration"]) if "training_iteration" in last else 0,
-            "n_epochs": len(_epoch_rows(t)),
-            **_node_columns(t.results),
-            **_round(t, spec),
-        }
-        metrics = _final_metrics(t)
-        for k, v in cfg.items():
-            row[k] = v
-        for k, v in metrics.items():
-            row.setdefault(k, v)
-        rows.append(row)
+def _trial_row(sweep: str, t: TrialFolder, spec: dict[str, Any], cfg: dict[str, Any],
+               problems: list[Problem]) -> dict[str, Any]:
+    """One trial's row: the gathered columns, then its config, then its metrics (which never
+    replace either)."""
+    last = t.results[-1] if t.results else {}
+    wall = last.get("time_total_s")
+    if wall is None and t.run_metrics:
+        wall = sum(finite_float(m.get("epoch_s", 0.0)) for m in t.run_metrics)
+    iterations = finite_int(last.get("training_iteration", 0))
+    if iterations is None:
+        problems.append(Problem(t.path.name, f"result.json: training_iteration {last['training_iteration']!r} is "
+                                             "no finite integer; iterations left at 0", False))
+    ckpt = latest_checkpoint(t.path)
+    row = {
+        "sweep": sweep,
+        "trial_id": t.trial_id,
+        "status": t.status,
+        "error": t.error,
+        "trial_dir": str(t.path),
+        "checkpoint": str(ckpt) if ckpt else None,
+        "wall_time_s": finite_float(wall) if wall is not None else math.nan,
+        "iterations": iterations or 0,
+        "n_epochs": len(_epoch_rows(t)),
+        **_node_columns(t.results),
+        **_round(t, spec),
+    }
+    for k, v in cfg.items():
+        row[k] = v
+    for k, v in _final_metrics(t).items():
+        row.setdefault(k, v)
+    return row
+
+
+def _trials_table(rows: list[dict[str, Any]], config_cols: list[str]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if not len(df):
         return df
-    config_cols = sorted(config_keys)
     labels = arm_labels(df, config_cols)
     df["arm"] = labels["arm"]
     df["condition"] = labels["condition"]
     df["baseline"] = labels["baseline"]
-    keys = _config_keys(df, config_cols, ~labels["baseline"])
+    keys = arm_keys(df, config_cols, ~labels["baseline"])
     df["arm_key"], df["condition_key"] = keys["arm_key"], keys["condition_key"]
     reg_data = df["regularizer.data.name"] if "regularizer.data.name" in df else pd.Series(None, index=df.index)
     data = df["data.name"] if "data.name" in df else pd.Series(None, index=df.index)
     df["reg_dataset"] = reg_data.where(reg_data.notna(), data)
     fixed = list(REQUIRED["trials"]) + ["condition", "baseline", "arm_key", "condition_key"]
-    metric_cols = [c for c in df.columns if c not in fixed and c not in config_keys]
+    metric_cols = [c for c in df.columns if c not in fixed and c not in config_cols]
     return df[fixed + config_cols + sorted(metric_cols)]
 
 
@@ -278,93 +286,6 @@ def _node_columns(results: list[dict[str, Any]]) -> dict[str, Any]:
     ids = list(dict.fromkeys(str(r["node_id"]) for r in results if r.get("node_id")))
     return {"node_id": last.get("node_id"), "node_host": last.get("hostname"), "node_ip": last.get("node_ip"),
             "node_ids": ",".join(ids) or None}
-
-
-# Fields that change where or how fast a run goes, not what it trains; never part of a key.
-NOT_IDENTITY = (
-    "train.device", "train.num_threads", "train.check_finite_every", "train.compile",
-    "data.root", "data.download", "regularizer.data.root", "regularizer.data.download",
-)
-
-
-def _config_keys(df: pd.DataFrame, config_cols: list[str], active: pd.Series) -> pd.DataFrame:
-    """Sweep-independent keys: ``arm_key`` identifies the trained configuration without its
-    seed (the same in every sweep that trains it), ``condition_key`` its non-regularizer part.
-    Evaluation settings are measurement, not configuration; an inactive regularizer's fields
-    do not matter (every baseline of a condition shares one key)."""
-    import hashlib
-
-    cols = [c for c in config_cols if not is_seed_column(c) and c not in NOT_IDENTITY
-            and not c.startswith("evaluation.")]
-    cond_cols = [c for c in cols if not c.startswith("regularizer.")]
-    reg_cols = [c for c in cols if c.startswith("regularizer.")]
-
-    def digest(d: dict) -> str:
-        text = json.dumps(d, sort_keys=True, default=str)
-        return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-    arm_keys, cond_keys = [], []
-    for i in df.index:
-        cond = {c: _key_value(df.at[i, c]) for c in cond_cols}
-        reg = {c: _key_value(df.at[i, c]) for c in reg_cols} if active[i] else {"regularizer.target": "none"}
-        cond_keys.append(digest(cond))
-        arm_keys.append(digest({**cond, **reg}))
-    return pd.DataFrame({"arm_key": arm_keys, "condition_key": cond_keys}, index=df.index)
-
-
-def _key_value(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v.item() if hasattr(v, "item") else v
-
-
-def arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
-    """Label each trial's experimental arm from the config columns that vary in this sweep.
-
-    Seeds are repetitions, not arms. An inactive regularizer (target none or alpha 0)
-    is one arm, 'none', whatever its other regularizer fields say; Th only labels
-    targets that use it.
-    """
-    varying = [
-        c for c in config_cols
-        if not is_seed_column(c) and df[c].astype(str).nunique(dropna=False) > 1
-    ]
-    target = df["regularizer.target"] if "regularizer.target" in df else pd.Series("none", index=df.index)
-    alpha = pd.to_numeric(df.get("regularizer.alpha", pd.Series(0.0, index=df.index)), errors="coerce")
-    has_reg = "regularizer.target" in df
-    active = (pd.Series([regularizer_active(t, a) for t, a in zip(target, alpha.fillna(0))], index=df.index)
-              if has_reg else pd.Series(False, index=df.index))
-    shuffle_of = df["regularizer.shuffle_of"] if "regularizer.shuffle_of" in df else pd.Series("", index=df.index)
-    arms, conds = [], []
-    for i in df.index:
-        reg_parts, cond_parts = [], []
-        for c in varying:
-            v = df.at[i, c]
-            text = f"{_SHORT.get(c, c)}={_fmt(v)}"
-            if c.startswith("regularizer."):
-                if not active[i] or c == "regularizer.target":
-                    continue
-                if c == "regularizer.th" and "th" not in target_params(target[i], shuffle_of[i]):
-                    continue
-                reg_parts.append(text)
-            else:
-                cond_parts.append(text)
-        if has_reg:
-            reg = " ".join([str(target[i])] + reg_parts) if active[i] else "none"
-        else:
-            reg = " ".join(reg_parts) or "all"
-        cond = " ".join(cond_parts)
-        arms.append(f"{reg} | {cond}" if cond else reg)
-        conds.append(cond)
-    return pd.DataFrame({"arm": arms, "condition": conds, "baseline": ~active}, index=df.index)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
 
 
 def _epoch_rows(t: TrialFolder) -> list[dict[str, Any]]:

@@ -14,12 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis import store
-from analysis.schema import REQUIRED
-
-GATHERED = frozenset(REQUIRED["trials"]) | {
-    "condition", "baseline", "arm_key", "condition_key", "node_id", "node_host", "node_ip", "node_ids", "round",
-}
-"""Columns gather computes for every trial: keys and labels, never metrics."""
+from analysis.schema import GATHERED_TRIAL_COLUMNS as GATHERED
 
 
 def known_metrics(root: str | os.PathLike, sweeps: Iterable[str] | None = None) -> list[str]:

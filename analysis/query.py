@@ -86,7 +86,18 @@ def read_arrow(table: str, root: str | os.PathLike, sweeps: Sequence[str] | None
 
     Every file's schema version is checked first (a stale file is refused, not misread).
     """
-    paths = store.files(root, table, list(sweeps) if sweeps is not None else None)
+    for attempt in range(3):
+        try:
+            return _read_files(table, store.files(root, table, list(sweeps) if sweeps is not None else None))
+        except FileNotFoundError:
+            # A gather switched generations between listing and reading (a staged file
+            # renamed into place): list the current generation again.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_files(table: str, paths: list[Path]) -> pa.Table | pd.DataFrame:
     if not paths:
         return pd.DataFrame(columns=list(REQUIRED[table]))
     for p in paths:

@@ -44,6 +44,12 @@ REQUIRED = {
     "decisions": ("sweep", "arm", "baseline_arm", "metric", "n", "decision"),
 }
 """Columns each table always has (more may follow: config fields, metrics, record fields)."""
+
+GATHERED_TRIAL_COLUMNS = frozenset(REQUIRED["trials"]) | {
+    "condition", "baseline", "arm_key", "condition_key", "node_id", "node_host", "node_ip", "node_ids", "round",
+}
+"""Columns gather computes for every trial (keys, status, labels, node, round): no trial file
+may set them (analysis.trial_keys), and they are never metrics (analysis.metric_names)."""
 for _table in RECORD_FILES:  # a suite registered later: its records carry at least the key
     REQUIRED.setdefault(_table, KEY)
 

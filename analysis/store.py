@@ -1,15 +1,24 @@
 """The Parquet store: ``ROOT/tables/<table>/<sweep>.parquet``, one file per table and sweep.
 
 One file per sweep means re-gathering a sweep replaces exactly its own rows (by replacing
-its files) and two sweeps gathered at the same time never write the same file. Every
-file is written to a temporary name in the same folder and renamed into place, so a
-reader sees the old file or the new one, never half of one.
+its files) and two sweeps gathered at the same time never write the same file.
+
+A sweep's tables are one generation: ``write_generation`` first writes every new file
+beside the old ones (hidden ``.<sweep>.parquet.next`` names that no reader lists), then
+commits by writing one small journal, ``tables/.pending/<sweep>.json`` (atomically: a temp
+file renamed into place), then renames the staged files over the old ones and removes the
+journal. The readers here (``files``, ``sweeps``) follow the journal while it exists: a
+gather killed before the commit leaves the previous generation as it was (the staged files
+are ignored and replaced by the next gather), one killed after it reads as the new
+generation (staged files where the rename has not happened yet), and the next gather of
+the sweep finishes the switch. No reader ever sees a mix of two generations.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -66,23 +75,129 @@ def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+PENDING = ".pending"
+"""Folder of the switch journals under tables/ (one ``<sweep>.json`` while a switch is under way)."""
+
+
+def staged_file(root: str | os.PathLike, table: str, sweep: str) -> Path:
+    """Where the next generation's file of a table waits for the switch (no reader lists it)."""
+    path = sweep_file(root, table, sweep)
+    return path.with_name(f".{path.name}.next")
+
+
+def _journal(root: str | os.PathLike, sweep: str) -> Path:
+    return tables_dir(root) / PENDING / f"{quote(sweep, safe='-_.=')}.json"
+
+
+def _hook(point: str) -> None:
+    """Tests kill a gather at a chosen point of the switch (NEUROREG_TEST_GATHER_KILL=staged|committed|switched)."""
+    if os.environ.get("NEUROREG_TEST_GATHER_KILL") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_generation(root: str | os.PathLike, sweep: str, tables: dict[str, pa.Table | None]) -> dict[str, Path]:
+    """Replace all of a sweep's tables as one generation: ``tables`` maps every table name to
+    its new Arrow table, or None to remove that table's file. Returns table -> file written."""
+    finish_switch(root, sweep)  # an earlier gather killed mid-switch: complete it first
+    for name in TABLES:  # files staged by a gather killed before its commit: never committed
+        staged_file(root, name, sweep).unlink(missing_ok=True)
+    staged = []
+    for name, tab in tables.items():
+        if tab is not None:
+            write_atomic(tab, staged_file(root, name, sweep))
+            staged.append(name)
+            _hook("staged")
+    plan = {name: ("write" if tab is not None else "remove") for name, tab in tables.items()}
+    atomic_write(_journal(root, sweep), lambda f: f.write(json.dumps({"sweep": sweep, "tables": plan}).encode()))
+    _hook("committed")
+    finish_switch(root, sweep)
+    return {name: sweep_file(root, name, sweep) for name in staged}
+
+
+def finish_switch(root: str | os.PathLike, sweep: str) -> None:
+    """Complete a committed switch: staged files renamed over the old ones, removed tables
+    deleted, then the journal removed. Without a journal there is nothing to do."""
+    journal = _journal(root, sweep)
+    plan = _read_journal(journal)
+    if plan is None:
+        return
+    for name, action in plan.items():
+        final, staged = sweep_file(root, name, sweep), staged_file(root, name, sweep)
+        if action == "write" and staged.exists():
+            os.replace(staged, final)
+            _hook("switched")
+        elif action == "remove":
+            final.unlink(missing_ok=True)
+    journal.unlink(missing_ok=True)
+
+
+def _read_journal(path: Path) -> dict[str, str] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(_regular(path).read_text())
+        plan = data["tables"]
+        if isinstance(plan, dict) and all(k in TABLES and v in ("write", "remove") for k, v in plan.items()):
+            return plan
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise ValueError(f"--results: the switch journal {path} is unreadable; re-gather sweep {path.stem!r} "
+                     "(python -m analysis.gather SWEEP_DIR) after removing it")
+
+
+def _pending(root: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """sweep -> {table: write|remove} of every committed, unfinished switch under this root."""
+    folder = tables_dir(root) / PENDING
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        plan = _read_journal(path)
+        if plan is not None:
+            out[unquote(path.stem)] = plan
+    return out
+
+
+def _current(root: str | os.PathLike, table: str, sweep: str, pending: dict[str, dict[str, str]]) -> Path | None:
+    """The current generation's file of one table and sweep, or None."""
+    final = sweep_file(root, table, sweep)
+    action = pending.get(sweep, {}).get(table)
+    if action == "remove":
+        return None
+    if action == "write":
+        staged = staged_file(root, table, sweep)
+        if staged.exists():  # committed, not renamed yet
+            return staged
+    return final if final.exists() or final.is_symlink() else None
+
+
 def files(root: str | os.PathLike, table: str, sweeps: list[str] | None = None) -> list[Path]:
+    """The current generation's files of a table (all sweeps, or the named ones)."""
     if table not in TABLES:
         raise ValueError(f"table: unknown table {table!r}; choose one of {TABLES}")
-    folder = tables_dir(root) / table
-    if sweeps is not None:
-        found = [p for p in (sweep_file(root, table, s) for s in sweeps) if p.exists() or p.is_symlink()]
-    else:
-        found = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    pending = _pending(root)
+    if sweeps is None:
+        folder = tables_dir(root) / table
+        names = {unquote(p.stem) for p in folder.glob("*.parquet") if not p.name.startswith(".")} \
+            if folder.is_dir() else set()
+        sweeps = sorted(names | {s for s, plan in pending.items() if plan.get(table) == "write"},
+                        key=lambda s: sweep_file(root, table, s).name)
+    found = [p for p in (_current(root, table, s, pending) for s in sweeps) if p is not None]
     # A FIFO would hang the reader, a device never end: refused by name, never opened.
     return [_regular(p) for p in found]
 
 
 def sweeps(root: str | os.PathLike) -> list[str]:
-    """Names of the sweeps gathered into this root."""
+    """Names of the sweeps gathered into this root (their current generation has a trials table)."""
     folder = tables_dir(root) / "trials"
-    return sorted(unquote(p.stem) for p in folder.glob("*.parquet") if not p.name.startswith(".")) \
-        if folder.is_dir() else []
+    names = {unquote(p.stem) for p in folder.glob("*.parquet") if not p.name.startswith(".")} \
+        if folder.is_dir() else set()
+    for sweep, plan in _pending(root).items():
+        if plan.get("trials") == "write":
+            names.add(sweep)
+        elif plan.get("trials") == "remove":
+            names.discard(sweep)
+    return sorted(names)
 
 
 def _regular(path: Path) -> Path:
