@@ -44,12 +44,35 @@ def test_resolution():
     assert resolve_precision("bf16", CPU) == "bf16"  # explicit bf16 is honoured even where slow
     assert resolve_precision("auto", CPU) == ("bf16" if device_has_fast_bf16(CPU) else "fp32")
     with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", CPU)
+    with pytest.raises(ConfigError, match="train.precision"):  # fp16 needs CUDA
         resolve_precision("fp16", CPU)
+
+
+@pytest.mark.parametrize(("capability", "bf16", "expected"), [
+    ((7, 5), False, "fp16"),  # T4: fp16 tensor cores, no bf16
+    ((7, 0), False, "fp16"),  # V100
+    ((8, 0), True, "bf16"),  # A100
+    ((9, 0), True, "bf16"),  # H100
+    ((6, 1), False, "fp32"),  # P40: neither is fast
+])
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available")
+def test_auto_on_cuda_by_compute_capability(monkeypatch, capability, bf16, expected):
+    """auto picks fp16 on compute capability 7.x (torch.cuda faked: no GPU here)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+    cuda = torch.device("cuda")
+    assert resolve_precision("auto", cuda) == expected
+    assert resolve_precision("fp16", cuda) == "fp16" and resolve_precision("fp32", cuda) == "fp32"
+    p = Precision(expected, "cuda")
+    assert (p.grad_scaler() is not None) == (expected == "fp16")
 
 
 def test_config_refuses_unknown_precision():
     with pytest.raises(ConfigError, match="train.precision"):
-        tiny(precision="fp16")
+        tiny(precision="fp8")
+    with pytest.raises(ConfigError, match="train.precision.*CUDA"):
+        tiny(precision="fp16")  # device cpu
     with pytest.raises(ConfigError, match="train.check_finite_every"):
         tiny(check_finite_every=0)
 
