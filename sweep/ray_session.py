@@ -172,8 +172,16 @@ def dashboard_help(info: RayInfo) -> str:
     return "\n".join(lines)
 
 
-def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, float]:
-    """Fail fast when no node of the cluster can ever hold one trial (Tune would wait forever)."""
+def check_resources(
+    cpus_per_trial: float, gpus_per_trial: float, footprint: object | None = None
+) -> dict[str, float]:
+    """Fail fast when no node of the cluster can ever hold one trial (Tune would wait forever).
+
+    ``footprint`` (neuroreg.footprint.estimate_for of the largest trial): with a GPU share,
+    a packing whose share of every GPU the cluster reports is smaller than the estimate is
+    refused, naming the numbers and the share that fits. GPUs whose memory Ray does not
+    report (no known accelerator_type) are not judged.
+    """
     import ray
 
     total = ray.cluster_resources()
@@ -198,6 +206,12 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, f
             f"node has {biggest[0]:g} CPU and {biggest[1]:g} GPU (cluster total {cpus:g} CPU, {gpus:g} GPU); "
             "lower the request (fractions are allowed) or add nodes",
         )
+    if footprint is not None and gpus_per_trial > 0:
+        from neuroreg.footprint import packing_problem
+
+        problem = packing_problem(footprint, gpus_per_trial, fits)
+        if problem:
+            raise ConfigError("--gpus-per-trial", problem)
     return {"CPU": cpus, "GPU": gpus}
 
 

@@ -88,6 +88,29 @@ def trial_device(device: str, gpu_ids: list) -> tuple[str, str | None]:
     return device, None
 
 
+def gpu_memory_share(device: str, assigned: dict[str, float], cuda: Any = None) -> float | None:
+    """Cap the trial's CUDA memory at its fractional GPU share; returns the fraction set, or None.
+
+    ``assigned``: the trial's Ray resources (``get_assigned_resources()``, e.g. {"GPU": 0.25}).
+    Four trials at 0.25 GPU each hold a CUDA context and a copy of the images on one card;
+    without a cap the first to grow takes the memory the others were promised, and one of
+    them fails with an out-of-memory error mid-run. ``set_per_process_memory_fraction``
+    makes torch's allocator refuse past the share instead (the CUDA context itself is
+    outside it). A whole GPU or more, or a trial on the CPU, is not capped. ``cuda``: the
+    torch.cuda module (a stand-in in tests).
+    """
+    share = float(assigned.get("GPU", 0.0))
+    if device == "cpu" or not 0 < share < 1:
+        return None
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda
+    index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0  # Ray's GPU is device 0
+    cuda.set_per_process_memory_fraction(share, index)
+    return share
+
+
 class CudaUnusable(RuntimeError):
     """A trial holds a GPU share but torch cannot use the GPU."""
 
@@ -214,6 +237,12 @@ def run_trial(
     cfg.train.device, why = trial_device(cfg.train.device, ray.get_gpu_ids())
     if why:
         print(f"trial {tune.get_context().get_trial_id()}: {why}", flush=True)
+    if ray.get_gpu_ids():
+        gpu_memory_share(cfg.train.device, ray.get_runtime_context().get_assigned_resources())
+    if cfg.train.deterministic:  # before this process's first cuBLAS handle (the trainer sets it too)
+        from neuroreg.precision import CUBLAS_WORKSPACE
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.set_num_threads(cfg.train.num_threads)
     trial_dir = _trial_folder(experiment_dir)
     run_dir = trial_dir / "run"
