@@ -523,6 +523,64 @@ CASES.update({
 })
 
 
+def _study_db(name: str, study: str, trials: int) -> Callable[[Path], None]:
+    """An SQLite file with an Optuna study of ``trials`` finished trials (0: a database without Optuna's tables)."""
+    def make(tmp: Path) -> None:
+        import sqlite3
+
+        if not trials:
+            with sqlite3.connect(tmp / name) as c:
+                c.execute("CREATE TABLE notes (a TEXT)")
+            return
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        st = optuna.create_study(study_name=study, storage=f"sqlite:///{tmp / name}")
+        st.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=trials)
+    return make
+
+
+OPTUNA = "search: {algorithm: optuna}\nmetric: val_acc\nspace: {regularizer.alpha: {uniform: [0.5, 2]}}\n"
+REG = "name: s\nbase: {data: {name: digits}, train: {epochs: 1}, regularizer: {target: pixel_th, alpha: 1, th: 0.5}}\n"
+DRY = [*SWEEP, "--space", "s.yaml", "--dry-run"]
+CASES.update({  # issue 22, item 5: what a real run refuses, --dry-run refuses before Ray starts
+    "seed-beyond-torch": Case("dry-run", DRY, "train.seed", _file("s.yaml", SPACE + RANDOM +
+                                                                   "seeds: [18446744073709551616]\n")),
+    "seed-negative": Case("dry-run", DRY, "train.seed", _file("s.yaml", SPACE + RANDOM + "seeds: [0, -1]\n")),
+    "search-seed-beyond-numpy": Case("dry-run", DRY, "search.seed", _file("s.yaml", SPACE + OPTUNA.replace(
+        "optuna}", "optuna, seed: 18446744073709551616}"))),
+    "cpus-per-trial-inf": Case("dry-run", [*SWEEP, "--space", "alpha_th.yaml", "--dry-run", "--cpus-per-trial",
+                                           "inf"], "--cpus-per-trial"),
+    "gpus-per-trial-nan": Case("dry-run", [*SWEEP, "--space", "alpha_th.yaml", "--dry-run", "--gpus-per-trial",
+                                           "nan"], "--gpus-per-trial"),
+    "cpus-per-trial-inf-in-file": Case("dry-run", DRY, "resources.cpus_per_trial", _file(
+        "s.yaml", SPACE + RANDOM + "resources: {cpus_per_trial: .inf}\n")),
+    "reduction-factor-inf": Case("dry-run", DRY, "scheduler.reduction_factor", _file(
+        "s.yaml", SPACE + RANDOM + "metric: val_acc\nscheduler: {type: asha, reduction_factor: .inf}\n")),
+    "reduction-factor-nan": Case("dry-run", DRY, "scheduler.reduction_factor", _file(
+        "s.yaml", SPACE + RANDOM + "metric: val_acc\nscheduler: {type: asha, reduction_factor: .nan}\n")),
+    "time-budget-inf": Case("dry-run", DRY, "time_budget_s", _file("s.yaml", SPACE + RANDOM + "time_budget_s: .inf\n")),
+    "results-is-a-file": Case("dry-run", [*SWEEP, "--space", "alpha_th.yaml", "--dry-run", "--results", "f.txt"],
+                              "--results", _file("f.txt", "keep")),
+    "results-under-a-file": Case("dry-run", [*SWEEP, "--space", "alpha_th.yaml", "--dry-run", "--results",
+                                             "f.txt/r"], "--results", _file("f.txt", "keep")),
+    "reg-set-too-small": Case("dry-run", DRY, "regularizer.n", _file("s.yaml", REG + RANDOM), says="1423"),
+    "reg-set-too-small-in-space": Case("dry-run", DRY, "regularizer.n", _file(
+        "s.yaml", REG + OPTUNA.replace("regularizer.alpha: {uniform: [0.5, 2]}", "regularizer.n: {int: [100, 3000]}"))),
+    "reg-set-too-small-synthetic": Case("dry-run", DRY, "regularizer.n", _file(
+        "s.yaml", REG.replace("name: digits}", "name: synthetic, subset: 200}") + RANDOM)),
+    "device-cuda-in-base": Case("dry-run", DRY, "train.device", _file(
+        "s.yaml", SPACE.replace("epochs: 1}", "epochs: 1, device: cuda}") + RANDOM), says="--gpus-per-trial"),
+    "device-cuda-by-set": Case("dry-run", [*DRY, "--set", "train.device=cuda:1"], "train.device",
+                               _file("s.yaml", SPACE + RANDOM), says="--gpus-per-trial"),
+    "device-cuda-in-space": Case("dry-run", DRY, "space.train.device", _file(
+        "s.yaml", SPACE + "search: {algorithm: grid}\nspace: {train.device: {grid: [auto, cuda]}}\n"),
+        says="--gpus-per-trial"),
+    "study-name-taken": Case("dry-run", [*DRY, "--name", "x", "--study-storage", "sqlite:///some.db"], "--name",
+                             _all(_file("s.yaml", SPACE + OPTUNA), _study_db("some.db", "x", 2)), says="2 trials"),
+})
+
+
 def _free_port() -> int:
     """A port nothing listens on (bound, then closed again)."""
     with socket.socket() as s:
@@ -576,11 +634,28 @@ def test_refused(name, tmp_path):
     assert took < case.timeout
 
 
+def test_dry_run_writes_no_database(tmp_path):
+    """--dry-run --study-storage on an existing SQLite file (no Optuna tables in it): exit 0, and
+    the file keeps its bytes (Optuna's RDBStorage would have created its tables in it)."""
+    _study_db("some.db", "x", 0)(tmp_path)
+    _file("s.yaml", SPACE + OPTUNA)(tmp_path)
+    before = _snapshot(tmp_path)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="nr-ray-", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    p = subprocess.run([sys.executable, "-m", *DRY, "--study-storage", "sqlite:///some.db"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=90)
+    ray_files = os.listdir(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "would write to" in p.stdout and not ray_files
+    assert _snapshot(tmp_path) == before, "the dry run changed a file (the database?)"
+
+
 def test_every_class_of_the_issue_is_covered():
     classes = {c.cls for c in CASES.values()}
     assert classes >= {"code", "paths", "flags", "spaces", "syntax", "hangs", "unicode", "huge", "symlinks",
                        "read-only", "disk-full",
-                       "steer", "bounded", "recordings", "limits", "yaml"}  # issue 22
+                       "steer", "bounded", "recordings", "limits", "yaml", "dry-run"}  # issue 22
 
 
 def test_the_payloads_are_real(tmp_path, monkeypatch):
