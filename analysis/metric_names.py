@@ -14,18 +14,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis import store
-from analysis.schema import GATHERED_TRIAL_COLUMNS as GATHERED
+
+NOT_METRICS = frozenset({"round"})
+"""Numeric columns gather computes that measure nothing (a sequential sweep's round)."""
 
 
 def known_metrics(root: str | os.PathLike, sweeps: Iterable[str] | None = None) -> list[str]:
     """Numeric metric columns of the trials table of these sweeps (all gathered sweeps when None):
-    every numeric column that is neither a config field nor one gather computes."""
+    every numeric column that is no config field (the trial's wall time and epochs count too)."""
     out: dict[str, None] = {}
     for path in store.files(root, "trials", list(sweeps) if sweeps is not None else None):
         config = set(store.read_meta(path).get("config_columns", []))
         for f in pq.read_schema(path):
             numeric = pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
-            if numeric and f.name not in config and f.name not in GATHERED:
+            if numeric and f.name not in config and f.name not in NOT_METRICS:
                 out[f.name] = None
     return sorted(out)
 

@@ -183,20 +183,36 @@ def _check_regularization_sets(spec: SweepSpec, configs: list[dict[str, Any]]) -
                                                f"regularizer.n={sizes[key]}) or choose a larger regularizer.data")
 
 
+def needs_regularization_set(spec: SweepSpec) -> bool:
+    """Whether some trial of the sweep trains with the similarity loss (and so needs a
+    regularization set): a sweep of baselines only never loads one."""
+    for d in _trial_configs(spec):
+        try:
+            if RunConfig.from_dict(copy.deepcopy(d), validate=False).regularizer.active:
+                return True
+        except (ConfigError, KeyError, TypeError, ValueError):
+            return True  # unknown: load it, as before
+    return False
+
+
 def _trial_configs(spec: SweepSpec) -> list[dict[str, Any]]:
     """Config trees covering the values trials can take: every trial of a grid / random
-    sweep, the probed values of an Optuna space."""
+    sweep; for an Optuna space, each probed value of a parameter with every other parameter
+    at a value that regularizes (a target that is not none, the top of a range)."""
     if spec.search.algorithm != "optuna":
         return [config_with(spec.base, t) for t in enumerate_trials(spec)]
-    out = [copy.deepcopy(spec.base)]
+    active = {p.key: _active_value(p) for p in spec.space}
+    out = [copy.deepcopy(spec.base), config_with(spec.base, active)]
     for p in spec.space:
         for value in _probe_values(p):
-            d = copy.deepcopy(spec.base)
-            for ck, cv in _condition_values(spec, p).items():
-                set_dotted(d, ck, cv)
-            set_dotted(d, p.key, value)
-            out.append(d)
+            out.append(config_with(spec.base, {**active, p.key: value}))
     return out
+
+
+def _active_value(p: ParamSpec) -> Any:
+    if p.values is None:
+        return p.high
+    return next((v for v in p.values if v not in ("none", 0, None) and v is not False), p.values[0])
 
 
 def _check_metrics(spec: SweepSpec) -> None:

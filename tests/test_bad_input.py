@@ -567,6 +567,9 @@ CASES.update({  # issue 22, item 5: what a real run refuses, --dry-run refuses b
     "reg-set-too-small": Case("dry-run", DRY, "regularizer.n", _file("s.yaml", REG + RANDOM), says="1423"),
     "reg-set-too-small-in-space": Case("dry-run", DRY, "regularizer.n", _file(
         "s.yaml", REG + OPTUNA.replace("regularizer.alpha: {uniform: [0.5, 2]}", "regularizer.n: {int: [100, 3000]}"))),
+    "reg-set-too-small-optuna-pair": Case("dry-run", DRY, "regularizer.n", _file(  # regularized only in combination
+        "s.yaml", SPACE + OPTUNA.replace("{regularizer.alpha: {uniform: [0.5, 2]}}",
+                                         "{regularizer.target: {choice: [none, pixel]}, regularizer.alpha: {uniform: [0, 1]}}"))),
     "reg-set-too-small-synthetic": Case("dry-run", DRY, "regularizer.n", _file(
         "s.yaml", REG.replace("name: digits}", "name: synthetic, subset: 200}") + RANDOM)),
     "device-cuda-in-base": Case("dry-run", DRY, "train.device", _file(

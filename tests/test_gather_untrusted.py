@@ -212,3 +212,19 @@ def test_per_sweep_tables_load_without_trial_id(tmp_path):
     assert list(prov["sweep"]) == ["sw"] and "arm" not in prov.columns
     decisions = load("decisions", root)  # no sequential design here: no rows, and no error
     assert "trial_id" not in decisions.columns
+
+
+def test_unknown_metric_names_are_refused_with_the_known_ones(tmp_path):
+    from analysis.metric_names import known_metrics, metric_problem
+
+    exp = _sweep(tmp_path)
+    root = tmp_path / "results"
+    gather_report(exp, root)
+    known = known_metrics(root, ["sw"])
+    assert {"clean_acc", "val_acc", "wall_time_s"} <= set(known)
+    assert not {"regularizer.alpha", "train.seed", "trial_id", "arm"} & set(known)  # config fields, labels
+    assert metric_problem(root, ["sw"], "clean_acc", {"val_acc": "max"}) is None
+    bad = metric_problem(root, ["sw"], "no_such_metric")
+    assert bad.startswith("--metric: 'no_such_metric'") and "clean_acc" in bad
+    bad = metric_problem(root, ["sw"], None, {"clean_acc": "max", "nope": "max"})
+    assert bad.startswith("--pareto: 'nope'") and "val_acc" in bad
