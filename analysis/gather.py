@@ -98,7 +98,13 @@ def collect(sweep_dir: str | os.PathLike) -> Gathered:
 
     spec = _read_spec(sweep_dir, problems)
     # The keys gather sets win: what a trial's files say about them is dropped and reported.
-    configs = {id(t): strip_config(t, _config_columns(t, spec), problems) for t in trials}
+    configs: dict[int, dict[str, Any]] = {}
+    for t in trials:
+        try:
+            configs[id(t)] = strip_config(t, _config_columns(t, spec), problems)
+        except Exception as e:  # noqa: BLE001 -- one malformed trial must never stop a gather
+            problems.append(Problem(t.path.name, f"config unreadable ({type(e).__name__}: {str(e)[:200]})", True))
+    trials = [t for t in trials if id(t) in configs]
     config_cols = sorted({k for c in configs.values() for k in c})
     rows, kept = [], []
     for t in trials:

@@ -49,13 +49,13 @@ def to_arrow(df: pd.DataFrame, table: str, sweep: str, extra_meta: dict[str, Any
     """
     try:
         tab = pa.Table.from_pandas(df, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         df = df.copy()
         for col in df.columns:
             if df[col].dtype == object:
                 try:
                     pa.array(df[col], from_pandas=True)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
                     df[col] = df[col].map(lambda v: None if v is None or v != v else str(v))
         tab = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(tab.schema.metadata or {})

@@ -228,3 +228,20 @@ def test_unknown_metric_names_are_refused_with_the_known_ones(tmp_path):
     assert bad.startswith("--metric: 'no_such_metric'") and "clean_acc" in bad
     bad = metric_problem(root, ["sw"], None, {"clean_acc": "max", "nope": "max"})
     assert bad.startswith("--pareto: 'nope'") and "val_acc" in bad
+
+
+@pytest.mark.parametrize("extra", [
+    {"result_extra": {"epoch": 10**400}},                 # an int beyond float: that trial skipped
+    {"result_extra": {"time_total_s": "abc", "epoch": "x"}},
+    {"config_extra": {"train": {"seed": 10**30}}},       # beyond int64: stored as text
+    {"config_extra": {"data": 5, "regularizer": {"target": ["a"], "alpha": "x"}}},
+    {"record_extra": {"level": "high", "accuracy": None}},
+], ids=["epoch-10e400", "strings", "seed-10e30", "config-shapes", "record-types"])
+def test_malformed_values_never_abort_the_gather(tmp_path, extra):
+    exp = _sweep(tmp_path)
+    _trial(exp, "aaaaa_00002", 2.0, 0.7, **extra)
+    written, problems = gather_report(exp, tmp_path / "r")
+    trials = load("trials", tmp_path / "r")
+    assert {"aaaaa_00000", "aaaaa_00001"} <= set(trials["trial_id"])  # the rest is gathered
+    if "aaaaa_00002" not in set(trials["trial_id"]):
+        assert any(p.skipped for p in problems if p.where == "trial_aaaaa_00002"), problems
