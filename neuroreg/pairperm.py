@@ -7,6 +7,7 @@ host sync, so a 1.25e9-pair permutation (N = 50,000) needs no table.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -41,9 +42,11 @@ _MASK32 = 0xFFFFFFFF
 
 EXACT_WALK_MAX = 1 << 24
 """Up to this many pairs (N <= 5,793) the cycle-walking bound is computed exactly, over every
-index, when the permutation is made (N = 1,000: 0.1 s on a CPU core; N = 5,000: 2.5 s); above it the bound
+index, when the permutation is made (N = 1,000: 0.1 s on a CPU core; N = 5,000: about 3 s); above it the bound
 holds with a failure probability below 2^-40 and a device-side flag catches the rest."""
 _WALK_CHUNK = 1 << 22
+TABLE_MAX_HALF = 20
+"""Round functions are looked up in tables up to this half width (bits of the domain / 2)."""
 
 
 @functools.lru_cache(maxsize=32)
@@ -84,6 +87,11 @@ class FeistelPermutation:
     exact maximum over all m indices up to EXACT_WALK_MAX (``exact``), else a bound that
     holds but with probability 2^-40, and ``walk`` then also returns a device flag telling
     whether any index was still outside (the trainer reads it with the finiteness check).
+
+    Each step is a few dozen tiny kernels, so their launch cost is what a step pays: up to
+    a half width of TABLE_MAX_HALF bits (N <= 1.4 million) the round functions are tables
+    (2^half int32 values per round, 16 MiB at most) and a round is one gather and one xor
+    instead of eleven integer operations. ``to(device)`` moves the tables.
     """
 
     def __init__(self, m: int, seed: int, rounds: int = 4):
@@ -96,6 +104,10 @@ class FeistelPermutation:
         self.half_mask = (1 << self.half) - 1
         rng = np.random.default_rng(seed)
         self.keys = [int(k) for k in rng.integers(1, 2**31 - 1, size=rounds)]
+        self.tables: list[torch.Tensor] | None = None
+        if self.half <= TABLE_MAX_HALF:
+            domain = torch.arange(1 << self.half, dtype=torch.int64)
+            self.tables = [self._round(domain, key).to(torch.int32) for key in self.keys]
         self.exact = m <= EXACT_WALK_MAX
         self.walk_steps = _exact_walk_bound(self) if self.exact else _probable_walk_bound(m, 1 << bits)
 
@@ -117,9 +129,18 @@ class FeistelPermutation:
 
     def _once(self, k: torch.Tensor) -> torch.Tensor:
         left, right = k >> self.half, k & self.half_mask
-        for key in self.keys:
-            left, right = right, left ^ self._round(right, key)
+        for r, key in enumerate(self.keys):
+            mixed = self.tables[r][right] if self.tables is not None else self._round(right, key)
+            left, right = right, left ^ mixed
         return (left << self.half) | right
+
+    def to(self, device: torch.device | str) -> FeistelPermutation:
+        """The same permutation with its round tables on ``device``."""
+        if self.tables is None:
+            return self
+        moved = copy.copy(self)
+        moved.tables = [t.to(device) for t in self.tables]
+        return moved
 
     def walk(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """perm(k) for indices k in [0, m), on k's device without a host sync, and (where the

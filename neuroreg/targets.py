@@ -148,7 +148,7 @@ class ShuffleTarget(Target):
         return self.unfinished
 
     def to(self, device):
-        return ShuffleTarget(self.base.to(device), self.seed, self.perm, device)
+        return ShuffleTarget(self.base.to(device), self.seed, self.perm.to(device), device)
 
 
 # --- neural target ------------------------------------------------------------------

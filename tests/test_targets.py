@@ -80,13 +80,21 @@ def test_feistel_is_a_permutation_and_depends_on_seed():
     assert (a == torch.arange(1000)).float().mean() < 0.05  # not near identity
 
 
+def _reference_once(perm: FeistelPermutation, k: torch.Tensor) -> torch.Tensor:
+    """One Feistel pass with the round function computed, never looked up in perm's tables."""
+    left, right = k >> perm.half, k & perm.half_mask
+    for key in perm.keys:
+        left, right = right, left ^ perm._round(right, key)
+    return (left << perm.half) | right
+
+
 def _host_loop_perm(perm: FeistelPermutation, k: torch.Tensor) -> torch.Tensor:
     """The permutation as it was before issue 25: cycle walking on the host until every index
     is back in [0, m), reading ``outside.any()`` once per walking step (a GPU sync each)."""
-    out = perm._once(k)
+    out = _reference_once(perm, k)
     outside = out >= perm.m
     while bool(outside.any()):
-        out = torch.where(outside, perm._once(out), out)
+        out = torch.where(outside, _reference_once(perm, out), out)
         outside = out >= perm.m
     return out
 
@@ -115,13 +123,28 @@ def test_shuffle_values_identical_to_the_host_loop(n, seed):
 
 def _walk_lengths(perm: FeistelPermutation) -> torch.Tensor:
     """How many extra Feistel applications each index of [0, m) needs (brute force)."""
-    out = perm._once(torch.arange(perm.m))
+    out = _reference_once(perm, torch.arange(perm.m))
     steps = torch.zeros(perm.m, dtype=torch.int64)
     while bool((out >= perm.m).any()):
         outside = out >= perm.m
         steps += outside.long()
-        out = torch.where(outside, perm._once(out), out)
+        out = torch.where(outside, _reference_once(perm, out), out)
     return steps
+
+
+def test_round_tables_match_the_computed_rounds(monkeypatch):
+    """The table lookup is the computed round function, and above TABLE_MAX_HALF none is made."""
+    import neuroreg.pairperm as pairperm
+
+    perm = FeistelPermutation(499_500, seed=2)
+    assert perm.tables is not None and len(perm.tables) == 4
+    k = torch.randint(0, 1 << (2 * perm.half), (10_000,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(perm._once(k), _reference_once(perm, k))
+    monkeypatch.setattr(pairperm, "TABLE_MAX_HALF", perm.half - 1)
+    computed = FeistelPermutation(499_500, seed=2)
+    assert computed.tables is None and computed.to("meta") is computed
+    assert torch.equal(computed._once(k), perm._once(k))
+    assert perm.to("meta").tables[0].device.type == "meta" and perm.tables[0].device.type == "cpu"
 
 
 @pytest.mark.parametrize("m", [1, 3, 780, 124_750, 499_500])
