@@ -185,7 +185,9 @@ class TrainConfig:
     Costs speed on CUDA (cuDNN's fastest convolutions are often nondeterministic, and
     atomics-based backward kernels are replaced: expect 10-50 % slower steps). false (the
     default) lets cuDNN autotune convolutions (cudnn.benchmark) on CUDA: faster, but not
-    bit-exact from run to run. A CPU run is deterministic either way."""
+    bit-exact from run to run. A CPU run is deterministic either way. Not yet usable on CUDA
+    with the ResNets: torch has no deterministic CUDA backward for adaptive_avg_pool2d (their
+    global pooling), so the first step raises naming it."""
 
 
 @dataclass
