@@ -285,7 +285,13 @@ class ResNet(nn.Module):
         h = self.preprocess(x)
         for stage in self._stages():
             h = stage(h)
-        h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        if h.is_cuda and torch.are_deterministic_algorithms_enabled():
+            # adaptive_avg_pool2d has no deterministic CUDA backward (train.deterministic would
+            # raise at the first step); the mean is the same pooling. CPU keeps the original op,
+            # so CPU runs stay bit-identical.
+            h = h.mean(dim=(2, 3))
+        else:
+            h = F.adaptive_avg_pool2d(h, 1).flatten(1)
         return self.fc(h)
 
 
