@@ -107,7 +107,10 @@ def write_generation(root: str | os.PathLike, sweep: str, tables: dict[str, pa.T
             write_atomic(tab, staged_file(root, name, sweep))
             staged.append(name)
             _hook("staged")
-    plan = {name: ("write" if tab is not None else "remove") for name, tab in tables.items()}
+    plan = {name: "write" if tab is not None else "remove" for name, tab in tables.items()
+            if tab is not None or sweep_file(root, name, sweep).exists()}
+    if not plan:
+        return {}  # nothing to write and nothing to remove: the root stays untouched
     atomic_write(_journal(root, sweep), lambda f: f.write(json.dumps({"sweep": sweep, "tables": plan}).encode()))
     _hook("committed")
     finish_switch(root, sweep)
