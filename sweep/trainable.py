@@ -35,17 +35,18 @@ def data_key(cfg: RunConfig) -> tuple:
     )
 
 
-def prepare_shared_data(cfg: RunConfig) -> Any:
+def prepare_shared_data(cfg: RunConfig, needs_reg: bool = True) -> Any:
     """Decode the base configuration's data once (driver side) for every trial that uses it.
 
     The regularization images are loaded even when the base itself is unregularized, so a
-    grid over targets (none / pixel / pixel_th ...) shares one copy.
+    grid over targets (none / pixel / pixel_th ...) shares one copy; ``needs_reg`` False (no
+    trial of the sweep regularizes) skips them, since the set may not even exist.
     """
     from neuroreg.data import load_regularization_set
     from neuroreg.train import PreparedData, prepare_data
 
     prepared = prepare_data(cfg)
-    if prepared.reg is None:
+    if prepared.reg is None and needs_reg:
         prepared = PreparedData(prepared.splits, load_regularization_set(cfg.regularizer, cfg.data))
     return prepared
 
@@ -249,7 +250,7 @@ def run_trial(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     data = None
-    if shared is not None and shared_key == data_key(cfg):
+    if shared is not None and shared_key == data_key(cfg) and (shared.reg is not None or not cfg.regularizer.active):
         data = PreparedData(shared.splits, shared.reg if cfg.regularizer.active else None)
 
     # Ray adds hostname and node_ip to every result; the node id tells two nodes of one

@@ -31,6 +31,7 @@ from sweep.space import (
 from sweep.start import check_picklable
 from sweep.study import ExtendableSearch, make_sampler, rdb_storage, search_generator
 from sweep.trainable import TRIAL_INDEX, data_key, prepare_shared_data, run_trial
+from sweep.validation import needs_regularization_set
 
 PARAMS = "params"  # a trial's config: {"params": {dotted key: value}} (+ "__trial_index__")
 
@@ -199,7 +200,7 @@ def needs_lenient_metrics(spec: SweepSpec) -> bool:
 def build_trainable(spec: SweepSpec, experiment_dir: str | None, share_data: bool = True, verbose: int = 0) -> Any:
     """run_trial with its large arguments in Ray's object store (once, not per trial)."""
     base_cfg = spec.base_config
-    shared = prepare_shared_data(base_cfg) if share_data else None
+    shared = prepare_shared_data(base_cfg, needs_regularization_set(spec)) if share_data else None
     fn = tune.with_parameters(
         run_trial,
         base=spec.base,

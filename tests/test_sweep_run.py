@@ -323,3 +323,24 @@ def test_failed_start_leaves_nothing(ray_cluster, tmp_path):
 
 
 BASE_ONE_EPOCH = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 1}}
+
+
+def test_baseline_only_digits_sweep_never_loads_the_regularization_set(ray_cluster, tmp_path):
+    """digits has fewer training images than the default regularizer.n (5,000): a sweep
+    without a regularized trial must neither load nor need that set (it died after Ray
+    started, and on --resume)."""
+    from neuroreg.config import RunConfig
+    from neuroreg.errors import ConfigError
+    from sweep.trainable import prepare_shared_data
+
+    base = {"data": {"name": "digits", "image_size": 16}, "model": {"width": 4},
+            "regularizer": {"target": "none"}, "train": {"epochs": 1, "max_steps_per_epoch": 2},
+            "evaluation": {"suites": []}}
+    cfg = RunConfig.from_dict(base)
+    assert prepare_shared_data(cfg, needs_reg=False).reg is None
+    with pytest.raises((ConfigError, ValueError)):
+        prepare_shared_data(cfg, needs_reg=True)  # the set the old code loaded regardless
+    space = write_space(tmp_path / "b.yaml", base=base, space={"model.width": {"grid": [4, 8]}},
+                        search={"algorithm": "grid"})
+    assert run_main("--space", str(space), "--storage", str(tmp_path / "res"), "--name", "b") == 0
+    assert len(trial_dirs(tmp_path / "res" / "b")) == 2
