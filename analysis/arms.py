@@ -28,7 +28,7 @@ def is_seed_column(name: str) -> bool:
 
 # Fields that change where or how fast a run goes, not what it trains; never part of a key.
 NOT_IDENTITY = (
-    "train.device", "train.num_threads", "train.check_finite_every", "train.compile",
+    "train.device", "train.num_threads", "train.check_finite_every", "train.compile", "train.deterministic",
     "data.root", "data.download", "regularizer.data.root", "regularizer.data.download",
 )
 

@@ -49,6 +49,7 @@ from analysis.gather import (
     gather_report,
 )
 from analysis.importance import param_importances, pareto_front
+from analysis.metric_names import metric_problem
 from analysis.provenance_table import load_provenance, provenance_markdown, provenance_warnings
 from analysis.query import config_columns, default_root, load, run_cli, sweep_meta
 from analysis.stats import (
@@ -464,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
               "gather them into one with --results", file=sys.stderr)
         return 2
     root, names = resolved[0][0], list(dict.fromkeys(n for _, n in resolved))
+    if problem := metric_problem(root, names, args.metric, objectives):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     if len(names) > 1:
         out = Path(args.out) if args.out else root / "reports" / ("compare-" + "+".join(names))

@@ -292,6 +292,7 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         start_ray,
     )
     from sweep.report import best_result_metric, format_table, trial_rows, unfinished
+    from sweep.sequential import all_seeds
     from sweep.space import BASELINE_PARAMS, config_value
     from sweep.start import StartError, remove_failed_start
 
@@ -306,7 +307,12 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         r = spec.resources
         if not args.no_resource_check:
             try:
-                res = check_resources(r.cpus_per_trial, r.gpus_per_trial)
+                footprint = None
+                if r.gpus_per_trial > 0:  # a fractional GPU must hold the trial's data and model
+                    from sweep.validation import largest_footprint
+
+                    footprint = largest_footprint(spec)
+                res = check_resources(r.cpus_per_trial, r.gpus_per_trial, footprint)
             except ConfigError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
@@ -336,7 +342,8 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
                 traceback.print_exception(e.__cause__ or e)
             return 1
         wall = time.perf_counter() - t0
-        df = trial_rows(results, fill={k: config_value(spec.base_config, k) for k in BASELINE_PARAMS})
+        df = trial_rows(results, fill={k: config_value(spec.base_config, k) for k in BASELINE_PARAMS},
+                        seeds=all_seeds(spec))
         print()
         print(format_table(df))
         errors = [res_ for res_ in results if res_.error]

@@ -150,6 +150,14 @@ def _check_devices(spec: SweepSpec) -> None:
             bad = [v for v in (p.values or [None]) if v not in SWEEP_DEVICES]
             if bad:
                 raise ConfigError("space.train.device", f"{bad[0]!r} is not allowed in a sweep; {fix}")
+    # fp16 trains on a CUDA GPU only (a GradScaler, autocast): trials without a GPU share run
+    # on the CPU, where the trainer refuses it, one trial at a time after Ray started.
+    if spec.resources.gpus_per_trial == 0:
+        where = "base.train.precision" if spec.base_config.train.precision == "fp16" else next(
+            (f"space.{p.key}" for p in spec.space if p.key == "train.precision" and "fp16" in (p.values or [])), None)
+        if where:
+            raise ConfigError(where, "fp16 trains on a CUDA GPU only and these trials get none: give them one with "
+                                     "--gpus-per-trial, or use auto, fp32 or bf16")
 
 
 def _check_regularization_sets(spec: SweepSpec, configs: list[dict[str, Any]]) -> None:
@@ -280,3 +288,19 @@ def _validate(d: dict[str, Any], where: str, check_files: bool) -> None:
         RunConfig.from_dict(d, validate=False).validate(check_files)
     except ConfigError as e:
         raise ConfigError(where, str(e)) from None
+
+
+def largest_footprint(spec: SweepSpec) -> Any:
+    """The largest estimated GPU footprint of any trial (neuroreg.footprint), for the packing
+    check before trials start; None when no data set size is known up front."""
+    from neuroreg.footprint import estimate_for
+
+    best = None
+    for d in _trial_configs(spec):
+        try:
+            f = estimate_for(RunConfig.from_dict(copy.deepcopy(d), validate=False))
+        except (ConfigError, KeyError, TypeError, ValueError):
+            continue
+        if f is not None and (best is None or f.total > best.total):
+            best = f
+    return best

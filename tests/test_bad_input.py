@@ -579,6 +579,12 @@ CASES.update({  # issue 22, item 5: what a real run refuses, --dry-run refuses b
     "device-cuda-in-space": Case("dry-run", DRY, "space.train.device", _file(
         "s.yaml", SPACE + "search: {algorithm: grid}\nspace: {train.device: {grid: [auto, cuda]}}\n"),
         says="--gpus-per-trial"),
+    "fp16-without-gpu": Case("dry-run", [*DRY, "--set", "train.precision=fp16"], "train.precision",
+                             _file("s.yaml", SPACE + RANDOM), says="--gpus-per-trial"),
+    "report-unknown-metric": Case("limits", ["analysis.report", "s", "--results", "results", "--metric",
+                                             "no_such_metric"], "--metric", _tables, says="best_val_acc"),
+    "report-unknown-pareto": Case("limits", ["analysis.report", "s", "--results", "results", "--pareto",
+                                             "nope:max"], "--pareto", _tables, says="best_val_acc"),
     "study-name-taken": Case("dry-run", [*DRY, "--name", "x", "--study-storage", "sqlite:///some.db"], "--name",
                              _all(_file("s.yaml", SPACE + OPTUNA), _study_db("some.db", "x", 2)), says="2 trials"),
 })
