@@ -89,10 +89,14 @@ def _ident(params: dict[str, Any]) -> str:
 class SequentialSeeds(Searcher):
     """Wraps the sweep's searcher; adds seeds to undecided arms as their trials finish."""
 
-    def __init__(self, searcher: Searcher, spec: SweepSpec):
+    def __init__(self, searcher: Searcher, spec: SweepSpec, first_round: int):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         assert spec.sequential is not None
         self.searcher = searcher  # the name Tune's SearchGenerator walks to save the chain
+        # The wrapped searcher hands out the first round only: an Optuna searcher never says
+        # FINISHED by itself (Tune's trial budget stops it, and here that budget is max seeds).
+        self.first_round = first_round
+        self.inner_suggested = 0
         self.spec_dict = spec.to_dict()
         self.base = copy.deepcopy(spec.base)
         self.seeds = all_seeds(spec)
@@ -112,9 +116,13 @@ class SequentialSeeds(Searcher):
             config = self.pending.pop(0)
             self.ours.add(trial_id)
         else:
+            if self.inner_suggested >= self.first_round:
+                self.inner_finished = True
             config = None if self.inner_finished else self.searcher.suggest(trial_id)
             if config == Searcher.FINISHED:
                 self.inner_finished, config = True, None
+            elif config is not None:
+                self.inner_suggested += 1
             if config is None:
                 running = any(t["state"] == "running" for t in self.trials.values())
                 return None if running or not self.inner_finished else Searcher.FINISHED
@@ -140,11 +148,12 @@ class SequentialSeeds(Searcher):
 
     def get_state(self) -> dict:
         return {"trials": self.trials, "pending": self.pending, "ours": set(self.ours),
-                "inner_finished": self.inner_finished}
+                "inner_finished": self.inner_finished, "inner_suggested": self.inner_suggested}
 
     def set_state(self, state: dict) -> None:
         self.trials, self.pending = state["trials"], list(state["pending"])
         self.ours, self.inner_finished = set(state["ours"]), state["inner_finished"]
+        self.inner_suggested = state["inner_suggested"]
 
     # --- the decisions ------------------------------------------------------------------
     def done_table(self):

@@ -145,7 +145,7 @@ def build_search(
         # Sequential: the list as a searcher, each seed by its index, so later rounds add seeds.
         first = [{PARAMS: {k: v for k, v in t.items() if k != "train.seed"},
                   TRIAL_INDEX: spec.seeds.index(t["train.seed"])} for t in trials]
-        return SequentialSeeds(ListSearcher(first), spec), {}, max_trials(spec, len(first))
+        return SequentialSeeds(ListSearcher(first), spec, len(first)), {}, max_trials(spec, len(first))
 
     from ray.tune.search.optuna import OptunaSearch
 
@@ -170,7 +170,7 @@ def build_search(
     if spec.baseline_trials():
         searcher = BaselineFirst(searcher, spec.baseline_trials())
     if spec.sequential is not None:
-        return SequentialSeeds(searcher, spec), {}, max_trials(spec, spec.num_trials())
+        return SequentialSeeds(searcher, spec, spec.num_trials()), {}, max_trials(spec, spec.num_trials())
     return searcher, {}, spec.num_trials()
 
 

@@ -48,8 +48,10 @@ def fake_metric(config: dict) -> float:
     return float(base + EFFECT[a] + noise)
 
 
-def run_to_end(searcher, concurrency: int = 2, stop_after: int | None = None, first_id: int = 0):
-    """Tune's loop in miniature: up to ``concurrency`` trials at once, completed oldest first."""
+def run_to_end(searcher, concurrency: int = 2, stop_after: int | None = None, first_id: int = 0,
+               budget: int = 500):
+    """Tune's loop in miniature: up to ``concurrency`` trials at once, completed oldest first;
+    ``budget`` stands for Tune's trial budget, which the searcher must never need."""
     running: list[tuple[str, dict]] = []
     done: list[tuple[str, dict]] = []
     ids = (f"t{i}" for i in itertools.count(first_id))
@@ -64,6 +66,7 @@ def run_to_end(searcher, concurrency: int = 2, stop_after: int | None = None, fi
             if cfg is None:
                 break
             running.append((tid, cfg))
+            assert len(done) + len(running) <= budget, "the searcher never finishes"
         if not running:
             assert finished, "the searcher neither finished nor suggested with nothing running"
             return done
