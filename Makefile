@@ -47,7 +47,7 @@ test-latest:
 	$(LATEST)/bin/python $(PIP) --upgrade --upgrade-strategy eager -e '.[test]'
 	$(LATEST)/bin/python -m neuroreg.provenance --diff-lock
 	$(LATEST)/bin/ruff check .
-	$(LATEST)/bin/python -m pytest -q --timeout=900 $(ARGS)
+	NEUROREG_TEST_LATEST=1 $(LATEST)/bin/python -m pytest -q --timeout=900 $(ARGS)
 
 # Issue 25: everything that needs a CUDA GPU, in one table (exit 2 where there is none).
 gpu-check: $(STAMP)
