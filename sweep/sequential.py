@@ -23,8 +23,30 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from sweep.space import SweepSpec
+from sweep.trainable import TRIAL_INDEX
 
-PARAMS, TRIAL_INDEX = "params", "__trial_index__"
+PARAMS = "params"  # a trial's config: {"params": {dotted key: value}} (+ "__trial_index__")
+
+
+class ForwardingSearcher(Searcher):
+    """A wrapper that adds trials of its own (``ours``: baselines, extra seeds); the wrapped
+    searcher hears only of the trials it suggested."""
+
+    def __init__(self, searcher: Searcher):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher  # the name Tune's SearchGenerator walks to save the chain
+        self.ours: set[str] = set()
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.ours:
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.ours:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
 
 def all_seeds(spec: SweepSpec) -> list[int] | None:
@@ -86,13 +108,12 @@ def _ident(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
-class SequentialSeeds(Searcher):
+class SequentialSeeds(ForwardingSearcher):
     """Wraps the sweep's searcher; adds seeds to undecided arms as their trials finish."""
 
     def __init__(self, searcher: Searcher, spec: SweepSpec, first_round: int):
-        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        super().__init__(searcher)
         assert spec.sequential is not None
-        self.searcher = searcher  # the name Tune's SearchGenerator walks to save the chain
         # The wrapped searcher hands out the first round only: an Optuna searcher never says
         # FINISHED by itself (Tune's trial budget stops it, and here that budget is max seeds).
         self.first_round = first_round
@@ -104,13 +125,9 @@ class SequentialSeeds(Searcher):
         self.trials: dict[str, dict[str, Any]] = {}
         """trial id -> {ident, params, index, state (running|done|error), metrics}"""
         self.pending: list[dict[str, Any]] = []
-        self.ours: set[str] = set()
         self.inner_finished = False
 
     # --- Tune's interface ---------------------------------------------------------------
-    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
-
     def suggest(self, trial_id: str) -> dict | None:
         if self.pending:
             config = self.pending.pop(0)
@@ -131,13 +148,8 @@ class SequentialSeeds(Searcher):
                                  "index": int(config.get(TRIAL_INDEX, 0)), "state": "running", "metrics": {}}
         return config
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self.ours:
-            self.searcher.on_trial_result(trial_id, result)
-
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self.ours:
-            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        super().on_trial_complete(trial_id, result=result, error=error)
         t = self.trials.get(trial_id)
         if t is None:
             return

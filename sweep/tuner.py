@@ -19,7 +19,14 @@ from ray.tune.search import Repeater, Searcher
 
 from neuroreg.evaluate.metrics import EPOCH_METRICS
 from sweep.folder import sweep_folder
-from sweep.sequential import ListSearcher, SequentialSeeds, all_seeds, max_trials
+from sweep.sequential import (
+    PARAMS,
+    ForwardingSearcher,
+    ListSearcher,
+    SequentialSeeds,
+    all_seeds,
+    max_trials,
+)
 from sweep.space import (
     BASELINE_PARAMS,
     SweepSpec,
@@ -32,8 +39,6 @@ from sweep.start import check_picklable
 from sweep.study import ExtendableSearch, make_sampler, rdb_storage, search_generator
 from sweep.trainable import TRIAL_INDEX, data_key, prepare_shared_data, run_trial
 from sweep.validation import needs_regularization_set
-
-PARAMS = "params"  # a trial's config: {"params": {dotted key: value}} (+ "__trial_index__")
 
 
 def trial_dirname(trial: Any) -> str:
@@ -62,7 +67,7 @@ class MeanRepeater(Repeater):
             )
 
 
-class BaselineFirst(Searcher):
+class BaselineFirst(ForwardingSearcher):
     """Hands out one baseline trial per seed first, then the wrapped searcher's trials.
 
     The baseline trials never reach the wrapped searcher: Optuna's study holds only the
@@ -70,27 +75,14 @@ class BaselineFirst(Searcher):
     """
 
     def __init__(self, searcher: Searcher, n_seeds: int):
-        super().__init__(metric=searcher.metric, mode=searcher.mode)
-        self.searcher = searcher
+        super().__init__(searcher)
         self.pending = [{PARAMS: dict(BASELINE_PARAMS), TRIAL_INDEX: i} for i in range(n_seeds)]
-        self.ours: set[str] = set()
-
-    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def suggest(self, trial_id: str) -> dict | None:
         if self.pending:
             self.ours.add(trial_id)
             return self.pending.pop(0)
         return self.searcher.suggest(trial_id)
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self.ours:
-            self.searcher.on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self.ours:
-            self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     # Tune saves a wrapper's own state with get_state and the innermost searcher by itself
     # (SearchGenerator.save_to_dir walks the .searcher chain), as for Ray's Repeater.
