@@ -1,9 +1,15 @@
-"""The evaluation-suite extension point: what a suite declares and what it is handed.
+"""The evaluation-suite extension point: what a suite is handed and returns, and its registration.
 
-A suite is a function ``run(ctx) -> SuiteOutput`` registered with ``@register_suite``
-in its own module; ``neuroreg.evaluate.suites`` imports the modules of the built-in
-ones (one line each). The runner, the config validation and the sweep's metric check
-read the declarations here, so adding a suite touches no other file.
+A suite is one module plus one registration: ``neuroreg.evaluate.suites`` declares each
+built-in suite in one line (name, module, record files, headline metrics), and the module
+implements it with ``@register_suite`` on its ``run(ctx)``. The declarations are all that
+the analysis reads, so it imports neither torch nor any suite's module; the runner's
+``suite.run`` imports the module on first use. A suite registered with ``@register_suite``
+alone, without a declaration (a plug-in, a test), is complete at once. The runner, the
+config validation and the sweep's metric check read the registry, so adding a suite
+touches no other file.
+
+No torch import at run time here: the tensor types below are annotations only.
 """
 
 from __future__ import annotations
@@ -12,15 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+from neuroreg.evaluate.suites import IMPLEMENTED, SUITES, Suite
 
-from neuroreg.images import ImageData
-from neuroreg.registry import Registry
+__all__ = ["SUITES", "Suite", "SuiteContext", "SuiteOutput", "fmt_level", "register_suite"]
 
 if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
     from neuroreg.config import RunConfig
     from neuroreg.evaluate.config import EvalConfig
+    from neuroreg.images import ImageData
 
 
 @dataclass
@@ -58,35 +66,34 @@ class SuiteOutput:
     """Flat metrics for summary.json and the sweep's trial report."""
 
 
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    run: Callable[[SuiteContext], SuiteOutput]
-    metrics: Callable[[RunConfig], set[str] | None]
-    """The numeric summary metrics ``run`` reports for a config; None when only known at run time."""
-    records: tuple[str, ...]
-    """The record files it writes, ``<stem>.jsonl``; analysis.schema makes each a table (and
-    an SQL view) of the same name, in this order."""
-    needs_surrogate: bool = False
-    """Needs ``evaluation.surrogate`` (a second model) to run."""
-    headline: tuple[str, ...] = ()
-    """Its metrics a report compares against the baseline by default (analysis.stats)."""
-
-
-SUITES: Registry[Suite] = Registry("suite")
-
-
 def register_suite(
     name: str,
     metrics: Callable[[RunConfig], set[str] | None],
     records: tuple[str, ...] | None = None,
-    needs_surrogate: bool = False,
-    headline: tuple[str, ...] = (),
+    needs_surrogate: bool | None = None,
+    headline: tuple[str, ...] | None = None,
 ) -> Callable[[Callable[[SuiteContext], SuiteOutput]], Callable[[SuiteContext], SuiteOutput]]:
-    """Decorator: register ``run`` as the suite ``name``."""
+    """Decorator: register ``run`` as the suite ``name``.
+
+    For a suite declared in ``neuroreg.evaluate.suites`` by this module, this supplies its
+    implementation; the declarations given here (records, needs_surrogate, headline), if
+    any, must agree with it. Any other name is registered as a new, complete suite.
+    """
 
     def wrap(run: Callable[[SuiteContext], SuiteOutput]) -> Callable[[SuiteContext], SuiteOutput]:
-        SUITES.add(name, Suite(name, run, metrics, records or (name,), needs_surrogate, headline))
+        declared = next((s for s in SUITES if s.name == name), None)
+        if declared is not None and declared.module == run.__module__ and name not in IMPLEMENTED:
+            given = {"records": tuple(records or (name,)) if records is not None else None,
+                     "needs_surrogate": needs_surrogate,
+                     "headline": tuple(headline) if headline is not None else None}
+            for key, value in given.items():
+                if value is not None and value != getattr(declared, key):
+                    raise ValueError(f"suite {name!r}: {run.__module__} registers {key}={value!r} but "
+                                     f"neuroreg.evaluate.suites declares {getattr(declared, key)!r}; make them agree")
+            IMPLEMENTED[name] = (run, metrics)
+        else:  # a new suite, or a second registration (refused by the registry)
+            SUITES.add(name, Suite(name, run, metrics, tuple(records or (name,)), bool(needs_surrogate),
+                                   tuple(headline or ())))
         return run
 
     return wrap
