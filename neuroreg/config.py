@@ -28,6 +28,7 @@ __all__ = [  # the typed builder and the overrides live in neuroreg.typed; impor
 from neuroreg.models import available_models, tap_points
 from neuroreg.targets import validate_target
 
+PAIRINGS = ("pairs", "batch", "shared")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 
@@ -100,9 +101,16 @@ class RegularizerConfig:
     """Per-channel mean: running EMA over pair batches (reference code) or this batch's mean."""
     ema_beta: float = 0.9
     """EMA factor of the running mean: mu <- beta * mu + (1 - beta) * batch mean."""
-    pairing: Literal["pairs", "batch"] = "pairs"
-    """pairs: n_pairs random pairs per step (papers); batch: all K(K-1)/2 pairs of batch_k images."""
-    n_pairs: int = 16
+    pairing: Literal["pairs", "batch", "shared"] = "pairs"
+    """pairs: n_pairs random pairs of regularization images per step (papers; 2 x n_pairs images
+    forwarded); batch: all K(K-1)/2 pairs of batch_k regularization images (K forwarded);
+    shared: pairs of the classification batch itself, its tap features taken from the
+    classification pass (no image forwarded twice). shared needs the training set as the
+    regularization set and a target defined on images (pixel, pixel_th, features, shuffle
+    of pixel / pixel_th): its targets are computed from the batch images as the network sees them."""
+    n_pairs: int | None = 16
+    """pairs: random pairs per step. shared: pairs drawn per step from the batch's B(B-1)/2
+    (seeded, without replacement); null = all of them (null is for shared only)."""
     batch_k: int = 32
     data: DataConfig | None = None
     """Regularization set; None = the classification training split."""
@@ -261,9 +269,24 @@ class RunConfig:
             raise ConfigError("regularizer.centering", "must be 'running' or 'batch'")
         if not (0.0 <= r.ema_beta < 1.0):
             raise ConfigError("regularizer.ema_beta", "must lie in [0, 1)")
-        if r.pairing not in ("pairs", "batch"):
-            raise ConfigError("regularizer.pairing", "must be 'pairs' or 'batch'")
-        _positive(r.n_pairs, "regularizer.n_pairs")
+        if r.pairing not in PAIRINGS:
+            raise ConfigError("regularizer.pairing", f"must be one of {', '.join(PAIRINGS)}, got {r.pairing!r}")
+        if r.n_pairs is None:
+            if r.pairing != "shared":
+                raise ConfigError("regularizer.n_pairs", f"null (all pairs of the batch) is for pairing: shared; "
+                                                         f"pairing: {r.pairing} needs a number (the papers: 16)")
+        else:
+            _positive(r.n_pairs, "regularizer.n_pairs")
+        if r.pairing == "shared" and r.target != "none":  # the target and set: validate_target
+            bs = self.train.batch_size
+            if isinstance(bs, int) and not isinstance(bs, bool) and bs < 2:
+                raise ConfigError("train.batch_size", "pairing: shared takes its pairs from the classification batch, "
+                                                      "which needs >= 2 images; raise it or use pairing: pairs")
+            most = bs * (bs - 1) // 2 if isinstance(bs, int) else None
+            if r.n_pairs is not None and most is not None and r.n_pairs > most:
+                raise ConfigError("regularizer.n_pairs", f"pairing: shared draws pairs from the classification batch, "
+                                                         f"whose {self.train.batch_size} images have {most} pairs; set "
+                                                         f"n_pairs <= {most}, or null for all of them")
         if r.batch_k < 2:
             raise ConfigError("regularizer.batch_k", "must be >= 2 (pairs need two images)")
         if r.n < 2:

@@ -285,6 +285,24 @@ class ResNet(nn.Module):
         h = self.preprocess(x)
         for stage in self._stages():
             h = stage(h)
+        return self._classify(h)
+
+    def forward_with_features(self, x: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and the activations at the named tap points from one pass (regularizer.pairing:
+        shared, whose similarity pairs come from the classification batch itself)."""
+        bad = [n for n in names if n not in self.tap_names]
+        if bad:
+            raise ValueError(f"unknown tap point(s) {bad}; choose from {self.tap_names}")
+        wanted = set(names)
+        out: dict[str, Tensor] = {}
+        h = self.preprocess(x)
+        for tap, stage in zip(self.tap_names, self._stages(), strict=True):
+            h = stage(h)
+            if tap in wanted:
+                out[tap] = h
+        return self._classify(h), {n: out[n] for n in names}
+
+    def _classify(self, h: Tensor) -> Tensor:
         if h.is_cuda and torch.are_deterministic_algorithms_enabled():
             # adaptive_avg_pool2d has no deterministic CUDA backward (train.deterministic would
             # raise at the first step); the mean is the same pooling. CPU keeps the original op,

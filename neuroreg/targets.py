@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from neuroreg.errors import ConfigError
+from neuroreg.images import to_float
 from neuroreg.pairperm import FeistelPermutation, pair_from_index, pair_index
 from neuroreg.precision import ieee_fp32
 from neuroreg.registry import Registry
 from neuroreg.safe_io import check_regular, load_npy, npy_info
+from neuroreg.similarity import pair_cosines
 
 if TYPE_CHECKING:
     from neuroreg.config import RegularizerConfig
@@ -248,16 +251,12 @@ def check_responses(r: np.ndarray, n: int, path: str) -> np.ndarray:
 # --- features target ----------------------------------------------------------------
 
 
-def feature_unit_vectors(
-    images: torch.Tensor, weights: str, arch: str, layer: str, batch_size: int = 256,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """Unit vectors of a frozen torchvision network's layer, weights from a user file.
-
-    The network runs on ``device`` (the trainer's: a GPU trial must not spend minutes on
-    the CPU here), in IEEE fp32 (no TF32: the target is data, the same on every GPU); the
-    unit vectors come back on ``device``.
-    """
+def feature_embedder(
+    weights: str, arch: str, layer: str, device: torch.device | str = "cpu",
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A frozen torchvision network's layer, weights from a user file, as a function of
+    [0, 1] float images (N x 1 or 3 x H x W, on ``device``) -> N x D features, computed without
+    gradient in IEEE fp32 (no TF32, no autocast: the target is data, the same on every device)."""
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -285,14 +284,150 @@ def feature_unit_vectors(
         raise ConfigError("regularizer.features_layer", str(e).splitlines()[0]) from e
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
-    feats = []
-    with torch.no_grad(), ieee_fp32():
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size].to(device).float() / 255.0
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), ieee_fp32(), torch.autocast(torch.device(device).type, enabled=False):
+            x = x.float()
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
-            feats.append(extractor((x - mean) / std)["out"].flatten(1))
-    return centred_unit_rows(torch.cat(feats))
+            return extractor((x - mean) / std)["out"].flatten(1).float()
+
+    return embed
+
+
+def _embed_all(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, device: torch.device | str,
+               batch_size: int = 256) -> torch.Tensor:
+    """``embed`` of uint8 images, in batches on ``device``."""
+    return torch.cat([embed(to_float(images[s : s + batch_size].to(device))) for s in range(0, images.shape[0], batch_size)])
+
+
+def feature_unit_vectors(
+    images: torch.Tensor, weights: str, arch: str, layer: str, batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Unit vectors of a frozen torchvision network's layer, weights from a user file.
+
+    The network runs on ``device`` (the trainer's: a GPU trial must not spend minutes on
+    the CPU here), in IEEE fp32; the unit vectors come back on ``device``.
+    """
+    return centred_unit_rows(_embed_all(feature_embedder(weights, arch, layer, device), images, device, batch_size))
+
+
+# --- pairing: shared: targets of the classification batch's own images ---------------------
+
+
+@dataclass
+class SharedImages:
+    """What a shared-pairing target is built from: the classification training split (uint8)
+    and the positions in it of the N regularization images (the first n of a fixed
+    permutation), over which pixels and features are centred, as METHOD.md defines."""
+
+    train: torch.Tensor
+    reg_index: torch.Tensor
+
+    def reg_images(self) -> torch.Tensor:
+        return self.train[self.reg_index.to(self.train.device)]
+
+
+class BatchTarget:
+    """Pair similarities of images the trainer holds (``regularizer.pairing: shared``).
+
+    ``batch_pairs(x, index, i, j)``: ``x`` are the classification batch's images exactly as
+    the network's input (float [0, 1], after augmentation; the model's own blur and
+    normalisation come after), ``index`` their positions in the training split (a device
+    tensor, or None where the target does not read it), and (i, j) pairs of rows of ``x``.
+    Always fp32, whatever autocast the caller is in.
+    """
+
+    def batch_pairs(self, x: torch.Tensor, index: torch.Tensor | None, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> BatchTarget:
+        return self
+
+    def incomplete(self) -> torch.Tensor | None:
+        return None
+
+
+def grey_vectors(x: torch.Tensor) -> torch.Tensor:
+    """N x D grey pixel vectors of [0, 1] images: colour averaged, flattened (METHOD.md's pixel)."""
+    return x.float().mean(dim=1).flatten(1)
+
+
+def _threshold(v: torch.Tensor, th: float) -> torch.Tensor:
+    return torch.where(v > th, 1.0, torch.where(v < -th, -1.0, 0.0)).to(v.dtype)
+
+
+class ImageBatchTarget(BatchTarget):
+    """Cosine similarity of the batch images' centred embeddings (grey pixels, or a frozen
+    network's features), thresholded at ``th`` for pixel_th.
+
+    Centred by the embedding's mean over the N regularization images, fixed when built, as
+    in pairing: pairs: a batch's own mean (64 images) would be a noisy centre and would make
+    a pair's target depend on which other images share its batch. With data.augment the
+    batch images are shifted and flipped copies, whose mean is a slightly blurred version of
+    that centre; the target still describes the images the network sees.
+    """
+
+    def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor, th: float | None = None):
+        self.embed, self.mean, self.th = embed, mean, th
+
+    def batch_pairs(self, x, index, i, j):
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            z = F.normalize(self.embed(x) - self.mean, dim=1, eps=1e-12)
+            v = pair_cosines(z, i, j).clamp(-1.0, 1.0)
+            if self.th is None:
+                return v
+            return torch.where(i == j, torch.ones_like(v), _threshold(v, self.th))
+
+    def to(self, device):
+        return ImageBatchTarget(self.embed, self.mean.to(device), self.th)
+
+
+class PixelIndexTarget(Target):
+    """Pixel similarity of training images by index, computed per pair from the stored uint8
+    images and the regularization set's centre (the base a shared shuffle permutes: its pairs
+    are pairs of the whole training split)."""
+
+    def __init__(self, images: torch.Tensor, mean: torch.Tensor):
+        self.images, self.mean, self.n = images, mean, images.shape[0]
+
+    def _unit(self, k: torch.Tensor) -> torch.Tensor:
+        return F.normalize(grey_vectors(to_float(self.images[k])) - self.mean, dim=1, eps=1e-12)
+
+    def pairs(self, i, j):
+        i, j = i.to(self.images.device), j.to(self.images.device)
+        with torch.no_grad():
+            return (self._unit(i) * self._unit(j)).sum(dim=1).clamp(-1.0, 1.0)
+
+    def to(self, device):
+        return PixelIndexTarget(self.images.to(device), self.mean.to(device))
+
+
+class ShuffledBatchTarget(BatchTarget):
+    """The shuffle control under pairing: shared: a batch pair's value is the base value of
+    another pair of training images, by a fixed seeded permutation of all N(N-1)/2 pairs of the
+    training split (so it reads the batch's positions, not its pixels)."""
+
+    def __init__(self, shuffle: ShuffleTarget):
+        self.shuffle = shuffle
+
+    def batch_pairs(self, x, index, i, j):
+        if index is None:
+            raise ValueError("the shuffled target needs the batch images' positions in the training split")
+        with torch.no_grad():
+            return self.shuffle.pairs(index[i], index[j]).float()
+
+    def incomplete(self):
+        return self.shuffle.incomplete()
+
+    def to(self, device):
+        return ShuffledBatchTarget(self.shuffle.to(device))
+
+
+def pixel_mean(images: torch.Tensor) -> torch.Tensor:
+    """Mean grey pixel vector (D, fp32) of uint8 images, accumulated in fp64."""
+    return grey_vectors(to_float(images)).double().mean(dim=0).float()
 
 
 # --- the registry: one entry per target, declaring the regularizer fields it reads ------------
@@ -313,6 +448,11 @@ class TargetSpec:
     """Those of ``params`` that name files: made absolute for Ray trials, checked on every node."""
     takes_device: bool = False
     """``build`` takes a ``device`` keyword (it computes there, e.g. a frozen network)."""
+    shared: Callable[[RegularizerConfig, SharedImages, torch.device | str], BatchTarget] | None = None
+    """Builds the target of ``pairing: shared`` (values of the classification batch's own
+    images); None: the target exists only for the regularization set's N images (neural)."""
+    indexed: Callable[[RegularizerConfig, SharedImages], Target] | None = None
+    """A per-index target over all training images: what ``shuffle`` permutes under shared."""
 
     def make(self, cfg: RegularizerConfig, reg_images: torch.Tensor, device: torch.device | str) -> Target:
         """The built target, on ``device``."""
@@ -331,12 +471,15 @@ def register_target(
     shuffleable: bool = True,
     paths: tuple[str, ...] = (),
     takes_device: bool = False,
+    shared: Callable[[RegularizerConfig, SharedImages, torch.device | str], BatchTarget] | None = None,
+    indexed: Callable[[RegularizerConfig, SharedImages], Target] | None = None,
 ) -> Callable:
     """Decorator: register ``build(cfg, reg_images) -> Target`` as the target ``name``
-    (``build(cfg, reg_images, device=...)`` with ``takes_device``)."""
+    (``build(cfg, reg_images, device=...)`` with ``takes_device``); ``shared`` and
+    ``indexed``: see TargetSpec."""
 
     def wrap(build: Callable[..., Target] | None):
-        TARGETS.add(name, TargetSpec(name, build, params, check, shuffleable, paths, takes_device))
+        TARGETS.add(name, TargetSpec(name, build, params, check, shuffleable, paths, takes_device, shared, indexed))
         return build
 
     return wrap
@@ -363,9 +506,48 @@ def validate_target(cfg: RegularizerConfig, check_files: bool) -> None:
     bases = tuple(t.name for t in TARGETS if t.shuffleable)
     if cfg.shuffle_of not in bases:
         raise ConfigError("regularizer.shuffle_of", f"must name one of {bases}, got {cfg.shuffle_of!r}")
+    if cfg.pairing == "shared" and cfg.target != "none":
+        validate_shared_pairing(cfg)
     spec = TARGETS.get(target_kind(cfg.target, cfg.shuffle_of), "regularizer.target")
     if cfg.active and spec.check is not None:
         spec.check(cfg, check_files)
+
+
+def shared_targets() -> tuple[str, ...]:
+    """Targets that ``pairing: shared`` can use."""
+    return tuple(t.name for t in TARGETS if t.shared is not None)
+
+
+def validate_shared_pairing(cfg: RegularizerConfig) -> None:
+    """``pairing: shared`` takes its pairs from the classification batch: the regularization
+    set must be the training set, and the target must have values for any training image."""
+    fix = "or use regularizer.pairing: pairs (the papers' recipe) or batch"
+    if cfg.data is not None:
+        raise ConfigError("regularizer.data", "pairing: shared takes its similarity pairs from the classification "
+                                              "batch, so the regularization set is the classification training set; "
+                                              f"remove regularizer.data, {fix}, which regularize with another set")
+    spec = TARGETS.get(cfg.target, "regularizer.target")
+    if spec.shared is None:
+        raise ConfigError("regularizer.pairing", f"pairing: shared needs target values for the images of each "
+                                                 f"classification batch, and target {cfg.target!r} has values only for "
+                                                 f"the N regularization images it was given; use a target of "
+                                                 f"{shared_targets()}, {fix}")
+    if cfg.target == "shuffle":
+        base = TARGETS.get(cfg.shuffle_of, "regularizer.shuffle_of")
+        if base.indexed is None:
+            shufflable = tuple(t.name for t in TARGETS if t.indexed is not None)
+            raise ConfigError("regularizer.shuffle_of", f"under pairing: shared the shuffle assigns each batch pair the "
+                                                        f"value of another pair of training images, which {cfg.shuffle_of!r} "
+                                                        f"would have to compute every step for up to twice the pairs' "
+                                                        f"images; shuffle one of {shufflable} under shared, {fix}")
+
+
+def build_shared_target(cfg: RegularizerConfig, src: SharedImages, device: torch.device | str = "cpu") -> BatchTarget | None:
+    """The target of ``pairing: shared`` (values computed from the classification batch), on ``device``."""
+    if not cfg.active:
+        return None
+    validate_shared_pairing(cfg)
+    return TARGETS.get(cfg.target, "regularizer.target").shared(cfg, src, device).to(device)
 
 
 def build_target(
@@ -387,12 +569,28 @@ def _existing_file(path: str, name: str) -> None:
 register_target("none", shuffleable=False)(None)
 
 
-@register_target("pixel")
+def _pixel_shared(cfg: RegularizerConfig, src: SharedImages, device: torch.device | str) -> BatchTarget:
+    return ImageBatchTarget(grey_vectors, pixel_mean(src.reg_images()))
+
+
+def _pixel_th_shared(cfg: RegularizerConfig, src: SharedImages, device: torch.device | str) -> BatchTarget:
+    return ImageBatchTarget(grey_vectors, pixel_mean(src.reg_images()), cfg.th)
+
+
+def _pixel_indexed(cfg: RegularizerConfig, src: SharedImages) -> Target:
+    return PixelIndexTarget(src.train, pixel_mean(src.reg_images()))
+
+
+def _pixel_th_indexed(cfg: RegularizerConfig, src: SharedImages) -> Target:
+    return ThresholdTarget(_pixel_indexed(cfg, src), cfg.th)
+
+
+@register_target("pixel", shared=_pixel_shared, indexed=_pixel_indexed)
 def _pixel(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
     return CosineTarget(pixel_unit_vectors(reg_images))
 
 
-@register_target("pixel_th", params=("th",))
+@register_target("pixel_th", params=("th",), shared=_pixel_th_shared, indexed=_pixel_th_indexed)
 def _pixel_th(cfg: RegularizerConfig, reg_images: torch.Tensor) -> Target:
     return ThresholdTarget(CosineTarget(pixel_unit_vectors(reg_images)), cfg.th)
 
@@ -441,14 +639,27 @@ def _check_features(cfg: RegularizerConfig, check_files: bool) -> None:
         _existing_file(cfg.features_weights, "regularizer.features_weights")
 
 
+def _features_shared(cfg: RegularizerConfig, src: SharedImages, device: torch.device | str) -> BatchTarget:
+    # The frozen network runs on every batch: the cost of this target under shared is one
+    # no-grad forward pass of it per step (pairs mode computes all N vectors once instead).
+    embed = feature_embedder(cfg.features_weights, cfg.features_arch, cfg.features_layer, device)
+    mean = _embed_all(embed, src.reg_images(), device).double().mean(dim=0).float()
+    return ImageBatchTarget(embed, mean)
+
+
 @register_target("features", params=("features_weights", "features_arch", "features_layer"), check=_check_features,
-                 paths=("features_weights",), takes_device=True)
+                 paths=("features_weights",), takes_device=True, shared=_features_shared)
 def _features(cfg: RegularizerConfig, reg_images: torch.Tensor, device: torch.device | str = "cpu") -> Target:
     return CosineTarget(feature_unit_vectors(reg_images, cfg.features_weights, cfg.features_arch, cfg.features_layer,
                                              device=device))
 
 
-@register_target("shuffle", params=("shuffle_of",), shuffleable=False, takes_device=True)
+def _shuffle_shared(cfg: RegularizerConfig, src: SharedImages, device: torch.device | str) -> BatchTarget:
+    base = TARGETS.get(cfg.shuffle_of, "regularizer.shuffle_of").indexed(cfg, src).to(device)
+    return ShuffledBatchTarget(ShuffleTarget(base, seed=cfg.seed, device=device).to(device))
+
+
+@register_target("shuffle", params=("shuffle_of",), shuffleable=False, takes_device=True, shared=_shuffle_shared)
 def _shuffle(cfg: RegularizerConfig, reg_images: torch.Tensor, device: torch.device | str = "cpu") -> Target:
     base = TARGETS.get(cfg.shuffle_of, "regularizer.shuffle_of").make(cfg, reg_images, device)
     return ShuffleTarget(base, seed=cfg.seed, device=device)

@@ -1,7 +1,8 @@
 """The joint trainer: L = L_task + alpha * L_sim (METHOD.md section 1).
 
 One classification batch and one pair batch per optimizer step; with alpha = 0 or
-target = none no pair batch is computed at all.
+target = none no pair batch is computed at all, and with regularizer.pairing = shared the
+pairs are pairs of the classification batch (one forward pass for both losses).
 
     python -m neuroreg.train --config run.yaml --set regularizer.alpha=4 --out runs/a
 """
@@ -32,7 +33,7 @@ from neuroreg.checkpoint import (  # collapse_summary: re-exported (sweep/traina
     save_checkpoint,
     trainer_state,
 )
-from neuroreg.config import ConfigError, RunConfig
+from neuroreg.config import ConfigError, RegularizerConfig, RunConfig
 from neuroreg.data import (
     ImageData,
     Splits,
@@ -43,10 +44,11 @@ from neuroreg.data import (
 )
 from neuroreg.evaluate.common import accuracy
 from neuroreg.loss import similarity_loss
+from neuroreg.pairperm import pair_from_index
 from neuroreg.paths import check_output_folder
 from neuroreg.precision import FP32, Precision, determinism, fp32_modes, ieee_fp32
 from neuroreg.similarity import SimilarityHead, upper_pairs
-from neuroreg.targets import Target, build_target
+from neuroreg.targets import BatchTarget, SharedImages, Target, build_shared_target, build_target
 
 
 class TrainingDiverged(RuntimeError):
@@ -102,8 +104,25 @@ def learning_rate(cfg: RunConfig, epoch: int) -> float:
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
     splits = load_splits(cfg.data)
-    reg = load_regularization_set(cfg.regularizer, cfg.data) if cfg.regularizer.active else None
+    reg = None
+    if cfg.regularizer.active and cfg.regularizer.pairing == "shared":
+        # The regularization set is the training split's own images: no second load.
+        reg = splits.train.select(regularization_indices(cfg.regularizer, len(splits.train)))
+    elif cfg.regularizer.active:
+        reg = load_regularization_set(cfg.regularizer, cfg.data)
     return PreparedData(splits, reg)
+
+
+def regularization_indices(reg: RegularizerConfig, n_train: int) -> torch.Tensor:
+    """Positions in the classification training split of the regularization images that
+    neuroreg.data.load_regularization_set picks when regularizer.data is None (the same
+    rule: the first n of a permutation seeded by regularizer.seed, or the first n)."""
+    if reg.n > n_train:
+        raise ConfigError("regularizer.n", f"asks for {reg.n} images but the classification training split has "
+                                           f"only {n_train}")
+    if reg.order == "file":
+        return torch.arange(reg.n)
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(reg.seed))[: reg.n]
 
 
 def sample_pairs(
@@ -129,6 +148,20 @@ def sample_pairs(
     return idx, i, j
 
 
+def shared_pairs(
+    b: int, n_pairs: int | None, gen: torch.Generator, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (i < j) among the b images of a classification batch (pairing=shared): all
+    b(b-1)/2, or ``n_pairs`` of them without replacement, drawn on the CPU generator (the
+    same pairs on every device, exact on resume) and copied without waiting on the device."""
+    total = b * (b - 1) // 2
+    if n_pairs is None or n_pairs >= total:
+        return upper_pairs(b, device)
+    k = torch.randperm(total, generator=gen)[:n_pairs]
+    i, j = pair_from_index(k, b)
+    return i.to(device, non_blocking=True), j.to(device, non_blocking=True)
+
+
 def joint_loss(
     model: nn.Module,
     head: SimilarityHead | None,
@@ -140,21 +173,28 @@ def joint_loss(
     gen_pairs: torch.Generator,
     precision: Precision = FP32,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    index: torch.Tensor | None = None,
+    forward_taps: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """One step's loss: (total, task, similarity, logits, pairs used).
 
     Without a head (alpha = 0 or target = none) no pair batch is drawn or forwarded.
-    The pair images go through the CNN only as far as the deepest selected layer.
+    The pair images go through the CNN only as far as the deepest selected layer; with
+    pairing=shared there are none: the pairs are pairs of ``x`` (positions ``index`` in the
+    training split), their tap features come from the classification pass itself.
     Only the CNN runs under ``precision``'s autocast: its tap features are cast back to
     fp32 before centring and cosines, and both losses are computed in fp32.
-    ``forward`` replaces ``model`` for the classification pass (a compiled model).
+    ``forward`` replaces ``model`` for the classification pass (a compiled model);
+    ``forward_taps`` replaces ``model.forward_with_features`` for pairing=shared.
     """
+    reg = cfg.regularizer
+    if head is not None and reg.pairing == "shared":
+        return _shared_loss(model, head, target, cfg, x, y, gen_pairs, precision, index, forward_taps)
     with precision.autocast():
         logits = (model if forward is None else forward)(x)
     loss_task = F.cross_entropy(logits.float(), y)
     if head is None:
         return loss_task, loss_task, torch.zeros((), device=x.device), logits, 0
-    reg = cfg.regularizer
     ridx, i, j = sample_pairs(cfg, len(x_reg), gen_pairs)
     # Drawn on the CPU generator (the same pairs on every device); non_blocking keeps the
     # host-to-device copy from waiting on the GPU queue.
@@ -162,6 +202,29 @@ def joint_loss(
     s_t = target.pairs(ridx[i], ridx[j])
     with precision.autocast():
         feats = model.features(precision.layout(to_float(x_reg[ridx])), reg.layers)
+    s_cnn = head({k: v.float() for k, v in feats.items()}, i, j)
+    loss_sim = similarity_loss(s_cnn, s_t, reg.loss, reg.eps)
+    return loss_task + reg.alpha * loss_sim, loss_task, loss_sim, logits, len(i)
+
+
+def _shared_loss(
+    model: nn.Module, head: SimilarityHead, target: BatchTarget, cfg: RunConfig, x: torch.Tensor, y: torch.Tensor,
+    gen_pairs: torch.Generator, precision: Precision, index: torch.Tensor | None,
+    forward_taps: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """pairing=shared: one forward pass gives the logits and the tap features of the batch."""
+    reg = cfg.regularizer
+    with precision.autocast():
+        logits, feats = (forward_taps or model.forward_with_features)(x, reg.layers)
+    loss_task = F.cross_entropy(logits.float(), y)
+    i, j = shared_pairs(len(x), reg.n_pairs, gen_pairs, x.device)
+    # The target sees x exactly as the network's input: [0, 1] pixels after augmentation.
+    # METHOD.md defines the pixel target on [0, 1] pixels averaged to grey; the model's
+    # normalisation (and the blur baseline's blur) are part of the model, which pairing=pairs'
+    # targets never see either. Augmentation, by contrast, changes the image whose features
+    # are compared, so the target must be the augmented image's, or a shifted digit's
+    # features would be pulled towards the similarities of the unshifted one.
+    s_t = target.batch_pairs(x, index, i, j)
     s_cnn = head({k: v.float() for k, v in feats.items()}, i, j)
     loss_sim = similarity_loss(s_cnn, s_t, reg.loss, reg.eps)
     return loss_task + reg.alpha * loss_sim, loss_task, loss_sim, logits, len(i)
@@ -175,11 +238,16 @@ def fixed_pair_similarity_loss(
     cfg: RunConfig,
     n_pairs: int = 256,
     seed: int = 12345,
+    reg_index: torch.Tensor | None = None,
 ) -> float:
     """Similarity loss on a fixed set of pairs, eval mode, running means frozen.
 
     The per-step loss is noisy (16 fresh pairs a step); this one is comparable across
-    epochs and runs, so it shows whether the regularizer is doing its job.
+    epochs and runs, so it shows whether the regularizer is doing its job. The pairs are
+    pairs of regularization images whatever the pairing, so pairing=pairs and shared runs
+    report the same pairs with the same pixel / pixel_th / features values; a shared target
+    computes them from the images (``reg_index``: their positions in the training split,
+    which the shuffle reads).
     """
     gen = torch.Generator().manual_seed(seed)
     n = len(x_reg)
@@ -191,7 +259,11 @@ def fixed_pair_similarity_loss(
         feats = model.features(to_float(x_reg[idx.to(x_reg.device)]), cfg.regularizer.layers)
         ar = torch.arange(n_pairs, device=x_reg.device)
         s_cnn = head(feats, ar, ar + n_pairs, update=False)
-        s_t = target.pairs(a.to(x_reg.device), b.to(x_reg.device))
+        if isinstance(target, BatchTarget):
+            pos = reg_index[idx].to(x_reg.device) if reg_index is not None else None
+            s_t = target.batch_pairs(to_float(x_reg[idx.to(x_reg.device)]), pos, ar, ar + n_pairs)
+        else:
+            s_t = target.pairs(a.to(x_reg.device), b.to(x_reg.device))
         return similarity_loss(s_cnn, s_t, cfg.regularizer.loss, cfg.regularizer.eps).item()
 
 
@@ -253,6 +325,10 @@ class Learner:
     in_chans: int
     scaler: torch.amp.GradScaler | None = None
     """fp16 training's loss scaler (None otherwise)."""
+    forward_taps: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
+    """pairing=shared with train.compile: the compiled ``model.forward_with_features``."""
+    reg_index: torch.Tensor | None = None
+    """pairing=shared: positions of the regularization images in the training split."""
 
 
 def build_learner(cfg: RunConfig, data: PreparedData, device: torch.device) -> Learner:
@@ -265,17 +341,28 @@ def build_learner(cfg: RunConfig, data: PreparedData, device: torch.device) -> L
     model = precision.prepare_model(model)
     forward = torch.compile(model) if cfg.train.compile else None
     head: SimilarityHead | None = None
-    target: Target | None = None
+    target: Target | BatchTarget | None = None
+    forward_taps = reg_index = None
     if reg.active:
         channels = _tap_channels(model, reg.layers, in_chans, device)
         head = SimilarityHead(reg.layers, channels, reg.centering, reg.ema_beta, reg.train_layer_weights).to(device)
-        target = build_target(reg, data.reg.images, device)
+        if reg.pairing == "shared":
+            if not hasattr(model, "forward_with_features"):
+                raise ConfigError("regularizer.pairing", f"model {cfg.model.name!r} has no forward_with_features (one "
+                                                         "pass giving logits and tap features); use pairing: pairs")
+            reg_index = regularization_indices(reg, len(train_set))
+            target = build_shared_target(reg, SharedImages(train_set.images, reg_index), device)
+            if cfg.train.compile:
+                forward_taps = torch.compile(model.forward_with_features)
+        else:
+            target = build_target(reg, data.reg.images, device)
     params = list(model.parameters()) + ([head.layer_logits] if head and reg.train_layer_weights else [])
     scaler = precision.grad_scaler()
     opt = precision.sgd(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     gen_data = torch.Generator().manual_seed(cfg.train.seed)
     gen_pairs = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
-    return Learner(model, forward, precision, head, target, opt, gen_data, gen_pairs, num_classes, in_chans, scaler)
+    return Learner(model, forward, precision, head, target, opt, gen_data, gen_pairs, num_classes, in_chans, scaler,
+                   forward_taps, reg_index)
 
 
 def train_epoch(
@@ -303,7 +390,8 @@ def train_epoch(
             x = augment_batch(x, cfg.data.crop_padding, cfg.data.hflip, lrn.gen_data)
         x, y = lrn.precision.layout(x), y_train[idx]
         loss, loss_task, loss_sim, logits, n_pairs = joint_loss(
-            model, lrn.head, lrn.target, cfg, x, y, x_reg, lrn.gen_pairs, lrn.precision, lrn.forward
+            model, lrn.head, lrn.target, cfg, x, y, x_reg, lrn.gen_pairs, lrn.precision, lrn.forward,
+            index=idx, forward_taps=lrn.forward_taps,
         )
         lrn.opt.zero_grad(set_to_none=True)
         if lrn.scaler is None:
@@ -325,7 +413,8 @@ def train_epoch(
     task_sum, sim_sum, correct = _epoch_totals(sums)
     epoch_s = time.perf_counter() - t0
     return {"train_loss": task_sum / seen, "sim_loss": sim_sum / seen, "train_acc": correct / seen,
-            "images_per_s": seen / epoch_s, "pairs_per_s": n_pairs_seen / epoch_s, "epoch_s": epoch_s}
+            "images_per_s": seen / epoch_s, "pairs_per_s": n_pairs_seen / epoch_s, "epoch_s": epoch_s,
+            "pairs_per_step": n_pairs_seen / steps}
 
 
 def train(
@@ -378,7 +467,7 @@ def _train(
     x_reg = data.reg.images.to(device) if reg.active else None
     if init_sim is None and head is not None:
         with ieee_fp32():
-            init_sim = fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg)
+            init_sim = fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg, reg_index=lrn.reg_index)
     init_sim = init_sim or 0.0
     last_path, best_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
     (out / "config.yaml").write_text(cfg.to_yaml())
@@ -393,7 +482,8 @@ def _train(
         model.eval()
         with ieee_fp32():  # validation is evaluation: IEEE fp32 whatever the training precision
             val_acc = accuracy(model, data.splits.val.images, data.splits.val.labels, cfg.train.eval_batch_size, device)
-            val_sim = fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg) if head is not None else 0.0
+            val_sim = (fixed_pair_similarity_loss(model, head, lrn.target, x_reg, cfg, reg_index=lrn.reg_index)
+                       if head is not None else 0.0)
         # Ties keep the later epoch: on a 1 % validation split equal accuracies are common,
         # and the later model has trained longer.
         improved = math.isnan(val_acc) or val_acc >= best_val
@@ -403,6 +493,7 @@ def _train(
             "epoch": epoch + 1, "lr": lr, "train_loss": stats["train_loss"], "sim_loss": stats["sim_loss"],
             "val_sim_loss": val_sim, "train_acc": stats["train_acc"], "val_acc": val_acc, "best_val_acc": best_val,
             "images_per_s": stats["images_per_s"], "pairs_per_s": stats["pairs_per_s"], "epoch_s": stats["epoch_s"],
+            "pairing": reg.pairing if head is not None else "none", "pairs_per_step": stats["pairs_per_step"],
             "precision": lrn.precision.name, "channels_last": lrn.precision.channels_last, **modes,
         }
         if head is not None:
