@@ -7,9 +7,11 @@ from typing import Any
 
 import pandas as pd
 
+from sweep.labels import NOT_APPLICABLE, applies, legend
+
 # (result key, column title) shown after the varied parameters, when any trial has them.
 METRIC_COLUMNS = (
-    ("training_iteration", "iters"),
+    ("epoch", "epochs"),  # the last epoch reported (training_iteration counts the evaluation report too)
     ("best_val_acc", "best_val_acc"),
     ("clean_acc", "clean_acc"),
     ("noise_acc_mean", "noise_acc_mean"),
@@ -37,27 +39,32 @@ def unfinished(results: Any) -> int:
     return sum(s not in ("TERMINATED", "ERROR") for s in ray_statuses(results).values())
 
 
-def trial_rows(results: Any, fill: dict[str, Any] | None = None, seeds: list[int] | None = None) -> pd.DataFrame:
-    """A DataFrame of a ResultGrid: trial, status, parameters, final metrics, folder.
+def trial_rows(results: Any, fill: dict[str, Any] | None = None, seeds: list[int] | None = None,
+               base: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A DataFrame of a ResultGrid: trial, status, parameters, seed, final metrics, folder.
 
     status: done (trained and evaluated), stopped (ended early by the scheduler or the time
     budget), error, or interrupted (continue with --resume). ``fill``: values of parameters
     some trials set and others take from the base (the baseline's regularizer.target: the
     other trials' target is the base's, not "–"). ``seeds``: train.seed by trial index, so the
-    seed column shows the seed itself (without it, the index as ``seed#``)."""
+    seed column shows the seed itself (without it, the index as ``seed#``). ``base``: the
+    sweep's base config, to tell which parameters apply to an arm; a parameter that does not
+    (th or alpha of a baseline, th of pixel) is NaN, printed as "–"."""
     statuses = ray_statuses(results)
     searched = {k for r in results for k in ((r.config or {}).get("params") or {})}
     fill = {k: v for k, v in (fill or {}).items() if k in searched}
     rows = []
     for r in results:
         cfg = r.config or {}
-        params = {**fill, **(cfg.get("params") or {})}
-        if "__trial_index__" in cfg:
+        own = dict(cfg.get("params") or {})
+        params = {**fill, **own}
+        shown = {k: (_fmt_param(v) if applies(k, {**fill, **own}, base) else math.nan) for k, v in params.items()}
+        if "train.seed" not in params and "__trial_index__" in cfg:
             i = int(cfg["__trial_index__"])
             if seeds and i < len(seeds):
-                params["seed"] = seeds[i]
+                shown["train.seed"] = seeds[i]
             else:
-                params["seed#"] = i
+                shown["seed#"] = i
         m = r.metrics or {}
         tid = m.get("trial_id") or _trial_id(r.path)
         row: dict[str, Any] = {"trial": tid}
@@ -69,12 +76,16 @@ def trial_rows(results: Any, fill: dict[str, Any] | None = None, seeds: list[int
             row["status"] = "stopped"
         else:
             row["status"] = "interrupted"
-        row.update({_short(k): _fmt_param(v) for k, v in params.items()})
+        row.update({_short(k): v for k, v in shown.items()})
         for key, title in METRIC_COLUMNS:
             row[title] = m.get(key, math.nan)
         row["path"] = r.path
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if "seed" in df:  # seeds after the parameters, before the metrics
+        seed = df.pop("seed")
+        df.insert(df.columns.get_loc(METRIC_COLUMNS[0][1]), "seed", seed)
+    return df
 
 
 def _trial_id(path: str | None) -> str:
@@ -93,12 +104,16 @@ def _fmt_param(v: Any) -> Any:
 
 
 def format_table(df: pd.DataFrame) -> str:
+    """The table, "–" where a value does not apply or is missing, and a legend of its
+    derived columns below."""
     if df.empty:
         return "(no trials)"
     shown = df.drop(columns=["path"])
     shown = shown.dropna(axis=1, how="all")
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
-        return shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="–")
+        table = shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep=NOT_APPLICABLE)
+    notes = legend(list(shown.columns))
+    return f"{table}\n\n{notes}" if notes else table
 
 
 def best_row(df: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:

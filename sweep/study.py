@@ -134,20 +134,82 @@ class PicklableLocks:
         self.__dict__.update(state)
 
 
+FIXED = "fixed"
+"""User attribute of a trial the platform adds to the study itself (the baseline's mean over
+its seeds): shown by optuna-dashboard, never seen by the sampler."""
+
+
+def is_fixed(trial: Any) -> bool:
+    return FIXED in (getattr(trial, "user_attrs", None) or {})
+
+
+class _StudyWithoutFixed:
+    """The study as the sampler sees it: every trial but the fixed ones.
+
+    The baseline's trial has no parameters; seen by the sampler it would empty the
+    intersection search space NSGA-II crosses over in, and count as a (very good or very
+    bad) observation for TPE, although the sampler never suggested it."""
+
+    def __init__(self, study: Any):
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+        return [t for t in self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+                if not is_fixed(t)]
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list:
+        return self._get_trials()
+
+
+def _real(study: Any) -> Any:
+    return study._study if isinstance(study, _StudyWithoutFixed) else study
+
+
+class IgnoresFixedTrials:
+    """A sampler that never sees the study's fixed trials (``FIXED``)."""
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return super().infer_relative_search_space(_StudyWithoutFixed(_real(study)), trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return super().sample_relative(_StudyWithoutFixed(_real(study)), trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        return super().sample_independent(_StudyWithoutFixed(_real(study)), trial, param_name, param_distribution)
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        super().before_trial(_StudyWithoutFixed(_real(study)), trial)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        super().after_trial(_StudyWithoutFixed(_real(study)), trial, state, values)
+
+    def _sync_generation_cache(self, study: Any) -> Any:
+        # optuna's GA samplers index the trial list by trial number here, so they get the
+        # whole list; a fixed trial has no generation and joins no population anyway.
+        return super()._sync_generation_cache(_real(study))
+
+
 _KINDS = {"PicklableNSGAIISampler": "NSGAIISampler", "PicklableTPESampler": "TPESampler"}
 _MADE: dict[str, type] = {}
 
 
 def picklable_sampler_class(name: str) -> type:
     """``PicklableNSGAIISampler`` or ``PicklableTPESampler``: optuna's sampler with
-    ``PicklableLocks`` in front. Made on first use (optuna is imported lazily: ``sweep.run``
+    ``PicklableLocks`` and ``IgnoresFixedTrials`` in front. Made on first use (optuna is imported lazily: ``sweep.run``
     validates a space before paying for it) and reachable as an attribute of this module,
     so pickle finds it by name in a fresh process too (``--resume``)."""
     if name not in _MADE:
         import optuna
 
         base = getattr(optuna.samplers, _KINDS[name])
-        cls = type(name, (PicklableLocks, base), {"__module__": __name__, "__qualname__": name})
+        cls = type(name, (PicklableLocks, IgnoresFixedTrials, base), {"__module__": __name__, "__qualname__": name})
         # optuna's GA samplers derive study attribute keys from the class name in
         # __init_subclass__ ("NSGAIISampler:generation"): keep the base's, so studies made
         # by the plain sampler and by this one read each other's generations.

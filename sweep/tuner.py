@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import tune
+from ray.tune.logger import TBXLoggerCallback
 from ray.tune.search import Repeater, Searcher
 
 from neuroreg.evaluate.metrics import EPOCH_METRICS
@@ -42,12 +45,26 @@ from sweep.validation import needs_regularization_set
 
 
 def trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
+    from sweep.study_links import trial_folder_name
+
+    return trial_folder_name(trial.trial_id)
 
 
 class MeanRepeater(Repeater):
     """Ray's Repeater averages one metric over the repeats; this one averages each of
     several (Optuna multi-objective), which Ray's class cannot (it tests ``metric in result``)."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict) and hasattr(self.searcher, "link_seed"):
+            group = self._trial_id_to_group[trial_id]
+            self.searcher.link_seed(group.primary_trial_id, trial_id, config.get(TRIAL_INDEX))
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Ray's Repeater drops per-epoch results; the study's curves average every seed's.
+        if hasattr(self.searcher, "link_seed"):
+            self.searcher.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:
         metrics = self.searcher.metric
@@ -70,27 +87,63 @@ class MeanRepeater(Repeater):
 class BaselineFirst(ForwardingSearcher):
     """Hands out one baseline trial per seed first, then the wrapped searcher's trials.
 
-    The baseline trials never reach the wrapped searcher: Optuna's study holds only the
+    The baseline trials never reach the wrapped searcher: Optuna's sampler draws only from the
     configurations it suggested, while every seed still gets its unregularized reference.
+    When every baseline seed is in, their mean goes into the study as a fixed trial the
+    sampler never sees (``LinkedOptunaSearch.add_baseline``), for the dashboard's Pareto front.
     """
 
     def __init__(self, searcher: Searcher, n_seeds: int):
         super().__init__(searcher)
         self.pending = [{PARAMS: dict(BASELINE_PARAMS), TRIAL_INDEX: i} for i in range(n_seeds)]
+        self.n_seeds = n_seeds
+        self.runs: dict[str, dict[str, Any]] = {}  # baseline trial id -> index, curve, final metrics
 
     def suggest(self, trial_id: str) -> dict | None:
         if self.pending:
             self.ours.add(trial_id)
-            return self.pending.pop(0)
+            config = self.pending.pop(0)
+            self._runs()[trial_id] = {"trial_id": trial_id, "index": config[TRIAL_INDEX], "curve": {}}
+            return config
         return self.searcher.suggest(trial_id)
+
+    def _runs(self) -> dict[str, dict[str, Any]]:
+        if not hasattr(self, "runs"):  # a searcher pickled before the runs were kept
+            self.runs, self.n_seeds = {}, len(self.ours) + len(self.pending)
+        return self.runs
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        run = self._runs().get(trial_id)
+        if run is None:
+            return super().on_trial_result(trial_id, result)
+        value, epoch = result.get("val_acc"), result.get("epoch")
+        if "evaluated" not in result and isinstance(epoch, int) and isinstance(value, (int, float)):
+            run["curve"][epoch] = float(value)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result=result, error=error)
+        runs = self._runs()
+        if trial_id not in runs:
+            return
+        runs[trial_id]["metrics"] = {k: v for k, v in (result or {}).items()
+                                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if len(runs) == self.n_seeds and all("metrics" in r for r in runs.values()):
+            from sweep.study_links import linked_search
+
+            study = linked_search(self.searcher)
+            if study is not None:
+                study.add_baseline(list(runs.values()))
 
     # Tune saves a wrapper's own state with get_state and the innermost searcher by itself
     # (SearchGenerator.save_to_dir walks the .searcher chain), as for Ray's Repeater.
     def get_state(self) -> dict:
-        return {"pending": list(self.pending), "ours": set(self.ours)}
+        return {"pending": list(self.pending), "ours": set(self.ours), "runs": dict(self._runs()),
+                "n_seeds": self.n_seeds}
 
     def set_state(self, state: dict) -> None:
         self.pending, self.ours = list(state["pending"]), set(state["ours"])
+        self.runs = dict(state.get("runs", {}))
+        self.n_seeds = state.get("n_seeds", len(self.ours) + len(self.pending))
 
 
 class OptunaSpace:
@@ -98,11 +151,16 @@ class OptunaSpace:
 
     Suggests each key in file order, skipping conditional keys whose condition is false.
     Choices that are lists (layer sets) go to Optuna as JSON labels (its categorical
-    values must be scalars) and come back decoded."""
+    values must be scalars) and come back decoded. Returns {name: decoded value} for those."""
+
+    prefix = f"{PARAMS}/"  # the names of a space pickled before they were plain (a resumed sweep)
 
     def __init__(self, spec: SweepSpec):
         self.space = list(spec.space)
         self.base = spec.base
+        # Optuna's parameter names are the config keys themselves (regularizer.alpha), as the
+        # dashboard shows them; LinkedOptunaSearch nests them under "params" for the trainable.
+        self.prefix = ""
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         from neuroreg.config import RunConfig
@@ -113,7 +171,7 @@ class OptunaSpace:
         for p in self.space:
             if not condition_holds(p, values, base_cfg):
                 continue
-            name = f"{PARAMS}/{p.key}"
+            name = f"{self.prefix}{p.key}"
             values[p.key] = sample_value(p, trial, name)
             if p.type == "choice" and not scalar_choices(p):
                 decoded[name] = values[p.key]
@@ -139,7 +197,7 @@ def build_search(
                   TRIAL_INDEX: spec.seeds.index(t["train.seed"])} for t in trials]
         return SequentialSeeds(ListSearcher(first), spec, len(first)), {}, max_trials(spec, len(first))
 
-    from ray.tune.search.optuna import OptunaSearch
+    from sweep.study_links import LinkedOptunaSearch
 
     metrics, modes = spec.search_metrics, spec.search_modes
     multi = len(metrics) > 1
@@ -148,8 +206,11 @@ def build_search(
     # A metric known only after the evaluation is passed as a one-element list: OptunaSearch
     # then skips the per-epoch reports (it would look the metric up in each of them).
     as_list = multi or any(m not in EPOCH_METRICS for m in metrics)
-    searcher = OptunaSearch(
+    searcher = LinkedOptunaSearch(
         space=optuna_space(spec),
+        base=spec.base_config.to_dict(),
+        seeds=all_seeds(spec),
+        repeats=spec.repeats,
         metric=metrics if as_list else metrics[0],
         mode=modes if as_list else modes[0],
         sampler=sampler,
@@ -245,12 +306,115 @@ def build_tuner(
     )
 
 
+TB_FOLDER = "tensorboard"
+"""TensorBoard's runs in the sweep folder: tensorboard/<arm label>/seed<k>/."""
+
+# Ray's bookkeeping in every result: not curves.
+_RAY_KEYS = frozenset({
+    "training_iteration", "iterations_since_restore", "timestamp", "time_this_iter_s", "time_total_s",
+    "time_since_restore", "pid", "done", "epoch", "timesteps_total", "episodes_total", "timesteps_since_restore",
+})
+
+
+def tb_run_name(config: dict[str, Any], base: dict[str, Any] | None, seeds: list[int] | None) -> str:
+    """``<arm label>/seed<k>``: the arm from the trial's parameters (``none`` for a baseline),
+    k its train.seed; characters a folder name should not hold become ``_``."""
+    from sweep.labels import arm_label, trial_seed
+
+    label = re.sub(r"[^A-Za-z0-9._=,+-]", "_", arm_label(config.get(PARAMS) or {}, base))
+    return f"{label}/seed{trial_seed(config, seeds, base)}"
+
+
+class ArmSeedTBXLogger(TBXLoggerCallback):
+    """Ray's TensorBoard logger, with runs named by arm and seed and steps that are epochs.
+
+    Ray's own writes into each trial folder, so TensorBoard lists ``trial_<id>`` runs, and
+    steps by training_iteration, so the evaluation report shows as one more epoch. This one
+    (a TBXLoggerCallback, so Ray adds no second one) writes STORAGE/NAME/tensorboard/<arm
+    label>/seed<k>, one scalar per metric per epoch at step = epoch, and the evaluation's
+    metrics under evaluation/ at the last epoch's step. Two trials of one name (two alphas
+    equal to 4 digits) keep apart: the second run gets its trial id appended."""
+
+    def __init__(self, base: dict[str, Any] | None = None, seeds: list[int] | None = None):
+        super().__init__()
+        self.base, self.seeds = base, seeds
+        self._epoch_keys: dict[Any, set[str]] = {}
+
+    def run_dir(self, trial: Any) -> Path:
+        root = Path(trial.local_experiment_path) / TB_FOLDER
+        run = root / tb_run_name(trial.config or {}, self.base, self.seeds)
+        marker = run / ".trial_id"
+        if marker.is_file() and marker.read_text().strip() != trial.trial_id:
+            run = run.with_name(f"{run.name}_{trial.trial_id}")
+        run.mkdir(parents=True, exist_ok=True)
+        (run / ".trial_id").write_text(trial.trial_id)
+        return run
+
+    def log_trial_start(self, trial: Any) -> None:
+        if trial in self._trial_writer:
+            self._trial_writer[trial].close()
+        trial.init_local_path()
+        self._trial_writer[trial] = self._summary_writer_cls(str(self.run_dir(trial)), flush_secs=30)
+        self._trial_result[trial] = {}
+        self._epoch_keys.setdefault(trial, set())
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        if trial not in self._trial_writer:
+            self.log_trial_start(trial)
+        epoch = result.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            return
+        final = "evaluated" in result  # the evaluation report: same epoch, its own metrics only
+        seen = self._epoch_keys.setdefault(trial, set())
+        writer, logged = self._trial_writer[trial], {}
+        for k, v in result.items():
+            if k in _RAY_KEYS or isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+                continue
+            if final:
+                if k in seen:
+                    continue
+                tag = f"evaluation/{k}"
+            else:
+                seen.add(k)
+                tag = k
+            writer.add_scalar(tag, v, global_step=epoch)
+            logged[tag] = v
+        self._trial_result[trial].update(logged)
+        writer.flush()
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        super().log_trial_end(trial, failed)
+        self._epoch_keys.pop(trial, None)
+
+    def _try_log_hparams(self, trial: Any, result: dict) -> None:
+        """The hyperparameters as the sweep names them (regularizer.alpha, train.seed), only
+        those that apply to the arm."""
+        from tensorboardX.summary import hparams
+
+        from sweep.labels import applies, trial_seed
+
+        config = trial.config or {}
+        params = config.get(PARAMS) or {}
+        hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()
+              if applies(k, params, self.base)}
+        seed = trial_seed(config, self.seeds, self.base)
+        if seed is not None:
+            hp["train.seed"] = seed
+        try:
+            for tag in hparams(hparam_dict=hp, metric_dict=result):
+                self._trial_writer[trial].file_writer.add_summary(tag)
+        except Exception as e:  # as Ray's: an odd value must not stop the sweep
+            print(f"warning: TensorBoard hparams of trial {trial.trial_id} not written: {e}", file=sys.stderr)
+
+
 def _callbacks(spec: SweepSpec, verbose: int, progress: bool) -> list:
+    base = spec.base_config.to_dict()
+    out: list = [ArmSeedTBXLogger(base, all_seeds(spec))]
     if verbose >= 1 or not progress:
-        return []
+        return out
     from sweep.progress import CompactProgress
 
-    return [CompactProgress(spec.search_metrics, trial_count(spec), all_seeds(spec))]
+    return [*out, CompactProgress(spec.search_metrics, trial_count(spec), all_seeds(spec), base)]
 
 
 def trial_count(spec: SweepSpec) -> str:
