@@ -138,6 +138,17 @@ def parse_filter(expr: str, df: pd.DataFrame, resolve: Callable[[str, Iterable[s
     return mask.fillna(False).astype(bool)
 
 
+def filter_columns(expr: str, columns: Iterable[str], resolve: Callable[[str, Iterable[str]], str]) -> list[str]:
+    """The columns a well-formed expression compares (names resolved, in order, once each)."""
+    toks = tokenize(expr)
+    cols = list(columns)
+    out: dict[str, None] = {}
+    for t, nxt in zip(toks, toks[1:]):
+        if t[0] in ("word", "bt") and nxt[0] == "op" and nxt[1] in _OPS:
+            out[resolve(t[1].strip("`"), cols)] = None
+    return list(out)
+
+
 def _literal(t: tuple[str, str], expr: str):
     kind, text = t
     if kind == "num":

@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from analysis import store
-from analysis.filters import parse_filter
+from analysis.filters import filter_columns, parse_filter
 from analysis.schema import ALIASES, KEY, REQUIRED, TABLES
 from neuroreg.atomic import atomic_write
 from neuroreg.yamlio import parse_value_text
@@ -157,12 +157,70 @@ def select(df: pd.DataFrame, where: Sequence[str] | str | None) -> pd.DataFrame:
         where = [where]
     mask = pd.Series(True, index=df.index)
     for item in where:
-        m = _KV.match(item)
-        if m:
-            mask &= _equals(df, resolve(m.group(1), df.columns), m.group(2))
-        else:
-            mask &= parse_filter(item, df, resolve)
+        mask &= _mask(df, item)
     return df[mask]
+
+
+def _mask(df: pd.DataFrame, item: str) -> pd.Series:
+    m = _KV.match(item)
+    if m:
+        return _equals(df, resolve(m.group(1), df.columns), m.group(2))
+    return parse_filter(item, df, resolve)
+
+
+def _filter_columns(df: pd.DataFrame, item: str) -> list[str]:
+    m = _KV.match(item)
+    return [resolve(m.group(1), df.columns)] if m else filter_columns(item, df.columns, resolve)
+
+
+MAX_LISTED = 12
+"""Most distinct values a no-rows hint lists (more numbers show as a range)."""
+
+
+def present_values(series: pd.Series) -> str:
+    """The distinct values of a column, short: ``0, 0.05, 0.1`` or ``40 values from 0.1 to 9.5``."""
+    values = series.dropna().unique()
+    if not len(values):
+        return "only missing values"
+    numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+    if numeric:
+        values = np.sort(values.astype(float))
+        if len(values) > MAX_LISTED:
+            return f"{len(values)} values from {values[0]:g} to {values[-1]:g}"
+        return ", ".join(f"{v:g}" for v in values)
+    shown = sorted(str(v) for v in values)
+    more = f", ... ({len(shown)} in all)" if len(shown) > MAX_LISTED else ""
+    return ", ".join(shown[:MAX_LISTED]) + more
+
+
+def no_rows_hint(df: pd.DataFrame, where: Sequence[str]) -> list[str]:
+    """Why ``select(df, where)`` holds no row, one line per filter to blame: the values its
+    column holds in the rows the other filters keep (or in the whole table).
+
+    A filter is to blame when dropping it alone would give rows; when no single filter is
+    (two filters that each miss), every filter that matches no row even on its own is.
+    """
+    if not len(df):
+        return ["the table holds no rows in these sweeps (was its suite run?)"]
+    masks = [_mask(df, w) for w in where]
+    everything = pd.Series(True, index=df.index)
+    lines = []
+    for i, item in enumerate(where):
+        others = everything.copy()
+        for j, m in enumerate(masks):
+            if j != i:
+                others &= m
+        if others.any():
+            scope = f" where {' and '.join(w for j, w in enumerate(where) if j != i)}" if len(where) > 1 else ""
+            lines += [f"{item} matches no row; {col} has {present_values(df.loc[others, col])}{scope}"
+                      for col in _filter_columns(df, item)]
+    if lines:
+        return lines
+    for item, m in zip(where, masks):
+        if not m.any():
+            lines += [f"{item} matches no row; {col} has {present_values(df[col])}"
+                      for col in _filter_columns(df, item)]
+    return lines or [f"each filter matches some rows, but no row meets all of: {'; '.join(where)}"]
 
 
 def _equals(df: pd.DataFrame, col: str, text: str) -> pd.Series:
@@ -223,7 +281,17 @@ def query(
     columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """load + select + (summarize when a value is given, else the selected columns)."""
-    df = select(load(table, root, sweeps), where)
+    return shape(select(load(table, root, sweeps), where), by, value, aggs, columns)
+
+
+def shape(
+    df: pd.DataFrame,
+    by: Sequence[str] = (),
+    value: Sequence[str] | str | None = None,
+    aggs: Sequence[str] = ("mean", "sem", "count"),
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Selected rows -> what ``query`` returns: aggregates, group counts or columns."""
     if value:
         return summarize(df, value, by, aggs)
     if by:
@@ -250,6 +318,14 @@ def check_results(root: Path, sweeps: list[str] | None) -> str | None:
     known = store.sweeps(root)
     missing = [s for s in sweeps or [] if s not in known]
     return f"--sweep {missing} not gathered in {root}; gathered: {known}" if missing else None
+
+
+def latest_only(root: Path, sweeps: list[str] | None) -> tuple[list[str] | None, str | None]:
+    """--latest: [the sweep gathered last] (of the --sweep ones, if given), or a one-line error."""
+    name = store.latest_sweep(root, sweeps)
+    if name is None:
+        return sweeps, f"--latest: no sweep is gathered in {root}"
+    return [name], None
 
 
 def write(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -279,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("table", choices=TABLES)
     ap.add_argument("--results", default=None, help="results root (default: $NEUROREG_RESULTS or ./results)")
     ap.add_argument("--sweep", action="append", default=None, help="only this sweep (repeatable)")
+    ap.add_argument("--latest", action="store_true", help="only the sweep gathered last")
     ap.add_argument("--where", action="append", default=[], help="key=value[,value] or comparisons joined by and/or, e.g. \"alpha >= 1 and th < 0.5\" (repeatable)")
     for name in SHORTHANDS:
         ap.add_argument(f"--{name}", default=None, help=f"shorthand for --where {name}=VALUE")
@@ -292,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the table's columns and the gathered sweeps")
     args = ap.parse_args(argv)
     root = Path(args.results) if args.results else default_root()
-    if problem := check_results(root, args.sweep):
+    problem = check_results(root, args.sweep)
+    if not problem and args.latest:
+        args.sweep, problem = latest_only(root, args.sweep)
+    if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
@@ -303,17 +383,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {c}  ({df[c].dtype})")
             return 0
         where = list(args.where) + [f"{n}={getattr(args, n)}" for n in SHORTHANDS if getattr(args, n) is not None]
-        df = query(args.table, root, args.sweep, where, _csv(args.by), _csv(args.value), _csv(args.agg),
-                   _csv(args.columns))
+        loaded = load(args.table, root, args.sweep)
+        selected = select(loaded, where)
+        df = shape(selected, _csv(args.by), _csv(args.value), _csv(args.agg), _csv(args.columns))
+        # An empty selection says which filter found nothing and what its column holds.
+        hint = no_rows_hint(loaded, where) if where and not len(selected) else []
         if args.sort:
             df = df.sort_values([resolve(c, df.columns) for c in _csv(args.sort)])
     except (KeyError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     if args.out:
-        return write_out(df, args.out)
-    print(format_table(df.head(args.limit) if args.limit else df))
-    return 0
+        rc = write_out(df, args.out)
+    else:
+        print(format_table(df.head(args.limit) if args.limit else df), flush=True)
+        rc = 0
+    for line in hint:  # after "(no rows)", which goes to stdout like every result
+        print(f"hint: {line}", file=sys.stderr)
+    return rc
 
 
 def write_out(df: pd.DataFrame, out: str) -> int:

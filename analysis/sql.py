@@ -3,8 +3,10 @@
 One read-only view per table (trials, epochs, noise, adversarial, adversarial_summary,
 transfer, boundary, clean, corruptions, frequency) holds the rows of every gathered sweep
 (or of the --sweep ones); join a record table to trials with USING (sweep, trial_id).
-Column names with dots need double quotes: "regularizer.alpha". Prints the result, or
-writes it to a .csv or .parquet file with --out; --list shows the views and their columns.
+``latest()`` is the name of the sweep gathered last (``WHERE sweep = latest()``), and
+--latest keeps only that sweep. Column names with dots need double quotes:
+"regularizer.alpha". Prints the result, or writes it to a .csv or .parquet file with
+--out; --list shows the views and their columns.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from analysis.query import (
     check_results,
     default_root,
     format_table,
+    latest_only,
     read_arrow,
     run_cli,
     write_out,
 )
 from analysis.schema import TABLES
+from analysis.sql_hint import empty_result_hints
 
 
 def connect(
@@ -48,9 +52,15 @@ def connect(
     then also lets COPY ... TO overwrite them.
 
     ``tables``: only these (default: all; a table no sweep wrote is an empty view).
+
+    The macro ``latest()`` returns the name of the sweep gathered last among ``sweeps``
+    (``analysis.store.latest_sweep``; NULL when none), so a query can say
+    ``WHERE sweep = latest()`` and still hold after the next sweep.
     """
     root = Path(root) if root is not None else default_root()
     con = duckdb.connect(":memory:")
+    latest = store.latest_sweep(root, list(sweeps) if sweeps is not None else None)
+    con.execute(f"CREATE TEMP MACRO latest() AS {_sql_string(latest)}")
     for table in tables or TABLES:
         data = read_arrow(table, root, sweeps)
         if isinstance(data, pd.DataFrame):
@@ -60,6 +70,11 @@ def connect(
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def _sql_string(text: str | None) -> str:
+    """A SQL string literal (quotes doubled), or NULL."""
+    return "NULL" if text is None else "'" + text.replace("'", "''") + "'"
 
 
 def _arrow_of_frame(df: pd.DataFrame, table: str) -> pa.Table:
@@ -93,18 +108,26 @@ def run(
     At most ``max_rows`` rows are fetched (DuckDB stops early under the LIMIT); a result
     with more is a TooManyRows error, never a MemoryError half-way.
     """
-    con = connect(root, sweeps, referenced_tables(sql) or TABLES[:1])
+    return answer(sql, root, sweeps, max_rows)[0]
+
+
+def answer(
+    sql: str, root: str | os.PathLike | None = None, sweeps: Sequence[str] | None = None, max_rows: int | None = MAX_ROWS,
+) -> tuple[pd.DataFrame, list[str]]:
+    """``run``, and for an empty result the hints of ``analysis.sql_hint`` (values the
+    compared columns hold); no hints otherwise."""
+    views = referenced_tables(sql) or list(TABLES[:1])
+    con = connect(root, sweeps, views)
     try:
         rel = con.sql(sql)
         if rel is None:
-            return pd.DataFrame()
-        if max_rows is None:
-            return rel.df()
-        df = rel.limit(max_rows + 1).df()
-        if len(df) > max_rows:
+            return pd.DataFrame(), []
+        df = rel.df() if max_rows is None else rel.limit(max_rows + 1).df()
+        if max_rows is not None and len(df) > max_rows:
             raise TooManyRows(f"the result has more than {max_rows} rows; aggregate or add a LIMIT, write it "
                               "to a file with --out FILE.parquet (streamed, no row limit), or raise --max-rows")
-        return df
+        hints = [] if len(df) else empty_result_hints(con, sql, views, con.execute("SELECT latest()").fetchone()[0])
+        return df, hints
     finally:
         con.close()
 
@@ -167,14 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("query", nargs="?", help="one SQL statement (quote dotted columns: \"regularizer.alpha\")")
     ap.add_argument("--results", default=None, help="results root (default: $NEUROREG_RESULTS or ./results)")
     ap.add_argument("--sweep", action="append", default=None, help="only this sweep (repeatable)")
+    ap.add_argument("--latest", action="store_true",
+                    help="only the sweep gathered last (in SQL, latest() is its name in any case)")
     ap.add_argument("--out", default=None, help="write the result to a .csv or .parquet file instead of printing")
     ap.add_argument("--limit", type=int, default=None, help="print at most this many rows")
     ap.add_argument("--max-rows", type=int, default=MAX_ROWS,
                     help=f"refuse results of more rows, unless written with --out (default {MAX_ROWS})")
-    ap.add_argument("--list", action="store_true", help="list the views, their row counts and columns")
+    ap.add_argument("--list", action="store_true", help="list the views, their row counts and columns, and latest()")
     args = ap.parse_args(argv)
     root = Path(args.results) if args.results else default_root()
     problem = check_results(root, args.sweep)
+    if not problem and args.latest:
+        args.sweep, problem = latest_only(root, args.sweep)
     if not problem and args.out:  # before the query runs
         try:
             check_out(args.out)
@@ -188,13 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     streamed = False
     try:
         if args.list:
-            print(f"sweeps: {', '.join(args.sweep or store.sweeps(root))}\n{describe(root, args.sweep)}")
+            latest = store.latest_sweep(root, args.sweep)
+            print(f"sweeps: {', '.join(args.sweep or store.sweeps(root))} (latest(): {latest})\n"
+                  f"{describe(root, args.sweep)}")
             return 0
         if not args.query:
             print("error: give one SQL statement (or --list)", file=sys.stderr)
             return 2
         try:
-            df = run(args.query, root, args.sweep, max_rows=args.max_rows)
+            df, hints = answer(args.query, root, args.sweep, max_rows=args.max_rows)
         except TooManyRows:
             if not args.out:
                 raise
@@ -214,11 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out} ({rows} rows, streamed)")
         return 0
     if args.out:
-        return write_out(df, args.out)
-    print(format_table(df.head(args.limit) if args.limit else df))
-    if args.limit and len(df) > args.limit:
-        print(f"({len(df) - args.limit} more rows; --limit)")
-    return 0
+        rc = write_out(df, args.out)
+    else:
+        print(format_table(df.head(args.limit) if args.limit else df), flush=True)
+        if args.limit and len(df) > args.limit:
+            print(f"({len(df) - args.limit} more rows; --limit)")
+        rc = 0
+    for line in hints:  # after "(no rows)", which goes to stdout like every result
+        print(f"hint: {line}", file=sys.stderr, flush=True)
+    return rc
 
 
 if __name__ == "__main__":

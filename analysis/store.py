@@ -203,6 +203,19 @@ def sweeps(root: str | os.PathLike) -> list[str]:
     return sorted(names)
 
 
+def latest_sweep(root: str | os.PathLike, among: list[str] | None = None) -> str | None:
+    """The sweep gathered last (its current trials file modified last; ties: the greater
+    name), of all gathered sweeps or of ``among``; None when there is none.
+
+    ``sweep.run`` gathers at its end, so after a sweep this is that sweep. Gathering an
+    older sweep again makes it the latest; copying a results folder without keeping
+    modification times (``cp -r`` rather than ``cp -a`` or rsync -a) loses the order.
+    """
+    found = [(path.stat().st_mtime_ns, name) for name in (among if among is not None else sweeps(root))
+             for path in files(root, "trials", [name])]
+    return max(found)[1] if found else None
+
+
 def _regular(path: Path) -> Path:
     if not is_regular(path):
         raise ValueError(f"--results: {path} is not a regular file (a FIFO, device, socket, folder or broken "
