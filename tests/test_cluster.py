@@ -360,15 +360,19 @@ def test_study_persists_and_resume_extends_it(tmp_path, capsys):
     res = tmp_path / "res"
     assert run_main("--space", str(space), "--storage", str(res), "--name", "st") == 0
     url = f"sqlite:///{res / 'st' / 'study.db'}"
-    first = _study(url, "st").trials
-    assert [t.state.name for t in first] == ["COMPLETE", "COMPLETE"]  # the baseline is not in the study
+    first = [t for t in _study(url, "st").trials if "fixed" not in t.user_attrs]
+    assert [t.state.name for t in first] == ["COMPLETE", "COMPLETE"]
+    # The baseline is in the study only as its fixed trial (the sampler never sees it).
+    assert sum("fixed" in t.user_attrs for t in _study(url, "st").trials) == 1
     assert f"optuna-dashboard {url}" in capsys.readouterr().out
 
     assert run_main("--resume", "--name", "st", "--storage", str(res), "--num-samples", "4") == 0
     study = _study(url, "st")
-    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    searched = [t for t in study.trials if "fixed" not in t.user_attrs]
+    assert len(searched) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 4 + 1  # the baseline's fixed trial, not added again on --resume
     # The first two configurations are kept, not drawn again.
-    assert [t.params for t in study.trials[:2]] == [t.params for t in first]
+    assert [t.params for t in searched[:2]] == [t.params for t in first]
     assert len(trial_dirs(res / "st")) == 4 + 1
     assert yaml.safe_load((res / "st" / "sweep.yaml").read_text())["num_samples"] == 4
 

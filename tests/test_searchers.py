@@ -177,3 +177,102 @@ def test_default_sweep_searcher_unpickles_in_a_fresh_process(tmp_path):
     p = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "PicklableNSGAIISampler"
+
+
+# --- the study as optuna-dashboard reads it (issue 23) ----------------------------------
+
+
+def _drive_with_epochs(searcher, start: int, n: int, baseline_value: float | None = None) -> list[dict]:
+    """Like ``drive``, with two per-epoch reports (val_acc) and the evaluation report first."""
+    out = []
+    for i in range(start, start + n):
+        tid = f"t{i}"
+        cfg = searcher.suggest(tid)
+        assert cfg is not None
+        out.append(cfg)
+        res = fake_result(cfg)
+        if cfg[PARAMS].get("regularizer.target") == "none" and baseline_value is not None:
+            res = {**res, "val_acc": baseline_value, "train_loss": 0.0}
+        for epoch in (1, 2):
+            searcher.on_trial_result(tid, {"epoch": epoch, "val_acc": res["val_acc"] * epoch / 2,
+                                           "training_iteration": epoch})
+        searcher.on_trial_result(tid, {**res, "epoch": 2, "evaluated": True, "training_iteration": 3})
+        searcher.on_trial_complete(tid, result={**res, "epoch": 2})
+    return out
+
+
+def _study(gen):
+    from sweep.study_links import linked_search
+
+    return linked_search(gen)._ot_study
+
+
+@pytest.mark.parametrize("alg", ["tpe", "nsga2"])
+def test_the_sampler_never_sees_the_baseline_trial(alg, monkeypatch):
+    """The same suggestions with the baseline's fixed trial in the study as without it
+    (NSGA-II: past its first generation of 50, where it crosses over in the intersection
+    search space; TPE: past its 2 start-up trials)."""
+    from sweep.study_links import LinkedOptunaSearch
+
+    spec = spec_for(alg, 1, True)
+    n = 60 if alg == "nsga2" else 12
+
+    def run():
+        searcher, _, _ = build_search(spec, None, "s")
+        gen = search_generator(searcher, max_concurrent=64)
+        gen.set_search_properties(None, None, {})
+        configs = _drive_with_epochs(gen.searcher, 0, 1 + n, baseline_value=0.99)
+        return configs[1:], _study(gen)
+
+    with_fixed, study = run()
+    assert sum("fixed" in t.user_attrs for t in study.trials) == 1
+    monkeypatch.setattr(LinkedOptunaSearch, "add_baseline", lambda self, runs: False)
+    without, bare = run()
+    assert not any("fixed" in t.user_attrs for t in bare.trials)
+    assert with_fixed == without
+
+
+def test_multi_objective_study_names_curves_and_pareto_front():
+    """NSGA-II (the default sweep's search): report() is refused for several objectives, so
+    the curve is a user attribute; the baseline, when it dominates, is the Pareto front."""
+    spec = spec_for("nsga2", 2, True)
+    searcher, _, _ = build_search(spec, None, "s")
+    gen = search_generator(searcher, max_concurrent=64)
+    gen.set_search_properties(None, None, {})
+    _drive_with_epochs(gen.searcher, 0, 2 + 3 * 2, baseline_value=1.0)
+    study = _study(gen)
+    assert study.metric_names == ["val_acc", "train_loss"]
+    fixed = [t for t in study.trials if "fixed" in t.user_attrs]
+    assert len(fixed) == 1 and fixed[0].values == [1.0, 0.0] and fixed[0].user_attrs["seeds"] == [0, 1]
+    assert [t.number for t in study.best_trials] == [fixed[0].number]  # the dashboard's Pareto front
+    for t in study.trials:
+        if t in fixed:
+            continue
+        a = t.user_attrs
+        assert len(a["ray_trial_ids"]) == 2 and a["seeds"] == [0, 1] and not t.intermediate_values
+        acc = t.values[0]
+        assert a["val_acc_by_epoch"] == pytest.approx([acc / 2, acc])  # epochs 1, 2; no evaluation step
+        assert set(t.params) <= set(SPACE)  # plain dotted names
+
+
+def test_study_links_survive_pickling_and_resume(tmp_path):
+    """Links and reported epochs travel with the searcher's state (Tune's checkpoints)."""
+    spec = spec_for("tpe", 2, True)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    searcher, _, _ = build_search(spec, url, "s")
+    gen = search_generator(searcher, max_concurrent=64)
+    gen.set_search_properties(None, None, {})
+    _drive_with_epochs(gen.searcher, 0, 2 + 2)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    gen.save_to_dir(str(ckpt), session_str="x")
+    resumed, _, _ = build_search(spec, url, "s")
+    rgen = search_generator(resumed, max_concurrent=64)
+    rgen.set_search_properties(None, None, {})
+    rgen.restore_from_dir(str(ckpt))
+    _drive_with_epochs(rgen.searcher, 10, 2)
+    study = _study(rgen)
+    done = [t for t in study.trials if "fixed" not in t.user_attrs]
+    assert len(done) == 2 and all(sorted(t.intermediate_values) == [1, 2] for t in done)
+    assert [t.user_attrs["ray_trial_ids"] for t in done] == [["t2", "t3"], ["t10", "t11"]]
+    assert sum("fixed" in t.user_attrs for t in study.trials) == 1  # not added twice
