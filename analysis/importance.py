@@ -3,6 +3,11 @@
 The trials of any sweep (grid, random or Optuna-searched) are replayed into an in-memory
 Optuna study with ``optuna.trial.create_trial``; Optuna's importance evaluators (fANOVA by
 default) and its multi-objective ``best_trials`` (the non-dominated set) then do the work.
+
+Below ``MIN_CONFIGS`` distinct configurations no importance is computed: fANOVA fits a
+random forest to the configurations, and over a handful of points it reports structure
+the data cannot hold. ``design_label`` says what a plot holds in configurations and seeds
+(a seed repeats a configuration; it adds no point to a surface).
 """
 
 from __future__ import annotations
@@ -16,6 +21,55 @@ import optuna
 import pandas as pd
 
 _DIRECTION = {"max": "maximize", "min": "minimize"}
+
+MIN_CONFIGS = 8
+"""Fewest distinct configurations for a fitted surface (contour plot) or a fANOVA importance."""
+
+
+def n_configurations(trials: pd.DataFrame, params: Sequence[str]) -> int:
+    """Distinct value combinations of ``params`` among the rows (a missing value is a value)."""
+    cols = [p for p in params if p in trials.columns]
+    if not len(trials):
+        return 0
+    if not cols:
+        return 1
+    return int(_config_keys(trials, cols).nunique())
+
+
+def _config_keys(trials: pd.DataFrame, cols: Sequence[str]) -> pd.Series:
+    # Element-wise str: pandas' astype(str) keeps NaN as missing, and a missing value is a value here.
+    return trials[list(cols)].map(str).agg("|".join, axis=1) if cols else pd.Series("", index=trials.index)
+
+
+def design_label(trials: pd.DataFrame, params: Sequence[str], seed_col: str = "train.seed") -> str:
+    """'3 configurations × 2 seeds' (or '..., 1–3 seeds each'): what a plot of these rows shows."""
+    n = n_configurations(trials, params)
+    word = "configuration" if n == 1 else "configurations"
+    cols = [p for p in params if p in trials.columns]
+    if seed_col not in trials.columns or not len(trials):
+        return f"{n} {word}, {len(trials)} runs"
+    per = trials.assign(_k=_config_keys(trials, cols)).groupby("_k")[seed_col].nunique()
+    lo, hi = int(per.min()), int(per.max())
+    if lo == hi:
+        return f"{n} {word} × {lo} seed{'s' if lo != 1 else ''}"
+    return f"{n} {word}, {lo}–{hi} seeds each"
+
+
+CONTOUR_WHY = "a surface interpolated between fewer points shows structure the data do not hold"
+IMPORTANCE_WHY = "fANOVA's random forest over fewer points assigns importance the data cannot support"
+
+
+def too_few_configurations(trials: pd.DataFrame, params: Sequence[str], why: str = CONTOUR_WHY,
+                           min_configs: int = MIN_CONFIGS) -> str | None:
+    """Why a plot or importance is left out (fewer than ``min_configs`` configurations), else None.
+
+    One line, e.g. '3 configurations × 2 seeds, fewer than 8 distinct configurations (...)';
+    the caller says what is left out.
+    """
+    n = n_configurations(trials, params)
+    if n >= min_configs:
+        return None
+    return f"{design_label(trials, params)}, fewer than {min_configs} distinct configurations ({why})."
 
 
 def distributions(
@@ -32,7 +86,11 @@ def distributions(
     for p in params:
         if p not in trials.columns:
             raise KeyError(f"params: {p!r} is no column of the trials table")
-        col = trials[p]
+        # Missing values (a field that does not apply to a row, analysis.applicable) are left
+        # out of the range: such a row's trial simply lacks the parameter.
+        col = trials[p].dropna()
+        if not len(col):
+            continue
         num = pd.to_numeric(col, errors="coerce")
         is_num = num.notna().all() and not pd.api.types.is_bool_dtype(col) and col.dtype != object
         if is_num:
@@ -99,20 +157,40 @@ def param_importances(
     mode: str = "max",
     space: Mapping[str, Any] | None = None,
     evaluator: optuna.importance.BaseImportanceEvaluator | None = None,
+    min_configs: int = MIN_CONFIGS,
 ) -> pd.Series:
     """Normalized importance (sums to 1) of each varying parameter for ``metric``.
 
-    Default evaluator: fANOVA with a fixed seed, so the numbers are reproducible.
-    Needs at least two finished trials and one varying parameter.
+    Over the rows where every parameter applies (analysis.applicable: the baseline's alpha
+    and Th are no values of alpha and Th, so it is left out). Default evaluator: fANOVA with
+    a fixed seed, so the numbers are reproducible. Needs at least two finished trials, one
+    varying parameter and ``min_configs`` distinct configurations (ValueError with the reason).
     """
-    study = study_from_trials(trials, params, {metric: mode}, space)
+    from analysis.applicable import applies_mask
+
+    params = list(params)
+    missing = [p for p in params if p not in trials.columns]
+    if missing:
+        raise KeyError(f"params: {missing} are no columns of the trials table")
+    rows = trials[applies_mask(trials, params).all(axis=1)] if len(trials) else trials
+    study = study_from_trials(rows, params, {metric: mode}, space)
     if len(study.trials) < 2:
         raise ValueError(f"param_importances: need >= 2 trials with a finite {metric}, got {len(study.trials)}")
     if not any(t.params for t in study.trials):
         raise ValueError("param_importances: no parameter varies among these trials")
+    used = rows.loc[[_row_label(t.user_attrs["row"], rows.index) for t in study.trials]]
+    if reason := too_few_configurations(used, params, IMPORTANCE_WHY, min_configs):
+        raise ValueError(reason)
     evaluator = evaluator or optuna.importance.FanovaImportanceEvaluator(seed=0)
     imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
     return pd.Series(imp, name="importance").sort_values(ascending=False)
+
+
+def _row_label(row: Any, index: pd.Index) -> Any:
+    """The index label study_from_trials stored (ints as ints, others as their str)."""
+    if isinstance(row, int) or row in index:
+        return row
+    return next(i for i in index if str(i) == row)
 
 
 def pareto_front(points: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:

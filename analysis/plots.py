@@ -94,6 +94,20 @@ def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
         raise ValueError(f"{what}: no rows to plot")
 
 
+NOISE_AXES = {
+    "gaussian": ("Gaussian noise", "sigma: std of the added noise (pixel scale 0–1)"),
+    "uniform": ("uniform noise", "half-width w: noise uniform in [−w, w] (pixel scale 0–1)"),
+    "salt_pepper": ("salt-and-pepper noise", "fraction of pixels set to 0 or 1"),
+}
+"""Noise type -> (panel title, x-axis label): what a level means (neuroreg.evaluate.noise;
+the noisy image is clipped to [0, 1])."""
+
+
+def noise_axis(kind: str) -> tuple[str, str]:
+    """(title, x label) of a noise type's panel; an unknown type keeps its name and 'level'."""
+    return NOISE_AXES.get(str(kind), (f"{kind} noise", "level"))
+
+
 def noise_accuracy(noise: pd.DataFrame, out: str | os.PathLike, group: str = "arm") -> list[Path]:
     """Accuracy vs noise level, one panel per noise type, a line per group with SEM bands."""
     _require(noise, ["noise", "level", "accuracy", group], "noise_accuracy")
@@ -102,7 +116,8 @@ def noise_accuracy(noise: pd.DataFrame, out: str | os.PathLike, group: str = "ar
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 4.2), squeeze=False, layout="constrained")
     for ax, kind in zip(axes[0], kinds):
         _lines_with_bands(ax, noise[noise["noise"] == kind], "level", "accuracy", group, colors)
-        ax.set(title=f"{kind} noise", xlabel="level", ylabel="accuracy")
+        title, xlabel = noise_axis(kind)
+        ax.set(title=title, xlabel=wrap(xlabel, 34), ylabel="accuracy")
         ax.grid(alpha=0.3)
     legend_below(fig, axes[0][0], ncol=min(len(kinds) + 1, 3))
     fig.suptitle("Accuracy under random noise (mean ± SEM over seeds)")
@@ -173,32 +188,43 @@ def parallel_coordinates(
 
     Hand-drawn rather than pandas.plotting.parallel_coordinates, which colours by a
     class column and shares one y scale; here every axis is scaled to its own range
-    (categories spread evenly) and the colour is the continuous metric.
+    (categories spread evenly) and the colour is the continuous metric. A parameter that
+    does not apply to a trial (analysis.applicable: the baseline's alpha and Th) sits at a
+    separate '–' mark below its axis, never at the unused default value.
     """
+    from analysis.applicable import blank_inapplicable
+    from analysis.importance import design_label
+
     _require(trials, [*params, metric], "parallel_coordinates")
     cols = [*params, metric]
-    d = trials[cols].copy()
+    d = blank_inapplicable(trials, params)
     d[metric] = pd.to_numeric(d[metric], errors="coerce")
     d = d[d[metric].notna()]
     if not len(d):
         raise ValueError("parallel_coordinates: no trial has a value of the metric")
     scaled = pd.DataFrame(index=d.index)
     ticks: dict[str, tuple[list[float], list[str]]] = {}
+    any_missing = False
     for c in cols:
         v = d[c]
-        num = pd.to_numeric(v, errors="coerce")
-        if num.notna().all() and not pd.api.types.is_bool_dtype(v):
+        present = v.notna()
+        num = pd.to_numeric(v[present], errors="coerce")
+        if num.notna().all() and len(num) and not pd.api.types.is_bool_dtype(v[present]):
             lo, hi = float(num.min()), float(num.max())
             span = hi - lo or 1.0
-            scaled[c] = (num - lo) / span
+            scaled[c] = (pd.to_numeric(v, errors="coerce") - lo) / span
             uniq = sorted(num.unique())
             shown = uniq if len(uniq) <= 6 else [lo, hi]
             ticks[c] = ([(u - lo) / span for u in shown], [f"{u:.3g}" for u in shown])
         else:
-            cats = sorted(v.astype(str).unique())
+            cats = sorted(v[present].astype(str).unique())
             pos = {k: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, k in enumerate(cats)}
-            scaled[c] = v.astype(str).map(pos)
+            scaled[c] = v.astype(str).map(pos).where(present)
             ticks[c] = (list(pos.values()), cats)
+        if not present.all():
+            any_missing = True
+            scaled.loc[~present, c] = _NOT_APPLICABLE
+            ticks[c] = (ticks[c][0] + [_NOT_APPLICABLE], ticks[c][1] + ["–"])
     fig, ax = plt.subplots(figsize=(2.4 * len(cols) + 1.5, 4.2), layout="constrained")
     norm = plt.Normalize(d[metric].min(), d[metric].max())
     cmap = plt.get_cmap(CMAP)
@@ -214,9 +240,16 @@ def parallel_coordinates(
     ax.set_xticks(xs, [wrap(c.rsplit(".", 1)[-1], 14) for c in cols], fontsize=9)
     ax.set_yticks([])
     ax.set_xlim(-0.2, len(cols) - 0.5)
+    ax.set_ylim((_NOT_APPLICABLE if any_missing else 0.0) - 0.08, 1.08)
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
-    ax.set_title(f"{len(d)} trials")
+    ax.set_title(f"{metric}: one line per run, {design_label(d, params)}")
+    if any_missing:
+        ax.set_xlabel("–: the parameter does not apply to that run (e.g. Th of the baseline)", fontsize=8)
     return save(fig, out)
+
+
+_NOT_APPLICABLE = -0.2
+"""Scaled position of the '–' mark under a parallel-coordinates axis (its values span 0..1)."""
 
 
 def network_order(name: str) -> tuple[int, str]:
@@ -316,13 +349,15 @@ def robust_accuracy_curves(adv: pd.DataFrame, out: str | os.PathLike, group: str
 
 
 def _optuna_figure(kind: str, trials: pd.DataFrame, params: Sequence[str], metric: str, mode: str,
-                   space: Mapping | None, out: str | os.PathLike) -> list[Path]:
+                   space: Mapping | None, out: str | os.PathLike, min_configs: int = 0) -> list[Path]:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    from analysis.importance import study_from_trials
+    from analysis.importance import design_label, study_from_trials, too_few_configurations
 
     _require(trials, [*params, metric], f"optuna {kind}")
+    if reason := too_few_configurations(trials, params, min_configs=min_configs):
+        raise ValueError(f"optuna {kind}: {reason}")
     study = study_from_trials(trials, params, {metric: mode}, space)
     shown = [p for p in params if any(p in t.params for t in study.trials)]
     if len(study.trials) < 2 or not shown:
@@ -332,10 +367,10 @@ def _optuna_figure(kind: str, trials: pd.DataFrame, params: Sequence[str], metri
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         draw = ovm.plot_contour if kind == "contour" else ovm.plot_slice
         axes = draw(study, params=shown, target_name=metric)
-        return _finish_optuna(np.ravel(axes)[0].figure, kind, metric, len(study.trials), len(shown), out)
+        return _finish_optuna(np.ravel(axes)[0].figure, kind, metric, design_label(trials, params), len(shown), out)
 
 
-def _finish_optuna(fig: plt.Figure, kind: str, metric: str, n_trials: int, n_params: int,
+def _finish_optuna(fig: plt.Figure, kind: str, metric: str, design: str, n_params: int,
                    out: str | os.PathLike) -> list[Path]:
     # Optuna draws with Blues; the report's figures share viridis.
     for ax in fig.axes:
@@ -349,7 +384,7 @@ def _finish_optuna(fig: plt.Figure, kind: str, metric: str, n_trials: int, n_par
                 axis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
                 axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
                 axis.set_minor_formatter(NullFormatter())
-    title = f"{metric}: Optuna {kind} plot over {n_trials} trials"
+    title = f"{metric}: Optuna {kind} plot, {design}"
     if kind == "contour":
         fig.axes[0].set_title(title)
     else:
@@ -359,10 +394,16 @@ def _finish_optuna(fig: plt.Figure, kind: str, metric: str, n_trials: int, n_par
 
 
 def optuna_contour(trials: pd.DataFrame, params: Sequence[str], metric: str, out: str | os.PathLike,
-                   mode: str = "max", space: Mapping | None = None) -> list[Path]:
+                   mode: str = "max", space: Mapping | None = None, min_configs: int | None = None) -> list[Path]:
     """Optuna's contour plot of ``metric`` over pairs of searched parameters, from the trials
-    replayed into a study: for a continuous search, where an alpha x Th grid would be mostly empty."""
-    return _optuna_figure("contour", trials, params, metric, mode, space, out)
+    replayed into a study: for a continuous search, where an alpha x Th grid would be mostly empty.
+
+    ValueError below ``min_configs`` distinct configurations (default analysis.importance.MIN_CONFIGS):
+    the contour interpolates between them."""
+    from analysis.importance import MIN_CONFIGS
+
+    return _optuna_figure("contour", trials, params, metric, mode, space, out,
+                          MIN_CONFIGS if min_configs is None else min_configs)
 
 
 def optuna_slice(trials: pd.DataFrame, params: Sequence[str], metric: str, out: str | os.PathLike,

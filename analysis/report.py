@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import html_report, plots, store
+from analysis.applicable import applies
 from analysis.frames import (  # noqa: F401 (re-exported: the report's data and formatting)
     Frames,
     by_configuration,
@@ -48,7 +49,7 @@ from analysis.gather import (
     default_results_root,
     gather_report,
 )
-from analysis.importance import param_importances, pareto_front
+from analysis.importance import CONTOUR_WHY, param_importances, pareto_front, too_few_configurations
 from analysis.metric_names import metric_problem
 from analysis.provenance_table import load_provenance, provenance_markdown, provenance_warnings
 from analysis.query import config_columns, default_root, load, run_cli, sweep_meta
@@ -226,7 +227,9 @@ def build_report(
         vals = pd.to_numeric(rows[metric], errors="coerce")
         top = rows.loc[vals.idxmax() if mode == "max" else vals.idxmin()]
         shown = [c for c in params if c in top.index] or [c for c in configs if c in top.index][:12]
-        doc.add(md_table(pd.DataFrame({"field": shown, "value": [top[c] for c in shown]})))
+        # A field the arm does not use (Th of the baseline) is '–', not its unused default.
+        doc.add(md_table(pd.DataFrame({"field": shown, "value": [top[c] if applies(c, top) else None
+                                                                  for c in shown]})))
         doc.add(f"Best single trial: `{top['trial_id']}` ({metric} = {fmt(top[metric])}), "
                 f"checkpoint `{relative_path(top['checkpoint'], root)}`.", "")
 
@@ -275,10 +278,16 @@ def build_report(
         # A continuous search samples each value once: an alpha x Th grid would be mostly
         # empty cells, so Optuna's contour and slice plots show the surface instead.
         modes = {metric: mode, **(objectives or spec_objectives(spec) or {})}
+        # Below MIN_CONFIGS configurations a contour interpolates structure the data do not hold:
+        # one line says so instead (the slice plot shows the points themselves).
+        too_few = too_few_configurations(active, continuous, CONTOUR_WHY)
+        if too_few:
+            doc.add(f"_Contour plot not drawn: {too_few}_", "")
         for m, d in modes.items():
             if m in active.columns and active[m].notna().any():
-                doc.plot(f"Optuna contour: {m}", lambda p, m=m, d=d: plots.optuna_contour(
-                    active, continuous, m, p, d, spec.get("space")), f"contour_{m}")
+                if not too_few:
+                    doc.plot(f"Optuna contour: {m}", lambda p, m=m, d=d: plots.optuna_contour(
+                        active, continuous, m, p, d, spec.get("space")), f"contour_{m}")
                 doc.plot(f"Optuna slice: {m}", lambda p, m=m, d=d: plots.optuna_slice(
                     active, continuous, m, p, d, spec.get("space")), f"slice_{m}")
     elif {"regularizer.alpha", "regularizer.th"} <= set(active.columns) and len(active) and all(
@@ -346,9 +355,11 @@ def build_comparison(
     if warnings_ := provenance_warnings(prov):
         doc.add(*[f"**{w}**" for w in warnings_], "")
     t = frames.trials
-    arms = t.groupby("arm").agg(arm_key=("arm_key", "first"), sweeps=("sweep", lambda v: ", ".join(sorted(set(v)))),
-                                trials=("trial_id", "size")).reset_index()
-    doc.add("## Arms and where they were trained", "", md_table(arms))
+    doc.add("## Arms and where they were trained", "", md_table(html_report.arms_by_sweep(t)))
+    doc.add("### Side by side, per sweep (keyed by arm_key)", "",
+            "Each sweep's own finished trials: seeds and mean ± SEM over them. A configuration trained in "
+            "several sweeps shows each sweep's numbers; the tables below merge them.", "",
+            md_table(html_report.side_by_side(t, dict.fromkeys([metric, "clean_acc", "noise_acc_mean", "median_l2"]))))
     if frames.repeats:
         doc.add(f"{frames.repeats} finished trial(s) repeat a configuration and seed of another sweep; "
                 "their metrics are averaged into one seed (one observation) in every table, plot and test.", "")

@@ -515,6 +515,14 @@ def test_report_cli_gathers_a_sweep_folder_prints_tables_and_writes_markdown(swe
         assert f"]({link})" in text, link
         _png_ok(out / link)
     assert "not drawn" not in text, [ln for ln in text.splitlines() if "not drawn" in ln]
+    # fANOVA over the 4 regularized configurations (the baseline's alpha and Th do not apply): too few.
+    assert ("_Not computed: 4 configurations × 3 seeds, fewer than 8 distinct configurations (fANOVA's "
+            in text)
+    best = text.split("## Best configuration")[1].split("## ")[0]
+    if best_arm == "none":  # the baseline uses neither alpha nor Th
+        assert "| regularizer.alpha | – |" in best and "| regularizer.th | – |" in best
+    else:
+        assert "| regularizer.th | – |" not in best
     assert "| median_l2_correct |" in text and "| median_linf_correct |" in text
 
 
@@ -720,8 +728,13 @@ def test_continuous_search_gets_optuna_contour_and_slice(root, tmp_path):
     assert continuous_params({"space": {"regularizer.alpha": {"grid": [2.0, 8.0]}}}, active) == []
     import matplotlib.pyplot as plt
 
-    for draw in (plots.optuna_contour, plots.optuna_slice):
-        paths = draw(active, params, "clean_acc", tmp_path / draw.__name__, "max", spec["space"])
+    # 4 configurations x 3 seeds: too few for a contour (it would interpolate a surface), which
+    # says so; drawn once the minimum is lowered to what the fake has.
+    with pytest.raises(ValueError, match=r"4 configurations × 3 seeds, fewer than 8 distinct configurations"):
+        plots.optuna_contour(active, params, "clean_acc", tmp_path / "c", "max", spec["space"])
+    assert not (tmp_path / "c.png").exists()
+    for draw, extra in ((plots.optuna_contour, {"min_configs": 4}), (plots.optuna_slice, {})):
+        paths = draw(active, params, "clean_acc", tmp_path / draw.__name__, "max", spec["space"], **extra)
         assert plt.rcParams["axes.facecolor"] == "white"  # Optuna's ggplot style does not leak
         assert [p.suffix for p in paths] == [".png", ".svg", ".pdf"]
         _png_ok(paths[0])

@@ -62,57 +62,152 @@ def test_page_is_self_contained_and_holds_no_machine_paths(page):
     # No resource is fetched: no src/href to http(s) and no <link> stylesheet or script URL.
     assert not re.search(r"""<(script|link|img)[^>]+(src|href)=["']?https?:""", text)
     assert "Plotly" in text and text.count("plotly-graph-div") >= 5
+    assert len(re.findall(r"plotly\.js v\d", text)) == 1  # plotly.js inlined once, not per figure
     root = str(page.parents[2])
     assert root not in text and "/tmp" not in text
     assert "sweeps/fake" in text  # the source, relative to the results folder
     for heading in ("Against the baseline", "Random noise", "Minimal adversarial perturbations", "Layer weights",
-                    "Pareto front", "Parameter importance"):
+                    "Sweep structure", "Pareto front", "Parameter importance", "Best configuration"):
         assert f"<h2>{heading}" in text, heading
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in text
+    # Markdown emphasis of the family's text is rendered, never printed.
+    assert "<em>MDE (80 %)</em>" in text and "*MDE" not in text and "**" not in text
+    # Every trial links its folder, relative to the page, and the link resolves.
+    links = re.findall(r'<a href="([^"]+)">(run_trial_[^<]+)</a>', text)
+    assert len(links) == 16
+    for href, name in links:
+        assert not href.startswith("/") and (page.parent / href).resolve().name == name
+        assert (page.parent / href).is_dir()
+    # 5 configurations (4 regularized): no importance, a reason instead; the parallel coordinates are drawn.
+    assert "Not computed: 4 configurations × 3 seeds, fewer than 8 distinct configurations" in text
+    assert "one line per run, 5 configurations × 3 seeds" in text
 
 
-def test_page_renders_in_headless_chromium(page, chrome, tmp_path):
+_CHECKS_JS = """
+const out = {innerWidth: window.innerWidth, scrollWidth: document.documentElement.scrollWidth, tables: []};
+document.querySelectorAll("table.sortable").forEach(function (table, i) {
+  const box = table.parentElement, style = getComputedStyle(box);
+  box.scrollLeft = box.scrollWidth;  // scroll the table's own box to its last column
+  const heads = table.querySelectorAll("thead th"), last = heads[heads.length - 1].getBoundingClientRect();
+  const b = box.getBoundingClientRect();
+  out.tables.push({i: i, fits: table.scrollWidth <= box.clientWidth + 1, overflowX: style.overflowX,
+                   lastLeft: last.left, lastRight: last.right, boxLeft: b.left, boxRight: b.right,
+                   header: heads[heads.length - 1].textContent});
+  box.scrollLeft = 0;
+});
+return out;
+"""
+
+
+def _driver(chrome: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    # Software WebGL (the parallel coordinates) without the deprecation warning; no GPU here.
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--enable-unsafe-swiftshader", "--hide-scrollbars", "--window-size=1400,900"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(service=Service(chrome), options=opts)
+
+
+def _requests(driver) -> list[str]:
+    import json
+
+    urls = []
+    for entry in driver.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+    return urls
+
+
+@pytest.mark.parametrize("width, height", [(1400, 900), (390, 844)])
+def test_page_reads_on_desktop_and_phone(page, chrome, width, height):
+    """No horizontal overflow of the page, every table's last column reachable in its own box,
+    every figure drawn, no console error and no request beyond the page itself."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(chrome), options=opts)
+    driver = _driver(chrome)
     try:
+        driver.set_window_size(width, height)
         driver.get(page.as_uri())
         n_figs = len(driver.find_elements(By.CSS_SELECTOR, "div.plotly-graph-div"))
-        assert n_figs >= 5
-        # Every figure drew its SVG and at least one trace into it.
-        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(
-            By.CSS_SELECTOR, "div.plotly-graph-div svg.main-svg g.trace")) >= n_figs)
+        assert n_figs >= 6
+        # Every figure drew its SVG and a trace (the parallel coordinates: its WebGL lines) into it.
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return Array.from(document.querySelectorAll('div.plotly-graph-div')).every(function (g) {"
+            " return g.querySelector('svg.main-svg') && (g.querySelector('g.trace, g.parcoords')); })"))
+        assert driver.execute_script("return window.innerWidth") == width
+        checks = driver.execute_script(_CHECKS_JS)
+        assert checks["scrollWidth"] <= checks["innerWidth"], checks["scrollWidth"]
+        assert len(checks["tables"]) >= 8
+        for t in checks["tables"]:
+            assert t["boxRight"] <= width + 0.5, t  # the box itself stays on the page
+            if not t["fits"]:
+                assert t["overflowX"] in ("auto", "scroll"), t
+            assert t["lastRight"] <= t["boxRight"] + 1 and t["lastLeft"] >= t["boxLeft"] - 1, t
         for div in driver.find_elements(By.CSS_SELECTOR, "div.plotly-graph-div"):
-            assert div.find_elements(By.CSS_SELECTOR, "svg.main-svg"), div.get_attribute("id")
-            assert div.size["height"] > 100
+            assert 0 < div.size["width"] <= width and div.size["height"] > 100, div.get_attribute("id")
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == [], errors
+        others = [u for u in _requests(driver) if u != page.as_uri() and not u.startswith(("data:", "blob:"))]
+        assert others == [], others
+    finally:
+        driver.quit()
+
+
+def test_tables_sort_numbers_with_missing_last_filter_and_page(page, chrome, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = _driver(chrome)
+    try:
+        driver.get(page.as_uri())
         tables = driver.find_elements(By.CSS_SELECTOR, "table.sortable")
-        assert len(tables) >= 4 and all(t.find_elements(By.CSS_SELECTOR, "tbody tr") for t in tables)
 
-        # Clicking a header sorts the rows by that column (descending on the second click).
-        table = next(t for t in tables if "p (BH)" in t.text)
-        headers = [h.text for h in table.find_elements(By.CSS_SELECTOR, "thead th")]
-        col = headers.index("diff")
-        header = table.find_elements(By.CSS_SELECTOR, "thead th")[col]
+        def table_with(header: str):
+            return next(t for t in tables if header in [h.text.replace("\n", "") for h in
+                                                        t.find_elements(By.CSS_SELECTOR, "thead th")])
 
-        def column() -> list[float]:
-            return [float(r.find_elements(By.TAG_NAME, "td")[col].text)
+        def column(table, col: int) -> list[str]:
+            return [r.find_elements(By.TAG_NAME, "td")[col].get_attribute("textContent")
                     for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
 
-        header.click()
-        assert column() == sorted(column())
-        header.click()
-        assert column() == sorted(column(), reverse=True)
+        def header(table, name: str):
+            heads = table.find_elements(By.CSS_SELECTOR, "thead th")
+            col = [h.text.replace("\n", "") for h in heads].index(name)
+            return heads[col], col
 
-        height = driver.execute_script("return document.body.scrollHeight")
-        driver.set_window_size(1280, min(int(height) + 100, 12000))
-        shot = tmp_path / "report_screenshot.png"
-        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 50_000
+        # Every trial: Th is '–' for the baseline (and the errored trial's metrics are missing);
+        # both sort last in either direction, numbers as numbers.
+        trials = table_with("folder")
+        for name in ("regularizer.th", "clean_acc"):
+            th, col = header(trials, name)
+            for _ in range(2):
+                th.click()
+                cells = column(trials, col)
+                nums = [float(c) for c in cells if c != "–"]
+                assert cells[len(nums):] == ["–"] * (len(cells) - len(nums)) and len(nums) < len(cells)
+                assert nums == sorted(nums, reverse=th.get_attribute("data-dir") == "desc"), (name, cells)
+
+        # The exploratory family: 25 rows per page, a filter box; the CI column sorts by its lower bound.
+        expl = table_with("p (BH)")
+        visible = [r for r in expl.find_elements(By.CSS_SELECTOR, "tbody tr") if r.is_displayed()]
+        total = len(expl.find_elements(By.CSS_SELECTOR, "tbody tr"))
+        assert total > 25 and len(visible) == 25
+        ci, col = header(expl, "95 % CI (uncorrected)")
+        ci.click()
+        ci.click()  # descending
+        lows = [float(c.split(",")[0].strip("[")) for c in column(expl, col) if c.startswith("[")]
+        assert len(lows) == total and lows == sorted(lows, reverse=True)
+        box = driver.find_element(By.CSS_SELECTOR, ".tabletools input[type=search]")
+        box.send_keys("median_l2")
+        shown = [r for r in expl.find_elements(By.CSS_SELECTOR, "tbody tr") if r.is_displayed()]
+        assert 0 < len(shown) < 25 and all("median_l2" in r.text for r in shown)
+        info = driver.find_element(By.CSS_SELECTOR, ".tabletools .pageinfo").text
+        assert f"of {len(shown)} rows (filtered from {total})" in info
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == [], errors
     finally:
@@ -129,3 +224,10 @@ def test_cross_sweep_html(tmp_path):
     text = (tmp_path / "reports" / "compare-a+b" / "report.html").read_text()
     assert "Comparison: a, b" in text and "<h2>Against the baseline" in text and str(tmp_path) not in text
     assert text.count("plotly-graph-div") >= 3
+    # The arm_key table of comparison.md, and each sweep's own numbers side by side per arm_key.
+    assert "<h3>Arms and where they were trained</h3>" in text
+    assert "<h3>Side by side, per sweep (keyed by arm_key)</h3>" in text
+    for col in ("a: seeds", "b: seeds", "a: best_<wbr>val_<wbr>acc", "b: best_<wbr>val_<wbr>acc"):
+        assert f">{col}</th>" in text, col
+    md = (tmp_path / "reports" / "compare-a+b" / "comparison.md").read_text()
+    assert "### Side by side, per sweep (keyed by arm_key)" in md and "| a: seeds |" in md
