@@ -108,14 +108,15 @@ def run(
     At most ``max_rows`` rows are fetched (DuckDB stops early under the LIMIT); a result
     with more is a TooManyRows error, never a MemoryError half-way.
     """
-    return answer(sql, root, sweeps, max_rows)[0]
+    return answer(sql, root, sweeps, max_rows, explain=False)[0]
 
 
 def answer(
     sql: str, root: str | os.PathLike | None = None, sweeps: Sequence[str] | None = None, max_rows: int | None = MAX_ROWS,
+    explain: bool = True,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """``run``, and for an empty result the hints of ``analysis.sql_hint`` (values the
-    compared columns hold); no hints otherwise."""
+    """``run``, and with ``explain`` for an empty result the hints of ``analysis.sql_hint``
+    (the values the compared columns hold); no hints otherwise."""
     views = referenced_tables(sql) or list(TABLES[:1])
     con = connect(root, sweeps, views)
     try:
@@ -126,10 +127,16 @@ def answer(
         if max_rows is not None and len(df) > max_rows:
             raise TooManyRows(f"the result has more than {max_rows} rows; aggregate or add a LIMIT, write it "
                               "to a file with --out FILE.parquet (streamed, no row limit), or raise --max-rows")
-        hints = [] if len(df) else empty_result_hints(con, sql, views, con.execute("SELECT latest()").fetchone()[0])
-        return df, hints
+        return df, (_hints(con, sql, views) if explain and not len(df) else [])
     finally:
         con.close()
+
+
+def _hints(con: duckdb.DuckDBPyConnection, sql: str, views: list[str]) -> list[str]:
+    try:
+        return empty_result_hints(con, sql, views, con.execute("SELECT latest()").fetchone()[0])
+    except (duckdb.Error, KeyError, TypeError, ValueError):  # DuckDB's tree in a shape not foreseen: no hint
+        return []
 
 
 def stream_to(sql: str, out: str, root: str | os.PathLike | None = None, sweeps: Sequence[str] | None = None) -> int:

@@ -54,33 +54,6 @@ def _constant(node: dict) -> tuple[bool, Any]:
     return False, None
 
 
-def comparisons(sql: str, con: duckdb.DuckDBPyConnection) -> tuple[list[tuple[list[str], list[Any], str]], dict[str, str]]:
-    """([(column path, constants, as written)], {alias or name: view}) of one statement; empty when it does not parse."""
-    tree = _parse(sql, con)
-    if tree is None:
-        return [], {}
-    found: list[tuple[list[str], list[Any], str]] = []
-    tables: dict[str, str] = {}
-    for node in _nodes(tree):
-        if node.get("type") == "BASE_TABLE" and node.get("table_name"):
-            tables.setdefault(node["table_name"], node["table_name"])
-            if node.get("alias"):
-                tables[node["alias"]] = node["table_name"]
-        kind = node.get("type")
-        if kind == "COMPARE_EQUAL":
-            sides = [node.get("left") or {}, node.get("right") or {}]
-            for col, const in (sides, sides[::-1]):
-                ok, value = _constant(const)
-                if col.get("class") == "COLUMN_REF" and ok:
-                    found.append((list(col["column_names"]), [value], _written(sql, node)))
-        elif kind == "COMPARE_IN":
-            kids = node.get("children") or []
-            consts = [_constant(k) for k in kids[1:]]
-            if kids and kids[0].get("class") == "COLUMN_REF" and consts and all(ok for ok, _ in consts):
-                found.append((list(kids[0]["column_names"]), [v for _, v in consts], _written(sql, node, kids[0])))
-    return found, tables
-
-
 def _parse(sql: str, con: duckdb.DuckDBPyConnection) -> dict | None:
     """DuckDB's syntax tree of one statement; None for other kinds (PIVOT does not serialize)."""
     try:
@@ -90,6 +63,64 @@ def _parse(sql: str, con: duckdb.DuckDBPyConnection) -> dict | None:
     if tree.get("error") or len(tree.get("statements", [])) != 1:
         return None
     return tree["statements"][0]
+
+
+TABLE_REFS = ("BASE_TABLE", "SUBQUERY", "TABLE_FUNCTION", "JOIN", "EXPRESSION_LIST", "PIVOT", "SHOW_REF",
+              "COLUMN_DATA", "DELIM_GET", "EMPTY_FROM")
+
+
+def comparisons(sql: str, con: duckdb.DuckDBPyConnection, views: list[str]) -> list[tuple[str, str, list[Any], str]]:
+    """(view, column, constants, as written) of each comparison of a view's column with
+    constants in one SELECT statement; empty when it does not parse.
+
+    A column counts only where its view is certain: ``q.col`` with ``q`` bound once in the
+    whole statement, to a view (not a CTE, a subquery or a function); a bare ``col`` only in
+    a single SELECT over views alone (no CTE, subquery or set operation), where it is the
+    first such view that has the column.
+    """
+    tree = _parse(sql, con)
+    if tree is None:
+        return []
+    nodes = list(_nodes(tree))
+    ctes = {m.get("key") for n in nodes for m in (n.get("cte_map") or {}).get("map", []) if isinstance(m, dict)}
+    bindings: dict[str, list[str | None]] = {}
+    for n in nodes:
+        if n.get("type") not in TABLE_REFS:
+            continue
+        target = n.get("table_name") if n["type"] == "BASE_TABLE" and n.get("table_name") not in ctes else None
+        names = {n.get("alias"), n.get("table_name") if n["type"] == "BASE_TABLE" else None} - {None, ""}
+        for name in names:
+            bindings.setdefault(name, []).append(target if target in views else None)
+    simple = sum(n.get("type") in ("SELECT_NODE", "SET_OPERATION_NODE") for n in nodes) == 1 and not ctes and all(
+        n.get("type") in ("BASE_TABLE", "JOIN") for n in nodes if n.get("type") in TABLE_REFS) and all(
+        t is not None for ts in bindings.values() for t in ts)
+    in_order = [t for n in nodes if n.get("type") == "BASE_TABLE" for t in [n.get("table_name")] if t in views]
+    columns = {v: {r[0] for r in con.execute(f"DESCRIBE {v}").fetchall()} for v in dict.fromkeys(in_order)}
+
+    def view_of(path: list[str]) -> str | None:
+        if len(path) == 2:
+            bound = bindings.get(path[0], [])
+            return bound[0] if len(bound) == 1 and bound[0] is not None and path[1] in columns[bound[0]] else None
+        if len(path) == 1 and simple:
+            return next((v for v in in_order if path[0] in columns[v]), None)
+        return None
+
+    found = []
+    for node in nodes:
+        kind = node.get("type")
+        if kind == "COMPARE_EQUAL":
+            sides = [node.get("left") or {}, node.get("right") or {}]
+            for col, const in (sides, sides[::-1]):
+                ok, value = _constant(const)
+                if col.get("class") == "COLUMN_REF" and ok and (view := view_of(col["column_names"])):
+                    found.append((view, col["column_names"][-1], [value], _written(sql, node)))
+        elif kind == "COMPARE_IN":
+            kids = node.get("children") or []
+            consts = [_constant(k) for k in kids[1:]]
+            if kids and kids[0].get("class") == "COLUMN_REF" and consts and all(ok for ok, _ in consts) \
+                    and (view := view_of(kids[0]["column_names"])):
+                found.append((view, kids[0]["column_names"][-1], [v for _, v in consts], _written(sql, node, kids[0])))
+    return found
 
 
 def _written(sql: str, node: dict, start: dict | None = None) -> str:
@@ -124,16 +155,10 @@ def _holds(values: pd.Series, wanted: list[Any]) -> bool:
 
 def empty_result_hints(con: duckdb.DuckDBPyConnection, sql: str, views: list[str], latest: str | None) -> list[str]:
     """Lines for an empty result of ``sql`` over ``views`` (see the module docstring)."""
-    found, tables = comparisons(sql, con)
-    columns = {v: [r[0] for r in con.execute(f"DESCRIBE {v}").fetchall()] for v in views}
     lines: list[str] = []
     seen: set[tuple[str, str, str]] = set()
-    for path, wanted, written in found:
-        name = path[-1]
-        qualifier = path[-2] if len(path) > 1 else None
-        candidates = [tables[qualifier]] if qualifier in tables else [t for t in dict.fromkeys(tables.values())]
-        view = next((t for t in candidates if t in columns and name in columns[t]), None)
-        if view is None or (view, name, written) in seen:
+    for view, name, wanted, written in comparisons(sql, con, views):
+        if (view, name, written) in seen:
             continue
         seen.add((view, name, written))
         quoted = '"' + name.replace('"', '""') + '"'
