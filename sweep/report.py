@@ -82,10 +82,11 @@ def trial_rows(results: Any, fill: dict[str, Any] | None = None, seeds: list[int
         row["path"] = r.path
         rows.append(row)
     df = pd.DataFrame(rows)
-    if "seed" in df:  # seeds after the parameters, before the metrics
-        seed = df.pop("seed")
-        df.insert(df.columns.get_loc(METRIC_COLUMNS[0][1]), "seed", seed)
-    return df
+    # trial, status, the parameters (in order of appearance), the seed, the metrics, the folder
+    metrics = [title for _, title in METRIC_COLUMNS]
+    seed = [c for c in ("seed", "seed#") if c in df]
+    params = [c for c in df.columns if c not in ("trial", "status", "path", *seed, *metrics)]
+    return df[["trial", "status", *params, *seed, *metrics, "path"]] if len(df) else df
 
 
 def _trial_id(path: str | None) -> str:
