@@ -9,6 +9,7 @@ would create the file PWNED).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import resource
@@ -96,9 +97,20 @@ def _all(*makers: Callable[[Path], None]) -> Callable[[Path], None]:
     return make
 
 
+@dataclass(frozen=True)
+class _RLimit:
+    """A resource limit for the command's process (a preexec_fn, or a request to the zygote)."""
+
+    name: str
+    value: int
+
+    def __call__(self) -> None:
+        resource.setrlimit(getattr(resource, self.name), (self.value, self.value))
+
+
 def _fsize_limit(n: int) -> Callable[[], None]:
     """Simulate a full disk: writes past n bytes fail (Python ignores SIGXFSZ, so EFBIG)."""
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
+    return _RLimit("RLIMIT_FSIZE", n)
 
 
 SPACE = "name: s\nbase: {data: {name: digits}, train: {epochs: 1}}\n"
@@ -271,7 +283,7 @@ ARROW_MEMORY = 8 << 30
 
 
 def _memory_limit(n: int = MEMORY) -> Callable[[], None]:
-    return lambda: resource.setrlimit(resource.RLIMIT_AS, (n, n))
+    return _RLimit("RLIMIT_AS", n)
 
 
 def _forged_checkpoint(config: dict | None = None, num_classes: int = 10, in_chans: int = 1, width: int = 2,
@@ -610,8 +622,56 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
     return out
 
 
+def _fresh_cases() -> set[str]:
+    """The cases that run in a fresh interpreter: the first of each command (so every CLI is
+    still tested end to end, imports included), and every case that limits the address space
+    (a forked child inherits the zygote's mappings, torch's among them)."""
+    first: dict[str, str] = {}
+    for n, c in CASES.items():
+        first.setdefault(c.argv[0], n)
+    limited = {n for n, c in CASES.items() if isinstance(c.preexec, _RLimit) and c.preexec.name == "RLIMIT_AS"}
+    return set(first.values()) | limited
+
+
+FRESH = _fresh_cases()
+
+
+class _Zygote:
+    """Client of tests/cli_zygote.py: one warm interpreter, a forked child per command."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_zygote.py"))],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "GIT_PYTHON_REFRESH": "quiet"})
+        assert json.loads(self.proc.stdout.readline())["ready"]
+
+    def run(self, argv: list[str], cwd: Path, env: dict[str, str], timeout: float,
+            preexec: Callable[[], None] | None) -> tuple[int, str, str, float]:
+        assert preexec is None or isinstance(preexec, _RLimit), "the zygote takes only _RLimit preexecs"
+        req = {"argv": argv, "cwd": str(cwd), "env": env, "timeout": timeout,
+               "rlimits": {preexec.name: preexec.value} if preexec else {}}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        out, err = reply["stdout"], reply["stderr"]
+        if reply["timed_out"]:
+            pytest.fail(f"timed out after {timeout} s\nstdout: {out[-1500:]}\nstderr: {err[-2500:]}")
+        return reply["returncode"], out, err, reply["took"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    z = _Zygote()
+    yield z
+    z.close()
+
+
 @pytest.mark.parametrize("name", list(CASES), ids=[f"{c.cls}:{n}" for n, c in CASES.items()])
-def test_refused(name, tmp_path):
+def test_refused(name, tmp_path, zygote):
     case = CASES[name]
     if case.setup:
         case.setup(tmp_path)
@@ -622,13 +682,15 @@ def test_refused(name, tmp_path):
            **{k: v.replace("{tmp}", str(tmp_path)) for k, v in case.env.items()}}
     env.pop("NEUROREG_RESULTS", None)
     argv = [a.replace("{free_port}", str(_free_port())) for a in case.argv]
-    t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=case.timeout, preexec_fn=case.preexec)
-    took = time.time() - t0
-    err = p.stderr
-    assert p.returncode == 2, f"exit {p.returncode}\nstdout: {p.stdout[-1500:]}\nstderr: {err[-2500:]}"
-    assert "Traceback" not in err and "Traceback" not in p.stdout, err[-2500:]
+    if name in FRESH:
+        t0 = time.time()
+        p = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=case.timeout, preexec_fn=case.preexec)
+        took, returncode, out, err = time.time() - t0, p.returncode, p.stdout, p.stderr
+    else:
+        returncode, out, err, took = zygote.run(argv, tmp_path, env, case.timeout, case.preexec)
+    assert returncode == 2, f"exit {returncode}\nstdout: {out[-1500:]}\nstderr: {err[-2500:]}"
+    assert "Traceback" not in err and "Traceback" not in out, err[-2500:]
     assert "weights_only=False" not in err  # never torch's advice to load unsafely
     assert case.culprit in err, f"the message does not name {case.culprit!r}: {err[-1500:]}"
     if case.says:
@@ -636,7 +698,7 @@ def test_refused(name, tmp_path):
     assert not (tmp_path / PWNED).exists() and not (tmp_path / f"{PWNED}.db").exists(), "the payload ran"
     ray_files = os.listdir(ray_tmp)
     shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert not ray_files and "Ray ready" not in p.stdout, f"a Ray session started: {ray_files}"
+    assert not ray_files and "Ray ready" not in out, f"a Ray session started: {ray_files}"
     after = _snapshot(tmp_path)
     assert after == before, f"files changed: {sorted(set(after) ^ set(before)) or 'contents'}"
     assert not (tmp_path.parent / "evil.png").exists(), "an archive member escaped"
