@@ -14,7 +14,9 @@ Python::
 Filters are either ``key=value`` (aliases such as ``alpha`` or ``seed`` allowed, numbers
 compared with a tolerance, ``key=a,b`` for several values) or a pandas ``query``
 expression in which dotted column names may be written bare
-(``regularizer.alpha > 1 and level == 0.08``).
+(``regularizer.alpha > 1 and level == 0.08``). ``--latest`` keeps only the sweep gathered
+last. When the filters leave no row, the CLI prints ``(no rows)`` and, on stderr, which
+filter found nothing and the values its column holds (``no_rows_hint``).
 """
 
 from __future__ import annotations

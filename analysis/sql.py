@@ -6,7 +6,9 @@ transfer, boundary, clean, corruptions, frequency) holds the rows of every gathe
 ``latest()`` is the name of the sweep gathered last (``WHERE sweep = latest()``), and
 --latest keeps only that sweep. Column names with dots need double quotes:
 "regularizer.alpha". Prints the result, or writes it to a .csv or .parquet file with
---out; --list shows the views and their columns.
+--out; --list shows the views and their columns. When a SELECT finds no rows, a hint on
+stderr names each ``column = value`` (or ``IN``) comparison no row meets and the values
+the column holds (analysis.sql_hint).
 """
 
 from __future__ import annotations
