@@ -1,17 +1,29 @@
-"""What does Ray Tune cost, and what does it buy, on a small machine?
+"""What does a sweep cost besides its trials? Before and after, side by side in one run.
 
-The same N small trainings run (a) one after another in plain Python through
-``neuroreg.train.train`` and (b) through ``python -m sweep.run`` with 2 concurrent
-trials of 1 CPU / 1 torch thread each. Prints both wall times, the speed-up (b over a)
-and Ray's start-up time, measured side by side in one run. (c), a control, runs the
-trials in two plain Python processes at once: the speed-up the machine itself allows
-for two concurrent trainings, against which (b)'s Ray overhead can be judged.
+The same N small trainings run
 
-    .venv/bin/python bench/sweep_overhead.py                 # 4 trials of ~30 s (quiet 2-core machine)
-    .venv/bin/python bench/sweep_overhead.py --trials 4 --epochs 4     # shorter trials
+- (a) one after another in plain Python through ``neuroreg.train.train``;
+- (b) through ``python -m sweep.run`` with 2 concurrent trials of 1 CPU / 1 torch thread
+  each, once with the code of ``--before`` (a commit, exported with ``git archive``) and
+  once with this checkout's code ("after"), alternating when ``--repeats`` > 1;
+- (c) a control: the trials in two plain Python processes at once, the speed-up the
+  machine itself allows for two concurrent trainings;
+- (d) ``sweep.run`` ("after") joining a running ``ray start`` cluster.
 
-Other processes on the machine skew (b) more than (a): two concurrent trials need both
-cores. The load average at start and end is printed for that reason.
+Each (b) run is split into its stages from the time stamps of its console lines (the
+same for both trees, nothing added to the code under test): start-up (Python, imports,
+validation), Ray start (as sweep.run prints it), set-up (provenance, shared data, the
+Tuner; up to the "Live curves" line), Tuner.fit (the trials; up to the "N trials in"
+line), gather + summary (up to the last line), and exit (ray.shutdown, interpreter exit).
+
+    .venv/bin/python bench/sweep_overhead.py                          # 4 trials of ~20 s
+    .venv/bin/python bench/sweep_overhead.py --epochs 4 --no-reuse    # shorter
+    .venv/bin/python bench/sweep_overhead.py --before HEAD~3 --repeats 2
+
+The sweeps run the bench's space with ``baseline: false``, so (a), (b), (c) and (d)
+train exactly the same trials. Other processes on the machine skew (b) more than (a):
+two concurrent trials need both cores. The header prints the CPU, the core count and the
+load average, and the load average is printed again at the end, for that reason.
 """
 
 from __future__ import annotations
@@ -20,16 +32,22 @@ import argparse
 import copy
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
+import tarfile
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+BEFORE = "d89cf3df0a6bfb913a32dd2b1f7bc98390a2102b"
+"""The last commit before issue 24's fixed-cost cuts."""
 
 
 def base_config(epochs: int, steps: int | None) -> dict:
@@ -45,6 +63,20 @@ def base_config(epochs: int, steps: int | None) -> dict:
 
 def alphas(n: int) -> list[float]:
     return [round(0.5 * (i + 1), 3) for i in range(n)]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                flags = Path("/proc/cpuinfo").read_text()
+                isa = "AVX512-BF16" if "avx512_bf16" in flags else "AVX512" if "avx512f" in flags else \
+                    "AVX2" if "avx2" in flags else "no AVX2"
+                return f"{name}, {isa}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_sequential(base: dict, n: int, out: Path, only: list[int] | None = None) -> tuple[float, list[float]]:
@@ -91,32 +123,94 @@ def trial_seconds(exp: Path) -> list[float]:
     return out
 
 
-def run_sweep(base: dict, n: int, out: Path, reuse: bool = False) -> tuple[float, float, float, list[float]]:
-    """(b), or with ``reuse`` (d): sweep.run finding a running `ray start` cluster and joining it."""
+@dataclass
+class SweepTime:
+    wall: float
+    ray_start: float = float("nan")
+    fit: float = float("nan")
+    startup: float = float("nan")
+    setup: float = float("nan")
+    gather: float = float("nan")
+    exit: float = float("nan")
+    trials: list[float] = field(default_factory=list)
+
+
+def export_tree(ref: str, dest: Path) -> Path:
+    """The files of commit ``ref`` (git archive: nothing in this checkout changes)."""
+    dest.mkdir(parents=True)
+    p = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True)
+    if p.returncode != 0:
+        sys.exit(f"--before {ref}: git archive failed: {p.stderr.decode().strip()}")
+    archive = dest.parent / f"{dest.name}.tar"
+    archive.write_bytes(p.stdout)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    archive.unlink()
+    return dest
+
+
+def write_space(base: dict, n: int, out: Path) -> Path:
     space = {
         "name": "bench",
         "base": base,
         "space": {"regularizer.alpha": {"grid": alphas(n)}},
         "search": {"algorithm": "grid"},
+        # (a) trains no baseline: neither may the sweep, or (b) would train one trial more.
+        "baseline": False,
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
     }
     f = out / "bench.yaml"
     f.write_text(yaml.safe_dump(space))
-    name = "bench_reuse" if reuse else "bench"
-    cmd = [sys.executable, "-m", "sweep.run", "--space", str(f), "--storage", str(out / "sweeps"),
-           "--name", name, "--no-dashboard", "--quiet"] + ([] if reuse else ["--num-cpus", "2"])
+    return f
+
+
+def run_sweep(tree: Path, space: Path, out: Path, name: str, reuse: bool = False,
+              dashboard: bool = False) -> SweepTime:
+    """``python -m sweep.run`` of the code in ``tree``, its console lines time-stamped."""
+    storage = out / "sweeps"
+    cmd = [sys.executable, "-m", "sweep.run", "--space", str(space), "--storage", str(storage),
+           "--results", str(out / f"results_{name}"), "--name", name, "--quiet"]
+    cmd += [] if dashboard else ["--no-dashboard"]
+    cmd += [] if reuse else ["--num-cpus", "2"]
+    # The tree's packages first (Ray's workers inherit the variable), and every line as it comes.
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[tuple[float, str]] = []
+    errs: list[str] = []
+    drain = threading.Thread(target=lambda: errs.extend(p.stderr), daemon=True)
+    drain.start()
+    for line in p.stdout:
+        lines.append((time.perf_counter() - t0, line.rstrip("\n")))
+    rc = p.wait()
     wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.exit(f"sweep failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    m = re.search(r"Ray ready in ([0-9.]+) s", p.stdout)
-    f = re.search(r"trials in ([0-9.]+) s", p.stdout)
-    ray_start = float(m.group(1)) if m else float("nan")
-    fit = float(f.group(1)) if f else float("nan")
-    if reuse and "Started a local Ray instance" in p.stdout + p.stderr:
+    drain.join(timeout=10)
+    text = "\n".join(s for _, s in lines)
+    if rc != 0:
+        sys.exit(f"sweep of {tree} failed ({rc}):\n{text[-3000:]}\n{''.join(errs)[-3000:]}")
+    if reuse and "Started a local Ray instance" in text + "".join(errs):
         sys.exit("(d) did not reuse the running cluster")
-    return wall, ray_start, fit, trial_seconds(out / "sweeps" / name)
+
+    def at(pattern: str) -> tuple[float, re.Match | None]:
+        for t, s in lines:
+            m = re.search(pattern, s)
+            if m:
+                return t, m
+        return float("nan"), None
+
+    t_ready, m_ready = at(r"Ray ready in ([0-9.]+) s")
+    t_fit, m_fit = at(r"^Live curves: ")  # the last line before Tuner.fit
+    t_done, m_done = at(r"trials in ([0-9.]+) s")
+    res = SweepTime(wall, trials=trial_seconds(storage / name))
+    if m_ready and m_fit and m_done:
+        res.ray_start = float(m_ready.group(1))
+        res.startup = t_ready - res.ray_start
+        res.setup = t_fit - t_ready
+        res.fit = t_done - t_fit  # with the closing table, a few ms
+        t_last = lines[-1][0]
+        res.gather = t_last - t_done
+        res.exit = wall - t_last
+    return res
 
 
 def with_ray_start(fn):
@@ -140,12 +234,23 @@ def with_ray_start(fn):
         head.wait(timeout=60)
 
 
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=10, help="sets the trial length (~3 s per epoch on a quiet core)")
+    ap.add_argument("--epochs", type=int, default=10, help="sets the trial length (~2 s per epoch on a quiet core)")
     ap.add_argument("--steps", type=int, default=None, help="cap on steps per epoch (default: full epochs of 20 steps)")
+    ap.add_argument("--before", default=BEFORE, help="the commit whose sweep.run is 'before' (default: the last "
+                                                     "commit before the fixed-cost cuts)")
+    ap.add_argument("--after", default=None, help="a commit for 'after' (default: this checkout's files as they are)")
+    ap.add_argument("--repeats", type=int, default=1, help="(b) before/after pairs, alternating order")
+    ap.add_argument("--dashboard", action="store_true", help="(b) with the Ray dashboard (the sweep's default) "
+                                                             "instead of --no-dashboard")
     ap.add_argument("--no-control", action="store_true", help="skip (c), the two plain processes")
+    ap.add_argument("--no-reuse", action="store_true", help="skip (d), joining a running ray start")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: (c)'s processes
     ap.add_argument("--only", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -156,30 +261,58 @@ def main() -> None:
         return
     base = base_config(a.epochs, a.steps)
     load0 = os.getloadavg()
+    steps = a.steps or "20"
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
+          f"Python {platform.python_version()}")
+    print(f"{a.trials} trials, {a.epochs} epochs x {steps} steps (digits 16 px, ResNet18 width 8, pixel_th); "
+          f"before = {a.before[:12]}, after = {a.after[:12] if a.after else 'this checkout'}", flush=True)
+    runs: dict[str, list[SweepTime]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="sweep_bench_") as tmp:
         out = Path(tmp)
+        trees = {"before": export_tree(a.before, out / "tree_before"),
+                 "after": export_tree(a.after, out / "tree_after") if a.after else ROOT}
+        space = write_space(base, a.trials, out)
         seq, seq_each = run_sequential(base, a.trials, out)
-        swept, ray_start, fit, ray_each = run_sweep(base, a.trials, out)
+        for r in range(a.repeats):
+            for which in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                runs[which].append(run_sweep(trees[which], space, out, f"{which}_{r}", dashboard=a.dashboard))
+                print(f"  (b) {which} #{r + 1}: {runs[which][-1].wall:.1f} s", flush=True)
         par = float("nan") if a.no_control else run_two_processes(base, a.trials, out)
-        reused, reuse_start, reuse_fit, _ = with_ray_start(lambda: run_sweep(base, a.trials, out, reuse=True))
+        reused = None if a.no_reuse else with_ray_start(
+            lambda: run_sweep(trees["after"], space, out, "reuse", reuse=True))
     load1 = os.getloadavg()
-    per_trial = seq / a.trials
-    steps = a.steps or "20"
-    print(f"\n{a.trials} trials, {a.epochs} epochs x {steps} steps (digits 16 px, ResNet18 width 8, pixel_th), "
-          f"~{per_trial:.0f} s per trial sequentially, {os.cpu_count()} cores")
-    print(f"{'mode':<44}{'wall s':>9}{'vs (a)':>9}")
-    print(f"{'(a) sequential, plain Python, 1 thread':<44}{seq:>9.1f}{1.0:>9.2f}")
-    print(f"{'(b) sweep.run, 2 concurrent x 1 thread':<44}{swept:>9.1f}{seq / swept:>9.2f}")
-    print(f"{'    of which Ray start-up':<44}{ray_start:>9.1f}")
-    print(f"{'    of which Tuner.fit (the trials)':<44}{fit:>9.1f}{seq / fit:>9.2f}")
-    print(f"{'    of which the rest (imports, gather, exit)':<44}{swept - ray_start - fit:>9.1f}")
-    print(f"{'    (b) without Ray start-up':<44}{swept - ray_start:>9.1f}{seq / (swept - ray_start):>9.2f}")
-    print(f"{'(c) control: 2 plain processes, no Ray':<44}{par:>9.1f}{seq / par:>9.2f}")
-    print(f"{'(d) sweep.run joining a running ray start':<44}{reused:>9.1f}{seq / reused:>9.2f}")
-    print(f"{'    of which connecting to it':<44}{reuse_start:>9.1f}")
-    print(f"{'    of which Tuner.fit (the trials)':<44}{reuse_fit:>9.1f}{seq / reuse_fit:>9.2f}")
-    print(f"mean time of one trial: {sum(seq_each) / len(seq_each):.1f} s sequential, "
-          f"{sum(ray_each) / max(1, len(ray_each)):.1f} s inside Ray (2 at once)")
+
+    def avg(which: str, attr: str) -> float:
+        return mean([getattr(s, attr) for s in runs[which]])
+
+    print(f"\n~{seq / a.trials:.0f} s per trial sequentially; (b) = mean of {a.repeats} run(s) each"
+          + ("; with the Ray dashboard" if a.dashboard else "; --no-dashboard"))
+    w = 40
+    print(f"{'mode':<{w}}{'wall s':>9}{'vs (a)':>9}{'wall s':>9}{'vs (a)':>9}{'saved s':>9}")
+    print(f"{'':<{w}}{'before':>18}{'after':>18}")
+    print(f"{'(a) sequential, plain Python, 1 thread':<{w}}{seq:>9.1f}{1.0:>9.2f}{seq:>9.1f}{1.0:>9.2f}")
+    rows = [("(b) sweep.run, 2 concurrent x 1 thread", "wall", True),
+            ("    start-up: Python, imports, checks", "startup", False),
+            ("    Ray start", "ray_start", False),
+            ("    set-up: Tuner, data, provenance", "setup", False),
+            ("    Tuner.fit (the trials)", "fit", True),
+            ("    gather + summary", "gather", False),
+            ("    exit: ray.shutdown, interpreter", "exit", False)]
+    for label, attr, ratio in rows:
+        b, f = avg("before", attr), avg("after", attr)
+        rb = f"{seq / b:>9.2f}" if ratio else f"{'':>9}"
+        rf = f"{seq / f:>9.2f}" if ratio else f"{'':>9}"
+        print(f"{label:<{w}}{b:>9.1f}{rb}{f:>9.1f}{rf}{b - f:>9.1f}")
+    print(f"{'(c) control: 2 plain processes, no Ray':<{w}}{par:>9.1f}{seq / par:>9.2f}")
+    if reused is not None:
+        print(f"{'(d) after, joining a running ray start':<{w}}{'':>18}{reused.wall:>9.1f}{seq / reused.wall:>9.2f}")
+        print(f"{'    of which connecting to it':<{w}}{'':>18}{reused.ray_start:>9.1f}")
+        print(f"{'    of which Tuner.fit':<{w}}{'':>18}{reused.fit:>9.1f}{seq / reused.fit:>9.2f}")
+    print(f"mean time of one trial: {mean(seq_each):.1f} s sequential, inside Ray (2 at once) "
+          f"{mean([x for s in runs['before'] for x in s.trials]):.1f} s before, "
+          f"{mean([x for s in runs['after'] for x in s.trials]):.1f} s after")
+    each = "  ".join(f"{k} " + " ".join(f"{s.wall:.1f}" for s in v) for k, v in runs.items())
+    print(f"(b) runs, wall s: {each}")
     print(f"load average (1 min) at start {load0[0]:.2f}, at end {load1[0]:.2f}")
 
 

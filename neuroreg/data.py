@@ -8,6 +8,9 @@ first; the result is the same.
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
 import math
 from pathlib import Path
 
@@ -155,15 +158,43 @@ def load_regularization_set(
 
 
 def _load_digits(train: bool) -> ImageData:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = torch.from_numpy(np.rint(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
-    labels = torch.from_numpy(d.target.astype(np.int64))
+    images, labels = (torch.from_numpy(a) for a in _digits_arrays())
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_DIGITS_SPLIT_SEED))
     n_train = int(0.8 * len(labels))
     idx = (perm[:n_train] if train else perm[n_train:]).sort().values
+    # Indexing copies: the cached arrays never reach a caller.
     return ImageData(images[idx].contiguous(), labels[idx], [str(i) for i in range(10)])
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's digits as uint8 images (N x 1 x 8 x 8, 0..255) and int64 labels, decoded
+    once per process: a sweep's checks and its shared data load them several times.
+
+    The CSV that ``sklearn.datasets.load_digits`` parses is read the same way (np.loadtxt)
+    without importing sklearn, which costs a second or more of every sweep's start-up."""
+    path = _digits_csv()
+    if path is None:  # another sklearn layout: its own loader
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        raw, target = d.images, d.target
+    else:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            data = np.loadtxt(f, delimiter=",")
+        raw, target = data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    images = np.rint(raw * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return images, target.astype(np.int64)
+
+
+def _digits_csv() -> Path | None:
+    """sklearn's bundled digits.csv.gz, found without importing sklearn."""
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return path
+    return None
 
 
 _SYNTH_CLASSES = 4
