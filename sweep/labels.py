@@ -32,8 +32,9 @@ LEGEND: dict[str, str] = {
     "clean_acc": "test accuracy of the evaluated checkpoint (train.evaluate_checkpoint), unperturbed images",
     "noise_acc_mean": "mean test accuracy over every noise level above 0, all noise types evaluated "
                       "(evaluation.noise_types), each level weighted equally",
-    "median_l2": "median over the attacked test images (evaluation.n_images) of the smallest L2 perturbation "
-                 "that changes the prediction (0: already misclassified; inf: no attack found one)",
+    "median_l2": "median over the attacked test images (evaluation.n_images) of the smallest verified L2 "
+                 "perturbation that changes the prediction, pixels in [0, 1] (0: already misclassified; "
+                 "inf: no attack found one)",
     "median_linf": "the same in the L-infinity norm",
 }
 

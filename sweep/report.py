@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from sweep.labels import NOT_APPLICABLE, applies, legend
+from sweep.labels import NOT_APPLICABLE, applies, legend, trial_seed
 
 # (result key, column title) shown after the varied parameters, when any trial has them.
 METRIC_COLUMNS = (
@@ -47,9 +47,9 @@ def trial_rows(results: Any, fill: dict[str, Any] | None = None, seeds: list[int
     budget), error, or interrupted (continue with --resume). ``fill``: values of parameters
     some trials set and others take from the base (the baseline's regularizer.target: the
     other trials' target is the base's, not "–"). ``seeds``: train.seed by trial index, so the
-    seed column shows the seed itself (without it, the index as ``seed#``). ``base``: the
-    sweep's base config, to tell which parameters apply to an arm; a parameter that does not
-    (th or alpha of a baseline, th of pixel) is NaN, printed as "–"."""
+    seed column shows the seed itself. ``base``: the sweep's base config, for the seed of a
+    sweep without a seed list and to tell which parameters apply to an arm; a parameter that
+    does not (th or alpha of a baseline, th of pixel) is NaN, printed as "–"."""
     statuses = ray_statuses(results)
     searched = {k for r in results for k in ((r.config or {}).get("params") or {})}
     fill = {k: v for k, v in (fill or {}).items() if k in searched}
@@ -59,12 +59,11 @@ def trial_rows(results: Any, fill: dict[str, Any] | None = None, seeds: list[int
         own = dict(cfg.get("params") or {})
         params = {**fill, **own}
         shown = {k: (_fmt_param(v) if applies(k, {**fill, **own}, base) else math.nan) for k, v in params.items()}
-        if "train.seed" not in params and "__trial_index__" in cfg:
-            i = int(cfg["__trial_index__"])
-            if seeds and i < len(seeds):
-                shown["train.seed"] = seeds[i]
-            else:
-                shown["seed#"] = i
+        if "train.seed" not in params:
+            # Without a seed list every trial trains the base's seed (a baseline's index 0 is no seed).
+            seed = trial_seed(cfg, seeds, base) if seeds or base else None
+            if seed is not None:
+                shown["train.seed"] = seed
         m = r.metrics or {}
         tid = m.get("trial_id") or _trial_id(r.path)
         row: dict[str, Any] = {"trial": tid}
@@ -84,7 +83,7 @@ def trial_rows(results: Any, fill: dict[str, Any] | None = None, seeds: list[int
     df = pd.DataFrame(rows)
     # trial, status, the parameters (in order of appearance), the seed, the metrics, the folder
     metrics = [title for _, title in METRIC_COLUMNS]
-    seed = [c for c in ("seed", "seed#") if c in df]
+    seed = ["seed"] if "seed" in df else []
     params = [c for c in df.columns if c not in ("trial", "status", "path", *seed, *metrics)]
     return df[["trial", "status", *params, *seed, *metrics, "path"]] if len(df) else df
 

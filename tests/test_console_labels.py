@@ -101,6 +101,15 @@ def test_grid_seed_column_and_trial_seed():
     assert trial_seed({"params": {}}, None, {"train": {"seed": 11}}) == 11
 
 
+def test_without_a_seed_list_the_seed_is_the_bases_not_a_position():
+    """An Optuna sweep without ``seeds``: the baseline carries index 0, which is no seed."""
+    res = [FakeResult({"params": {"regularizer.target": "none"}, "__trial_index__": 0}, _final(1), "/s/trial_a"),
+           FakeResult({"params": {"regularizer.alpha": 1.5}}, _final(1), "/s/trial_b")]
+    assert "seed" not in trial_rows(res) and "seed#" not in trial_rows(res)
+    df = trial_rows(res, base={"train": {"seed": 4}, "regularizer": {"target": "pixel_th"}})
+    assert list(df["seed"]) == [4, 4]
+
+
 def test_progress_lines_name_seed_and_leave_out_unused_parameters(capsys):
     cb = CompactProgress(["val_acc"], 4, seeds=[2, 3], base={"regularizer": {"target": "pixel_th", "th": 0.8}})
     cb.on_trial_start(0, [], FakeTrial("b1", {"params": {"regularizer.target": "none"}, "__trial_index__": 1}))
