@@ -1,26 +1,38 @@
-"""Training throughput of the real trainer against a plain PyTorch loop, side by side.
+"""Training throughput of the real trainer, side by side in one run: the cost of each pairing.
 
 ResNet18, 32x32 grayscale (sklearn's digits upsampled, offline), batch 64, SGD momentum 0.9.
-Rows per width, in one run:
 
-- ``plain loop fp32``: the loop a user would write (forward, cross entropy, backward, step);
-- ``trainer fp32``: ``neuroreg.train.train`` with ``precision=fp32``, contiguous layout;
-- ``trainer fp32 + channels_last``;
-- ``trainer bf16 + channels_last`` (autocast; similarity and losses in fp32);
-- optionally ``trainer <best> + compile`` (``--compile``);
+**Pairing table** (the default): per width, four learners built once, the baseline
+(``target=none``) and four regularized ones (pixel_th, alpha 4, Th 0.2, all five layers):
 
-each as baseline (``target=none``) and regularized (pixel_th, 16 pairs, all five layers).
-The trainer's rows are its own ``images_per_s`` record (classification images per second
-of the step loop) of its second epoch, so warm-up is excluded. ``x plain`` is the ratio
-to the plain loop of the same width; ``reg/base`` the regularized row over the baseline
-row of the same setting (the cost of the similarity loss).
+- ``pairs``: the papers' recipe, 16 random pairs of regularization images a step (32 extra
+  images forwarded, as far as conv17);
+- ``batch``: all 496 pairs of 32 regularization images (32 extra images forwarded);
+- ``shared``: all 2,016 pairs of the classification batch itself, tap features from the
+  classification pass (no extra image forwarded).
 
-    python bench/train_throughput.py [--widths 16 64] [--steps 12] [--threads 2] [--device cpu]
+After one untimed warm-up epoch each, their epochs run interleaved (baseline, pairs, batch,
+shared, baseline, ...) for ``--repeats`` rounds, so that a loaded machine slows
+all rows alike; each epoch's ``images_per_s`` is the trainer's own record of its step loop
+(classification images per second; ``neuroreg.train.train_epoch``, the loop ``train``
+runs). ``cost`` is baseline images/s over the row's images/s within the same round (the
+time a regularized step takes relative to a baseline step), its median over rounds and
+the lowest and highest round; ``images/s`` the median over rounds.
+
+**Settings table** (``--settings``): the trainer against the plain fp32 loop a user would
+write, per precision and layout, each as baseline and regularized (16 pairs), one run each.
+
+``--profile`` adds torch.profiler's top operators of a baseline and a shared step (where
+the remaining cost of shared goes).
+
+    python bench/train_throughput.py [--widths 16 64] [--steps 12] [--repeats 5] [--threads 2]
+                                     [--precision auto] [--settings] [--profile] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -30,7 +42,7 @@ import torch.nn.functional as F
 from neuroreg.config import RunConfig
 from neuroreg.models import create_model
 from neuroreg.precision import device_has_fast_bf16
-from neuroreg.train import prepare_data, train
+from neuroreg.train import build_learner, prepare_data, train, train_epoch
 
 REG = {"target": "pixel_th", "alpha": 4.0, "th": 0.2, "n": 1000, "n_pairs": 16,
        "layers": ["conv1", "conv5", "conv9", "conv13", "conv17"]}
@@ -81,22 +93,86 @@ def trainer_rate(cfg: RunConfig, data) -> tuple[float, str, bool]:
     return h["images_per_s"], h["precision"], h["channels_last"]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 64])
-    p.add_argument("--steps", type=int, default=12, help="timed steps per row (after as many warm-up steps)")
-    p.add_argument("--slow-bf16-steps", type=int, default=3,
-                   help="steps of the bf16 rows where the device has no native bf16 (they are ~10x slower)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--compile", action="store_true", help="add a torch.compile row")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
-    fast = device_has_fast_bf16(device)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else torch.backends.cpu.get_cpu_capability()}), "
-          f"native bf16: {'yes' if fast else 'no'}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{a.steps} timed steps per row, batch 64, 32x32 grayscale")
+PAIRINGS = {
+    "baseline": {"target": "none"},
+    "pairs": {**REG, "pairing": "pairs"},
+    "batch": {**REG, "pairing": "batch", "batch_k": 32},
+    "shared": {**REG, "pairing": "shared", "n_pairs": None},
+}
+"""The rows of the pairing table, in the order each round runs them."""
+
+
+def pairing_config(width: int, steps: int, device: str, threads: int, precision: str, reg: dict) -> RunConfig:
+    return RunConfig.from_dict({
+        "data": {"name": "digits", "image_size": 32, "val_fraction": 0.05, "augment": False},
+        "model": {"name": "resnet18", "width": width},
+        "regularizer": reg,
+        "optim": {"lr": 0.05, "momentum": 0.9, "schedule": "constant"},
+        "train": {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": steps, "device": device,
+                  "num_threads": threads, "seed": 0, "precision": precision, "channels_last": True},
+    })
+
+
+class Row:
+    """One learner of the pairing table and what it needs for an epoch."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device):
+        self.cfg = cfg
+        data = prepare_data(cfg)
+        self.lrn = build_learner(cfg, data, device)
+        self.x, self.y = data.splits.train.images.to(device), data.splits.train.labels.to(device)
+        self.x_reg = data.reg.images.to(device) if data.reg is not None else None
+        self.epochs = 0
+
+    def epoch(self) -> dict[str, float]:
+        with self.lrn.precision.math():
+            stats = train_epoch(self.lrn, self.cfg, self.epochs, self.x, self.y, self.x_reg)
+        self.epochs += 1
+        return stats
+
+
+def pairing_table(a: argparse.Namespace, device: torch.device) -> None:
+    print(f"| width | pairing | pairs / step | images forwarded / step | images/s | cost (base/reg) | "
+          f"cost, lowest-highest of {a.repeats} rounds |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | --- |")
+    for w in a.widths:
+        rows = {name: Row(pairing_config(w, a.steps, a.device, a.threads, a.precision, reg), device)
+                for name, reg in PAIRINGS.items()}
+        precision = {r.lrn.precision.name for r in rows.values()}
+        assert len(precision) == 1, precision
+        pairs_per_step = {}
+        for name, row in rows.items():  # warm-up: one epoch each, not timed
+            pairs_per_step[name] = row.epoch()["pairs_per_step"]
+        rates: dict[str, list[float]] = {name: [] for name in rows}
+        for _ in range(a.repeats):
+            for name, row in rows.items():
+                rates[name].append(row.epoch()["images_per_s"])
+        base = rates["baseline"]
+        for name, reg in PAIRINGS.items():
+            costs = [b / r for b, r in zip(base, rates[name])]
+            extra = {"pairs": 2 * (reg.get("n_pairs") or 0), "batch": reg.get("batch_k", 0)}.get(reg.get("pairing"), 0)
+            cost = "" if name == "baseline" else f"{statistics.median(costs):.3f}"
+            spread = "" if name == "baseline" else f"{min(costs):.3f}-{max(costs):.3f}"
+            print(f"| {w} | {name} | {pairs_per_step[name]:.0f} | 64 + {extra} | {statistics.median(rates[name]):.0f} | "
+                  f"{cost} | {spread} |", flush=True)
+        print(f"(width {w}: precision {precision.pop()}, channels_last)", flush=True)
+        if a.profile:
+            profile_rows(rows, a)
+
+
+def profile_rows(rows: dict[str, Row], a: argparse.Namespace) -> None:
+    """torch.profiler's top operators (self CPU time) of one epoch of the baseline and of shared."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name in ("baseline", "shared"):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            rows[name].epoch()
+        print(f"\n{name}, {a.steps} steps:\n" +
+              prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.profile_rows), flush=True)
+
+
+def settings_table(a: argparse.Namespace, device: torch.device, fast: bool) -> None:
+    """The trainer against the plain fp32 loop, per precision and layout (one run per row)."""
     settings = [
         ("trainer fp32", {"precision": "fp32", "channels_last": False}),
         ("trainer fp32 + channels_last", {"precision": "fp32", "channels_last": True}),
@@ -105,7 +181,7 @@ def main() -> None:
     if a.compile:
         best = {"precision": "bf16" if fast else "fp32", "channels_last": True}
         settings.append((f"trainer {best['precision']} + channels_last + compile", {**best, "compile": True}))
-    print("| width | setting | training | images/s | x plain | reg/base |")
+    print("\n| width | setting | training | images/s | x plain | reg/base |")
     print("| ---: | --- | --- | ---: | ---: | ---: |")
     for w in a.widths:
         data_reg = prepare_data(run_config(w, a.steps, a.device, a.threads, True))
@@ -124,6 +200,32 @@ def main() -> None:
                 kind = "regularized" if regularized else "baseline"
                 ratio = f"{rates[False] / rate:.2f}" if regularized else ""
                 print(f"| {w} | {name} | {kind} | {rate:.0f} | {rate / plain:.2f} | {ratio} |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--steps", type=int, default=12, help="timed steps per epoch")
+    p.add_argument("--slow-bf16-steps", type=int, default=3,
+                   help="settings table: steps of the bf16 rows where the device has no native bf16 (~10x slower)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="settings table: add a torch.compile row")
+    p.add_argument("--repeats", type=int, default=5, help="pairing table: interleaved rounds (median reported)")
+    p.add_argument("--precision", default="auto", help="pairing table: train.precision (auto, fp32, bf16)")
+    p.add_argument("--settings", action="store_true", help="also print the settings table (trainer vs plain loop)")
+    p.add_argument("--profile", action="store_true", help="pairing table: profile a baseline and a shared epoch")
+    p.add_argument("--profile-rows", type=int, default=18)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    fast = device_has_fast_bf16(device)
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else torch.backends.cpu.get_cpu_capability()}), "
+          f"native bf16: {'yes' if fast else 'no'}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{a.steps} timed steps per epoch, batch 64, 32x32 grayscale")
+    pairing_table(a, device)
+    if a.settings:
+        settings_table(a, device, fast)
 
 
 if __name__ == "__main__":

@@ -77,18 +77,39 @@ class SimilarityHead(nn.Module):
     def running_mean(self, name: str) -> torch.Tensor:
         return getattr(self, f"mu_{name}")
 
-    def _centre(self, name: str, f: torch.Tensor, update: bool) -> torch.Tensor:
+    def _centre(self, name: str, f: torch.Tensor, update: bool, mean: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-channel centre of ``f``; ``mean``: ``channel_mean(f)`` when the caller has it."""
         if self.centering == "batch":
-            return channel_mean(f)
+            return channel_mean(f) if mean is None else mean
         mu = self.running_mean(name)
         if not update and not bool(self.mu_initialised):
-            return channel_mean(f.detach())  # nothing seen yet: this batch is the best estimate
+            # nothing seen yet: this batch is the best estimate
+            return channel_mean(f.detach()) if mean is None else mean.detach()
         if update:
             with torch.no_grad():
-                m = channel_mean(f.detach())
+                m = channel_mean(f.detach()) if mean is None else mean.detach()
                 # torch.where instead of `if bool(mu_initialised)`: no host sync per step on CUDA.
                 mu.copy_(torch.where(self.mu_initialised, mu * self.beta + m * (1 - self.beta), m))
         return mu
+
+    def gram_cosines(self, name: str, f: torch.Tensor, update: bool = True) -> torch.Tensor:
+        """All N x N cosines of the centred feature maps of layer ``name``, from one Gram matmul.
+
+        (f_i - mu).(f_j - mu) = f_i.f_j - mu.s_i - mu.s_j + HW |mu|^2, with s_i the channel
+        sums of image i: the same numbers as ``unit_vectors`` up to rounding (post-ReLU
+        features have |f|^2 / |f - mu|^2 of about 1.5, so the cancellation costs a few ulps),
+        without materialising the centred and normalised N x D copies, whose elementwise
+        passes forward and backward cost more than the convolutions of a narrow network.
+        """
+        n, c = f.shape[:2]
+        hw = f[0, 0].numel()
+        flat = _flat(f)
+        sums = f.sum(dim=tuple(range(2, f.dim())))  # N x C
+        mu = self._centre(name, f, update, mean=sums.sum(dim=0) / (n * hw))
+        a = sums @ mu
+        g = _Gram.apply(flat) - a[:, None] - a[None, :] + hw * (mu @ mu)
+        norm = g.diagonal().clamp_min(1e-24).sqrt().clamp_min(1e-12)
+        return g / (norm[:, None] * norm[None, :])
 
     def layer_unit_vectors(self, feats: dict[str, torch.Tensor], update: bool = True) -> list[torch.Tensor]:
         out = [unit_vectors(feats[n], self._centre(n, feats[n], update)) for n in self.layers]
@@ -103,7 +124,40 @@ class SimilarityHead(nn.Module):
         j: torch.Tensor,
         update: bool = True,
     ) -> torch.Tensor:
-        """S_cnn for the image pairs (i, j) of the batch whose tap features are ``feats``."""
-        zs = self.layer_unit_vectors(feats, update=update)
-        s = torch.stack([pair_cosines(z, i, j) for z in zs], dim=1)  # P x L
+        """S_cnn for the image pairs (i, j) of the batch whose tap features are ``feats``.
+
+        More pairs than images (pairing batch or shared): every pair's cosine from one Gram
+        matmul per layer; few pairs (the papers' 16 pairs of 32 images): unit vectors
+        gathered per pair."""
+        n = next(iter(feats.values())).shape[0]
+        if len(i) > n:
+            s = torch.stack([self.gram_cosines(name, feats[name], update)[i, j] for name in self.layers], dim=1)
+            if update and self.centering == "running":
+                self.mu_initialised.fill_(True)
+        else:
+            zs = self.layer_unit_vectors(feats, update=update)
+            s = torch.stack([pair_cosines(z, i, j) for z in zs], dim=1)  # P x L
         return s @ self.layer_weights()
+
+
+class _Gram(torch.autograd.Function):
+    """X X^T whose backward is one matmul, (dG + dG^T) X, where autograd's mm backward
+    would run two (dG X and X^T dG): the Gram matmuls are most of pairing=shared's cost."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x @ x.T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return (grad + grad.T) @ x
+
+
+def _flat(f: torch.Tensor) -> torch.Tensor:
+    """N x D rows of a feature map, a view in its own layout (channels_last: NHWC order). A
+    cosine does not depend on the order of the D entries, only on both rows using the same."""
+    if f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous():
+        return f.permute(0, 2, 3, 1).reshape(f.shape[0], -1)
+    return f.reshape(f.shape[0], -1)

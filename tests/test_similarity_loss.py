@@ -104,3 +104,32 @@ def test_gram_and_gather_paths_agree():
     ref = torch.tensor([float(z[a] @ z[b]) for a, b in zip(i.tolist(), j.tolist())], dtype=torch.float64)
     assert torch.allclose(pair_cosines(z, i, j), ref, atol=1e-12)
     assert torch.allclose(pair_cosines(z, i[:3], j[:3]), ref[:3], atol=1e-12)  # gather path
+
+
+@pytest.mark.parametrize("centering", ["running", "batch"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_head_gram_path_matches_the_unit_vector_path(centering, channels_last):
+    """With more pairs than images the head takes every cosine from one Gram matmul of the raw
+    features, centred algebraically; same S_cnn, gradients and running means as centring,
+    normalising and gathering, over two steps (the EMA), in either memory layout."""
+    torch.manual_seed(0)
+    feats = {"a": torch.relu(torch.randn(12, 6, 8, 8) + 0.3), "b": torch.relu(torch.randn(12, 4, 4, 4))}
+    if channels_last:
+        feats = {k: v.contiguous(memory_format=torch.channels_last) for k, v in feats.items()}
+    for v in feats.values():
+        v.requires_grad_(True)
+    gram = SimilarityHead(["a", "b"], [6, 4], centering)
+    gram.layer_logits.data = torch.tensor([0.4, -0.3])
+    ref = SimilarityHead(["a", "b"], [6, 4], centering)
+    ref.layer_logits.data = torch.tensor([0.4, -0.3])
+    i, j = upper_pairs(12)  # 66 pairs > 12 images: the Gram path
+    for _ in range(2):
+        s = gram(feats, i, j)
+        zs = ref.layer_unit_vectors(feats)
+        s_ref = torch.stack([(z[i] * z[j]).sum(dim=1) for z in zs], dim=1) @ ref.layer_weights()
+        assert torch.allclose(s, s_ref, atol=1e-6)
+        assert torch.allclose(gram.mu_a, ref.mu_a, atol=1e-6) and torch.equal(gram.mu_initialised, ref.mu_initialised)
+        g = torch.autograd.grad(s.pow(3).sum(), [*feats.values(), gram.layer_logits])
+        g_ref = torch.autograd.grad(s_ref.pow(3).sum(), [*feats.values(), ref.layer_logits])
+        for a, b in zip(g, g_ref):
+            assert torch.allclose(a, b, atol=1e-5 * b.abs().max().item()), (a - b).abs().max()
