@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -296,6 +297,7 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     from sweep.space import BASELINE_PARAMS, config_value
     from sweep.start import StartError, remove_failed_start
 
+    warm = Warmup(max(1, int(spec.resources.cpus_per_trial // 1)))
     try:
         info = start_ray(args.address, args.num_cpus, dashboard=not args.no_dashboard)
     except ConfigError as e:
@@ -330,7 +332,7 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         verbose = 1 if args.verbose else 0
         t0 = time.perf_counter()
         try:
-            results = _start_and_fit(spec, name, storage, args, concurrency, verbose)
+            results = _start_and_fit(spec, name, storage, args, concurrency, verbose, warm.result())
         except StartError as e:
             folder = sweep_folder(storage, name)
             removed = not args.resume and remove_failed_start(folder)
@@ -358,19 +360,25 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         print(f"Results: {exp_path}  (per trial: run/ = checkpoints + metrics.jsonl, evaluation/ = records)")
         for e in errors:
             print(f"  errored trial {e.path}: {str(e.error).splitlines()[0][:300]}", file=sys.stderr)
+        # The tables need no Ray: its processes stop while they are written.
+        stopping = _shutdown_in_background() if info.started_here else None
         _gather(exp_path, storage, name, args.results)
         interrupted = unfinished(results) > 0 or len(df) < spec.num_trials()
         if interrupted or errors:
             print(f"Continue it with: python -m sweep.run --resume --name {name} --storage {storage}")
+        if stopping is not None:
+            stopping.join()
         return 1 if errors else (130 if interrupted else 0)
     finally:
-        if info.started_here:
+        if info.started_here and ray.is_initialized():
             ray.shutdown()
 
 
-def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, concurrency: int, verbose: int):
-    """Save the spec and the provenance, build (or restore) the Tuner and run it. Anything
-    that fails before the first trial started is a StartError naming what failed."""
+def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, concurrency: int, verbose: int,
+                   provenance: dict | None = None):
+    """Save the spec and the provenance (``provenance``: collected already, else now), build
+    (or restore) the Tuner and run it. Anything that fails before the first trial started is
+    a StartError naming what failed."""
     from sweep.start import StartError, has_trials, read_record, record_provenance
     from sweep.tuner import build_tuner, restore_tuner, trial_count
 
@@ -380,14 +388,14 @@ def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, conc
     try:
         if args.resume:
             print(f"Resuming {storage}/{name} ({spec.num_trials()} trials)")
-            _warn_provenance(read_record(folder), threads)
+            _warn_provenance(read_record(folder), threads, provenance)
             tuner = restore_tuner(spec, storage, name, verbose)
             if args.num_samples is not None:  # restored: the extended count is what the next --resume sees
                 _write_saved_spec(storage, name, spec.to_yaml())
         else:
             saved = _write_saved_spec(storage, name, spec.to_yaml())
             rerun_of = getattr(spec, "rerun_of", None)
-            record_provenance(folder, threads, {"sweep": name, "rerun_of": rerun_of})
+            record_provenance(folder, threads, {"sweep": name, "rerun_of": rerun_of}, record=provenance)
             print(f"Sweep {name}: {trial_count(spec)} trials, up to {concurrency} at a time; spec saved to {saved}"
                   + (f" (a rerun of {rerun_of})" if rerun_of else ""), flush=True)
             tuner = build_tuner(spec, storage, name, concurrency, verbose, progress=not args.quiet,
@@ -410,13 +418,58 @@ def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, conc
                          f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
 
 
-def _warn_provenance(stored: dict | None, threads: int) -> None:
+class Warmup:
+    """The driver's work that needs no Ray, done while Ray starts.
+
+    ``ray.init`` spends seconds waiting for its processes (GCS, raylet, dashboard, agents,
+    prestarted workers), which keep about one core busy: on a small machine the other core
+    is free. Meanwhile a thread collects the provenance (git, package metadata) and imports
+    what the driver needs after the trials (pandas, scipy, the analysis package: seconds of
+    a sweep's end otherwise). Nothing here imports Ray, so the two threads never import the
+    same modules' circular pieces at once. Any failure is dropped: the main thread then
+    does the same work itself and reports what goes wrong there.
+    """
+
+    def __init__(self, threads_per_trial: int):
+        self.threads = threads_per_trial
+        self.provenance: dict | None = None
+        self._thread = threading.Thread(target=self._run, name="sweep-warmup", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            from neuroreg import provenance
+
+            self.provenance = provenance.collect(threads_per_trial=self.threads)
+            import analysis.gather  # noqa: F401
+            import analysis.summary  # noqa: F401
+            import neuroreg.train  # noqa: F401
+            import sweep.report  # noqa: F401
+        except Exception:  # noqa: BLE001 -- the main thread repeats the work and reports
+            pass
+
+    def result(self) -> dict | None:
+        """The provenance record (None: collect it now), once the thread is done."""
+        self._thread.join()
+        return self.provenance
+
+
+def _shutdown_in_background() -> threading.Thread:
+    """ray.shutdown mostly waits for Ray's processes to end; the tables are written meanwhile."""
+    import ray
+
+    t = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    t.start()
+    return t
+
+
+def _warn_provenance(stored: dict | None, threads: int, now: dict | None = None) -> None:
     """--resume on another machine or code: one line per difference that can move numbers."""
     from neuroreg import provenance
 
     if stored is None:
         return
-    now = provenance.collect(threads_per_trial=threads)
+    now = now if now is not None else provenance.collect(threads_per_trial=threads)
     for line in provenance.differences(stored, now, provenance.NUMERIC_FIELDS + ("cpu_model", "lock_sha256")):
         print(f"warning: resumed under different provenance, {line} (stored vs now)", file=sys.stderr)
 
@@ -487,5 +540,28 @@ def _gather(exp_path: str, storage: str, name: str, results: str | None = None) 
         print_summary(results_root, Path(exp_path).name)
 
 
+def exit_now(code: int) -> None:
+    """Leave after the exit handlers, without the interpreter's teardown.
+
+    Tearing down the modules a sweep loads (torch, Ray Tune, pandas, scipy) takes seconds
+    after the last line is printed; nothing of the sweep depends on it: its files are
+    closed and Ray is shut down (or, joined, disconnected by Ray's own exit handler, which
+    runs here)."""
+    import atexit
+    import logging
+
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_handlers is None:  # another Python: the ordinary exit
+        sys.exit(code)
+    run_handlers()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -61,10 +61,11 @@ def check_picklable(components: dict[str, Any]) -> None:
                                  f"(Tune pickles it into the experiment state): {type(e).__name__}: {e}") from e
 
 
-def record_provenance(folder: str, threads_per_trial: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Collect the provenance and write it as ``provenance.json`` into a local sweep folder
-    or a bucket's (``s3://...``)."""
-    rec = provenance.collect(threads_per_trial=threads_per_trial)
+def record_provenance(folder: str, threads_per_trial: int, extra: dict[str, Any] | None = None,
+                      record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Collect the provenance (``record``: collected already, e.g. while Ray started) and write
+    it as ``provenance.json`` into a local sweep folder or a bucket's (``s3://...``)."""
+    rec = dict(record) if record is not None else provenance.collect(threads_per_trial=threads_per_trial)
     rec.update(extra or {})
     write_record(folder, rec)
     return rec

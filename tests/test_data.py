@@ -71,6 +71,35 @@ def test_digits_shapes_dtype_and_range():
     ) == len(load_digits().target)
 
 
+def test_digits_equal_sklearns_loader_without_importing_sklearn():
+    """The CSV read directly gives sklearn's load_digits images and labels exactly, and a
+    process that only loads digits never imports sklearn (seconds of a sweep's start-up)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from neuroreg.data import _digits_arrays, _digits_csv
+
+    assert _digits_csv() is not None  # else the fallback (sklearn's loader) is what runs
+    images, labels = _digits_arrays()
+    d = load_digits()
+    assert np.array_equal(images, np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None])
+    assert np.array_equal(labels, d.target.astype(np.int64)) and labels.dtype == np.int64
+    # Callers get copies: changing what they got leaves the cached arrays (and the next load) alone.
+    a = load_dataset(DataConfig(name="digits", image_size=None), train=True)
+    a.images.zero_()
+    a.labels.zero_()
+    b = load_dataset(DataConfig(name="digits", image_size=None), train=True)
+    assert int(b.images.max()) == 255 and set(b.labels.tolist()) == set(range(10))
+    code = ("import sys; from neuroreg.data import load_dataset; from neuroreg.config import DataConfig; "
+            "load_dataset(DataConfig(name='digits'), train=True); print('sklearn' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"
+
+
 def test_grayscale_false_expands_grey_to_three_equal_channels():
     d = load_dataset(DataConfig(name="digits", image_size=None, grayscale=False), train=False)
     assert d.images.shape[1] == 3
