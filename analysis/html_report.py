@@ -398,7 +398,8 @@ def parcoords_figure(done: pd.DataFrame, params: Sequence[str], metric: str) -> 
         dims.append(dim)
     dims.append({"label": metric, "values": d[metric].to_numpy(dtype=float)})
     fig = go.Figure(go.Parcoords(
-        dimensions=dims, labelangle=0, labelside="top",
+        dimensions=dims, labelangle=0, labelside="top", labelfont={"size": 13}, tickfont={"size": 11},
+        rangefont={"size": 9},
         line={"color": d[metric].to_numpy(dtype=float), "colorscale": "Viridis", "showscale": True,
               "colorbar": {"title": {"text": metric, "side": "right"}, "thickness": 12}}))
     note = " (–: does not apply to that run)" if any("–" in dim.get("ticktext", []) for dim in dims) else ""
@@ -552,7 +553,8 @@ class _Page:
         text = fig.layout.title.text
         if text:
             self.add(f'<p class="figtitle">{html.escape(re.sub(r"<br>", " ", text))}</p>')
-            fig.update_layout(title_text=None, margin={"t": 30})
+            top = fig.layout.margin.t
+            fig.update_layout(title_text=None, margin={"t": max(30, (60 if top is None else top) - 30)})
         self.add(fig.to_html(full_html=False, include_plotlyjs=False, config=_CONFIG,
                              div_id=f"figure-{self.n_figures}", default_width="100%"))
 

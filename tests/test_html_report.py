@@ -71,7 +71,8 @@ def test_page_is_self_contained_and_holds_no_machine_paths(page):
         assert f"<h2>{heading}" in text, heading
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in text
     # Markdown emphasis of the family's text is rendered, never printed.
-    assert "<em>MDE (80 %)</em>" in text and "*MDE" not in text and "**" not in text
+    prose = re.sub(r"<script.*?</script>", "", text, flags=re.S)
+    assert "<em>MDE (80 %)</em>" in prose and "*MDE" not in prose and "**" not in prose
     # Every trial links its folder, relative to the page, and the link resolves.
     links = re.findall(r'<a href="([^"]+)">(run_trial_[^<]+)</a>', text)
     assert len(links) == 16
@@ -84,15 +85,17 @@ def test_page_is_self_contained_and_holds_no_machine_paths(page):
 
 
 _CHECKS_JS = """
-const out = {innerWidth: window.innerWidth, scrollWidth: document.documentElement.scrollWidth, tables: []};
+const root = document.documentElement;
+const out = {innerWidth: window.innerWidth, clientWidth: root.clientWidth, scrollWidth: root.scrollWidth, tables: []};
 document.querySelectorAll("table.sortable").forEach(function (table, i) {
   const box = table.parentElement, style = getComputedStyle(box);
   box.scrollLeft = box.scrollWidth;  // scroll the table's own box to its last column
+  const scrolled = box.scrollLeft > 0;
   const heads = table.querySelectorAll("thead th"), last = heads[heads.length - 1].getBoundingClientRect();
   const b = box.getBoundingClientRect();
   out.tables.push({i: i, fits: table.scrollWidth <= box.clientWidth + 1, overflowX: style.overflowX,
                    lastLeft: last.left, lastRight: last.right, boxLeft: b.left, boxRight: b.right,
-                   header: heads[heads.length - 1].textContent});
+                   scrolled: scrolled, header: heads[heads.length - 1].textContent});
   box.scrollLeft = 0;
 });
 return out;
@@ -106,7 +109,7 @@ def _driver(chrome: str):
     opts = webdriver.ChromeOptions()
     # Software WebGL (the parallel coordinates) without the deprecation warning; no GPU here.
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--enable-unsafe-swiftshader", "--hide-scrollbars", "--window-size=1400,900"):
+                "--enable-unsafe-swiftshader", "--window-size=1400,900"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     return webdriver.Chrome(service=Service(chrome), options=opts)
@@ -123,38 +126,49 @@ def _requests(driver) -> list[str]:
     return urls
 
 
-@pytest.mark.parametrize("width, height", [(1400, 900), (390, 844)])
-def test_page_reads_on_desktop_and_phone(page, chrome, width, height):
-    """No horizontal overflow of the page, every table's last column reachable in its own box,
-    every figure drawn, no console error and no request beyond the page itself."""
+def check_page(driver, page: Path, width: int, height: int, min_figures: int = 1) -> dict:
+    """Load the page at width x height and assert what a reader needs: no horizontal overflow
+    of the page, every table's last column reachable in its own box, every figure drawn, no
+    console error and no request beyond the page itself."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    driver.set_window_size(width, height)
+    driver.get(page.as_uri())
+    n_figs = len(driver.find_elements(By.CSS_SELECTOR, "div.plotly-graph-div"))
+    assert n_figs >= min_figures
+    # Every figure drew its SVG and a trace (the parallel coordinates: its WebGL lines) into it.
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+        "return Array.from(document.querySelectorAll('div.plotly-graph-div')).every(function (g) {"
+        " return g.querySelector('svg.main-svg') && (g.querySelector('g.trace, g.parcoords')); })"))
+    assert driver.execute_script("return window.innerWidth") == width
+    checks = driver.execute_script(_CHECKS_JS)
+    assert checks["scrollWidth"] <= min(checks["innerWidth"], checks["clientWidth"]), checks
+    for t in checks["tables"]:
+        assert t["boxRight"] <= checks["clientWidth"] + 0.5, t  # the box itself stays on the page
+        if not t["fits"]:
+            assert t["overflowX"] in ("auto", "scroll") and t["scrolled"], t
+        # Scrolled to its end, the box shows the last column (its start too, unless the
+        # column alone is wider than the box).
+        wider = t["lastRight"] - t["lastLeft"] > t["boxRight"] - t["boxLeft"]
+        assert t["lastRight"] <= t["boxRight"] + 1 and (t["lastLeft"] >= t["boxLeft"] - 1 or wider), t
+    for div in driver.find_elements(By.CSS_SELECTOR, "div.plotly-graph-div"):
+        assert 0 < div.size["width"] <= width and div.size["height"] > 100, div.get_attribute("id")
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == [], errors
+    others = [u for u in _requests(driver) if u != page.as_uri() and not u.startswith(("data:", "blob:"))]
+    assert others == [], others
+    return checks
+
+
+@pytest.mark.parametrize("width, height", [(1400, 900), (390, 844)])
+def test_page_reads_on_desktop_and_phone(page, chrome, width, height):
     driver = _driver(chrome)
     try:
-        driver.set_window_size(width, height)
-        driver.get(page.as_uri())
-        n_figs = len(driver.find_elements(By.CSS_SELECTOR, "div.plotly-graph-div"))
-        assert n_figs >= 6
-        # Every figure drew its SVG and a trace (the parallel coordinates: its WebGL lines) into it.
-        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
-            "return Array.from(document.querySelectorAll('div.plotly-graph-div')).every(function (g) {"
-            " return g.querySelector('svg.main-svg') && (g.querySelector('g.trace, g.parcoords')); })"))
-        assert driver.execute_script("return window.innerWidth") == width
-        checks = driver.execute_script(_CHECKS_JS)
-        assert checks["scrollWidth"] <= checks["innerWidth"], checks["scrollWidth"]
-        assert len(checks["tables"]) >= 8
-        for t in checks["tables"]:
-            assert t["boxRight"] <= width + 0.5, t  # the box itself stays on the page
-            if not t["fits"]:
-                assert t["overflowX"] in ("auto", "scroll"), t
-            assert t["lastRight"] <= t["boxRight"] + 1 and t["lastLeft"] >= t["boxLeft"] - 1, t
-        for div in driver.find_elements(By.CSS_SELECTOR, "div.plotly-graph-div"):
-            assert 0 < div.size["width"] <= width and div.size["height"] > 100, div.get_attribute("id")
-        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-        assert errors == [], errors
-        others = [u for u in _requests(driver) if u != page.as_uri() and not u.startswith(("data:", "blob:"))]
-        assert others == [], others
+        checks = check_page(driver, page, width, height, min_figures=6)
+        assert len(checks["tables"]) >= 6
+        if width < 500:  # the per-trial table is wider than a phone: it scrolls in its box
+            assert any(not t["fits"] for t in checks["tables"])
     finally:
         driver.quit()
 
@@ -231,3 +245,40 @@ def test_cross_sweep_html(tmp_path):
         assert f">{col}</th>" in text, col
     md = (tmp_path / "reports" / "compare-a+b" / "comparison.md").read_text()
     assert "### Side by side, per sweep (keyed by arm_key)" in md and "| a: seeds |" in md
+
+
+def screenshots(page: Path, out_dir: Path, sizes=((1400, 900), (390, 844))) -> list[Path]:
+    """check_page at each size, then a full-height screenshot ``report_<W>x<H>.png`` (palette PNG)."""
+    import base64
+
+    from PIL import Image
+
+    chrome = _chromedriver()
+    assert chrome, "chromium-driver missing (apt-get install chromium chromium-driver)"
+    driver = _driver(chrome)
+    paths = []
+    try:
+        for width, height in sizes:
+            check_page(driver, page, width, height)
+            # The whole page as laid out in this viewport (no resize: 85vh boxes stay 85vh).
+            size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+            shot = out_dir / f"report_{width}x{height}.png"
+            png = driver.execute_cdp_cmd("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1}})["data"]
+            shot.write_bytes(base64.b64decode(png))
+            # 256 colours, octree, no dither: a third of the RGB size, colour bars without bands.
+            Image.open(shot).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE,
+                                                     dither=Image.Dither.NONE).save(shot, optimize=True)
+            paths.append(shot)
+    finally:
+        driver.quit()
+    return paths
+
+
+if __name__ == "__main__":
+    # python tests/test_html_report.py REPORT.html OUT_DIR: the checks above, then screenshots.
+    import sys
+
+    for p in screenshots(Path(sys.argv[1]).resolve(), Path(sys.argv[2])):
+        print(p, p.stat().st_size)
