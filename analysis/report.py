@@ -7,9 +7,14 @@ regularizer against the baseline (declared hypotheses first, paired by seed, unc
 accuracy, median adversarial distances and robust accuracy vs epsilon, transferred FGSM,
 corruptions, frequency plots, the search surface (heat map of a grid, Optuna contour and
 slice plots of a continuous search), parameter importance and the Pareto front of
-multi-objective sweeps. Prints the noise-accuracy and median-distance tables to stdout.
+multi-objective sweeps. The contour plot and the fANOVA importance need
+analysis.importance.MIN_CONFIGS (8) distinct configurations; below, one line says why they
+are left out. Plot titles count configurations and seeds; a field that does not apply to an
+arm (Th of the baseline, analysis.applicable) shows as '–'. Prints the noise-accuracy and
+median-distance tables to stdout.
 ``--html`` also writes ``DIR/report.html`` (analysis.html_report). Several sweeps:
-``DIR/comparison.md``, arms keyed by configuration (arm_key) across them.
+``DIR/comparison.md``, arms keyed by configuration (arm_key) across them, and each sweep's
+own numbers side by side per arm_key.
 """
 
 from __future__ import annotations

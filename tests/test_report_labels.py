@@ -182,3 +182,17 @@ def test_trial_table_links_folders_relative_to_the_page_and_never_outside_the_ro
     assert pd.isna(table.loc[0, "regularizer.th"]) and table.loc[1, "regularizer.th"] == 0.3
     html = html_report.table_html(table, links={"folder": hrefs})
     assert str(tmp_path) not in html and re.search(r'href="\.\./\.\./sweeps/s/trial_1/"', html)
+
+
+def test_html_contour_and_slice_are_optunas_own_plotly_figures_titled_by_configurations():
+    d = _design(9, seeds=(0,)).rename(columns={"a": "regularizer.alpha", "b": "regularizer.target"})
+    d["regularizer.th"] = np.linspace(0.1, 0.9, len(d))
+    d["regularizer.target"] = "pixel_th"
+    d["regularizer.alpha"] = d["regularizer.alpha"] + 1.0
+    params = ["regularizer.alpha", "regularizer.th"]
+    contour = html_report.optuna_figure("contour", d, params, "m", "max", None)
+    assert any(t.type == "contour" for t in contour.data)
+    assert contour.layout.title.text == "m: Optuna contour plot, 9 configurations × 1 seed"
+    assert contour.layout.xaxis.title.text == "alpha" and contour.layout.yaxis.title.text == "th"
+    slice_ = html_report.optuna_figure("slice", d.head(3), params, "m", "max", None)
+    assert all(t.type == "scatter" for t in slice_.data) and "3 configurations × 1 seed" in slice_.layout.title.text
