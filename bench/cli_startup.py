@@ -4,8 +4,8 @@ Runs the same commands from two source trees side by side, alternating, N times 
 "before" is a git revision of this repository exported to a temporary folder (default:
 the commit before the suite declarations stopped importing torch), "after" is the
 working tree. Prints the best and the median wall time of each (process start to exit,
-tables read and the result printed) and their ratio, and whether ``import analysis.sql,
-analysis.query`` pulled in torch in each tree.
+tables read and the result printed), their ratio, the best CPU time (user + system), and
+whether ``import analysis.sql, analysis.query`` pulled in torch in each tree.
 
     .venv/bin/python bench/cli_startup.py --results results            # best of 5
     .venv/bin/python bench/cli_startup.py --results results --before HEAD~3 --repeats 9
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,15 +55,18 @@ def export(rev: str, dest: Path) -> Path:
     return dest / "tree"
 
 
-def timed(tree: Path, argv: list[str]) -> float:
-    # -m and -c put the working folder first on sys.path, ahead of the editable install's finder.
+def timed(tree: Path, argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
+    # -m and -c put the working folder first on sys.path, ahead of the editable install's finder.
     p = subprocess.run([sys.executable, *argv], cwd=tree, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
-    dt = time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
         raise SystemExit(f"{' '.join(argv)} failed in {tree}: {p.stderr.strip()[-400:]}")
-    return dt
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def imports_torch(tree: Path) -> str:
@@ -101,7 +105,7 @@ def main() -> int:
         load0 = os.getloadavg()
         rows = []
         for label, argv in commands(results).items():
-            times: dict[str, list[float]] = {"before": [], "after": []}
+            times: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
             for tree in trees.values():  # untimed: writes both trees' bytecode caches, warms the page cache
                 timed(tree, argv)
             for _ in range(args.repeats):
@@ -114,12 +118,17 @@ def main() -> int:
     print(f"before: git {args.before}; after: working tree; best and median of {args.repeats} runs, seconds\n")
     print(f"torch imported by `import analysis.sql, analysis.query`: before {torch_in['before']}, "
           f"after {torch_in['after']}\n")
-    print("| command | before best | after best | before/after | before median | after median |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| command | before best | after best | before/after | before median | after median "
+          "| before CPU | after CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, t in rows:
-        b, a = min(t["before"]), min(t["after"])
-        print(f"| `{label}` | {b:.2f} | {a:.2f} | {b / a:.2f}x | {statistics.median(t['before']):.2f} "
-              f"| {statistics.median(t['after']):.2f} |")
+        wall = {k: [w for w, _ in v] for k, v in t.items()}
+        cpu = {k: min(c for _, c in v) for k, v in t.items()}
+        b, a = min(wall["before"]), min(wall["after"])
+        print(f"| `{label}` | {b:.2f} | {a:.2f} | {b / a:.2f}x | {statistics.median(wall['before']):.2f} "
+              f"| {statistics.median(wall['after']):.2f} | {cpu['before']:.2f} | {cpu['after']:.2f} |")
+    print("\nwall: process start to exit; CPU: its user + system time (best of the runs), which other "
+          "processes on the machine lengthen far less than the wall time")
     return 0
 
 
