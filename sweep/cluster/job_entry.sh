@@ -8,8 +8,9 @@
 # interpreter, the first of:
 #   1. NEUROREG_PYTHON, when set (submit.sh passes the submitting shell's value to the job);
 #   2. the Python environment Ray itself runs in on this node: the job supervisor (a Ray
-#      worker, an ancestor of this shell) maps <prefix>/lib/pythonX.Y/site-packages/ray/_raylet.so,
-#      so <prefix>/bin/python is the head's own interpreter (Linux /proc);
+#      worker titled ray::JobSupervisor, an ancestor of this shell) maps
+#      <prefix>/lib/pythonX.Y/site-packages/ray/_raylet.so, so <prefix>/bin/python is the
+#      head's own interpreter (Linux /proc);
 #   3. python3, then python, on PATH.
 set -u
 
@@ -27,6 +28,11 @@ ray_python() {
     for _ in 1 2 3 4 5 6; do
         pid=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f2)
         [ -n "$pid" ] && [ "$pid" -gt 1 ] 2>/dev/null || return 1
+        # A Ray worker (its title is ray::<class>): the job supervisor, not any process that imports ray.
+        case "$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" in
+            ray::*) ;;
+            *) continue ;;
+        esac
         lib=$(grep -m1 -o '/[^ ]*/site-packages/ray/_raylet[^ /]*\.so' "/proc/$pid/maps" 2>/dev/null) || continue
         prefix=${lib%/lib/python*/site-packages/ray/_raylet*}
         for py in "$prefix/bin/python" "$prefix/bin/python3"; do
