@@ -138,17 +138,17 @@ def test_optuna_define_by_run_respects_conditions_and_list_choices():
     )
     assert s.num_trials() == 6 + 2  # + a baseline per seed
     fn = optuna_space(s)
-    t = FakeTrial({"params/regularizer.target": "pixel", "params/regularizer.alpha": 1.0,
-                   "params/regularizer.layers": '["conv1", "conv5"]'})
+    t = FakeTrial({"regularizer.target": "pixel", "regularizer.alpha": 1.0,
+                   "regularizer.layers": '["conv1", "conv5"]'})
     decoded = fn(t)
-    assert "params/regularizer.th" not in t.asked  # th means nothing for pixel
-    assert t.asked["params/regularizer.alpha"] == {"low": 0.5, "high": 5.0, "log": True}
-    assert t.asked["params/regularizer.layers"]["choices"] == ['["conv1"]', '["conv1", "conv5"]']
-    assert decoded == {"params/regularizer.layers": ["conv1", "conv5"]}
-    t2 = FakeTrial({"params/regularizer.target": "pixel_th", "params/regularizer.th": 0.3,
-                    "params/regularizer.alpha": 2.0, "params/regularizer.layers": '["conv1"]'})
+    assert "regularizer.th" not in t.asked  # th means nothing for pixel
+    assert t.asked["regularizer.alpha"] == {"low": 0.5, "high": 5.0, "log": True}
+    assert t.asked["regularizer.layers"]["choices"] == ['["conv1"]', '["conv1", "conv5"]']
+    assert decoded == {"regularizer.layers": ["conv1", "conv5"]}
+    t2 = FakeTrial({"regularizer.target": "pixel_th", "regularizer.th": 0.3,
+                    "regularizer.alpha": 2.0, "regularizer.layers": '["conv1"]'})
     fn(t2)
-    assert t2.asked["params/regularizer.th"] == {"low": 0.1, "high": 0.9, "log": False}
+    assert t2.asked["regularizer.th"] == {"low": 0.1, "high": 0.9, "log": False}
 
 
 # --- validation --------------------------------------------------------------------------
