@@ -11,17 +11,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from neuroreg.applicable import applies as _applies
 from neuroreg.config import regularizer_active
-from neuroreg.targets import TARGETS, target_params
 
 TRIAL_INDEX = "__trial_index__"
 
 NOT_APPLICABLE = "–"
 """Shown for a parameter that means nothing for an arm (th of a baseline) or a missing value."""
 
-# Fields that only some targets read (th for pixel_th, ...); alpha, layers, n, loss ... apply
-# to every active target.
-_TARGET_FIELDS = frozenset(f for t in TARGETS for f in t.params)
+# The fields that decide whether another regularizer field is read (neuroreg.applicable).
+_DECIDING = tuple(f"regularizer.{f}" for f in ("target", "alpha", "shuffle_of", "pairing", "centering", "loss"))
 
 LEGEND: dict[str, str] = {
     "status": "done (trained and evaluated), stopped (ended early by the scheduler or the time budget), "
@@ -52,24 +51,10 @@ def applies(key: str, params: dict[str, Any], base: dict[str, Any] | None = None
     """Whether the dotted config ``key`` means anything for a trial with these parameters.
 
     ``params``: the trial's dotted parameters; ``base``: the sweep's base config (nested),
-    consulted for the target, alpha and shuffle_of the trial does not set. An inactive
-    regularizer (target none, or alpha 0) reads none of its fields; an active one reads the
-    target-specific fields of its own target only (th for pixel_th, not for pixel)."""
-    if not key.startswith("regularizer.") or key == "regularizer.target":
-        return True
-    target = _lookup("regularizer.target", params, base)
-    alpha = _lookup("regularizer.alpha", params, base)
-    if target is None:
-        return True  # unknown: say nothing is inapplicable
-    if not regularizer_active(target, 1.0 if alpha is None else alpha):
-        return False
-    field = key.split(".", 1)[1]
-    if field not in _TARGET_FIELDS:
-        return True
-    shuffle_of = _lookup("regularizer.shuffle_of", params, base)
-    if target == "shuffle" and shuffle_of is None:
-        return True
-    return field in target_params(str(target), shuffle_of)
+    consulted for the regularizer fields the trial does not set. The rule is
+    neuroreg.applicable.applies, the one the reports use."""
+    flat = {k: v for k in _DECIDING if (v := _lookup(k, params, base)) is not None}
+    return _applies(key, flat)
 
 
 def short_name(key: str) -> str:
