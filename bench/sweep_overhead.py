@@ -4,8 +4,10 @@ The same N small trainings run
 
 - (a) one after another in plain Python through ``neuroreg.train.train``;
 - (b) through ``python -m sweep.run`` with 2 concurrent trials of 1 CPU / 1 torch thread
-  each, once with the code of ``--before`` (a commit, exported with ``git archive``) and
-  once with this checkout's code ("after"), alternating when ``--repeats`` > 1;
+  each, once "before" and once "after" (this checkout's code), alternating when
+  ``--repeats`` > 1. "before" is this checkout with the driver files of the fixed-cost
+  cuts (``CUT_FILES``) as they were at ``--before``, so the trainer is the same in both and
+  only the cuts differ; ``--whole-tree`` takes every file at ``--before`` instead;
 - (c) a control: the trials in two plain Python processes at once, the speed-up the
   machine itself allows for two concurrent trainings;
 - (d) ``sweep.run`` ("after") joining a running ``ray start`` cluster.
@@ -34,6 +36,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -48,6 +51,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = "d89cf3df0a6bfb913a32dd2b1f7bc98390a2102b"
 """The last commit before issue 24's fixed-cost cuts."""
+CUT_FILES = ("sweep/run.py", "sweep/start.py", "neuroreg/data.py")
+"""The files those cuts changed: "before" takes them from BEFORE."""
 
 
 def base_config(epochs: int, steps: int | None) -> dict:
@@ -149,6 +154,27 @@ def export_tree(ref: str, dest: Path) -> Path:
     return dest
 
 
+def checkout_copy(dest: Path) -> Path:
+    """This checkout's files as they are (tracked and untracked, not the ignored ones)."""
+    p = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                       capture_output=True, check=True)
+    for rel in filter(None, p.stdout.decode().split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def with_files_at(tree: Path, ref: str, files: tuple[str, ...]) -> Path:
+    for rel in files:
+        p = subprocess.run(["git", "show", f"{ref}:{rel}"], cwd=ROOT, capture_output=True)
+        if p.returncode != 0:
+            sys.exit(f"--before {ref}: no {rel} there: {p.stderr.decode().strip()}")
+        (tree / rel).write_bytes(p.stdout)
+    return tree
+
+
 def write_space(base: dict, n: int, out: Path) -> Path:
     space = {
         "name": "bench",
@@ -246,6 +272,8 @@ def main() -> None:
     ap.add_argument("--before", default=BEFORE, help="the commit whose sweep.run is 'before' (default: the last "
                                                      "commit before the fixed-cost cuts)")
     ap.add_argument("--after", default=None, help="a commit for 'after' (default: this checkout's files as they are)")
+    ap.add_argument("--whole-tree", action="store_true",
+                    help="'before' is every file at --before (trainer changes since then included), not only CUT_FILES")
     ap.add_argument("--repeats", type=int, default=1, help="(b) before/after pairs, alternating order")
     ap.add_argument("--dashboard", action="store_true", help="(b) with the Ray dashboard (the sweep's default) "
                                                              "instead of --no-dashboard")
@@ -265,12 +293,20 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
           f"Python {platform.python_version()}")
     print(f"{a.trials} trials, {a.epochs} epochs x {steps} steps (digits 16 px, ResNet18 width 8, pixel_th); "
-          f"before = {a.before[:12]}, after = {a.after[:12] if a.after else 'this checkout'}", flush=True)
+          f"after = {a.after[:12] if a.after else 'this checkout'}, before = "
+          + (f"{a.before[:12]}" if a.whole_tree else f"the same with {', '.join(CUT_FILES)} at {a.before[:12]}"),
+          flush=True)
     runs: dict[str, list[SweepTime]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="sweep_bench_") as tmp:
         out = Path(tmp)
-        trees = {"before": export_tree(a.before, out / "tree_before"),
-                 "after": export_tree(a.after, out / "tree_after") if a.after else ROOT}
+        after = export_tree(a.after, out / "tree_after") if a.after else ROOT
+        if a.whole_tree:
+            before = export_tree(a.before, out / "tree_before")
+        elif a.after:
+            before = with_files_at(export_tree(a.after, out / "tree_before"), a.before, CUT_FILES)
+        else:
+            before = with_files_at(checkout_copy(out / "tree_before"), a.before, CUT_FILES)
+        trees = {"before": before, "after": after}
         space = write_space(base, a.trials, out)
         seq, seq_each = run_sequential(base, a.trials, out)
         for r in range(a.repeats):
