@@ -11,9 +11,10 @@ ResNet18, 32x32 grayscale (sklearn's digits upsampled, offline), batch 64, SGD m
 - ``shared``: all 2,016 pairs of the classification batch itself, tap features from the
   classification pass (no extra image forwarded).
 
-After one untimed warm-up epoch each, their epochs run interleaved (baseline, pairs, batch,
+After two untimed warm-up epochs each, their epochs run interleaved (baseline, pairs, batch,
 shared, baseline, ...) for ``--repeats`` rounds, so that a loaded machine slows
-all rows alike; each epoch's ``images_per_s`` is the trainer's own record of its step loop
+all rows alike (on a busy machine keep epochs short, ``--steps 1``, and rounds many: the
+load then changes little between the four epochs of one round); each epoch's ``images_per_s`` is the trainer's own record of its step loop
 (classification images per second; ``neuroreg.train.train_epoch``, the loop ``train``
 runs). ``cost`` is baseline images/s over the row's images/s within the same round (the
 time a regularized step takes relative to a baseline step), its median over rounds and
@@ -25,7 +26,7 @@ write, per precision and layout, each as baseline and regularized (16 pairs), on
 ``--profile`` adds torch.profiler's top operators of a baseline and a shared step (where
 the remaining cost of shared goes).
 
-    python bench/train_throughput.py [--widths 16 64] [--steps 12] [--repeats 5] [--threads 2]
+    python bench/train_throughput.py [--widths 16 64] [--steps 2] [--repeats 20] [--threads 2]
                                      [--precision auto] [--settings] [--profile] [--device cpu]
 """
 
@@ -141,7 +142,8 @@ def pairing_table(a: argparse.Namespace, device: torch.device) -> None:
         precision = {r.lrn.precision.name for r in rows.values()}
         assert len(precision) == 1, precision
         pairs_per_step = {}
-        for name, row in rows.items():  # warm-up: one epoch each, not timed
+        for name, row in rows.items():  # warm-up: two epochs each (oneDNN primitives, caches), not timed
+            row.epoch()
             pairs_per_step[name] = row.epoch()["pairs_per_step"]
         rates: dict[str, list[float]] = {name: [] for name in rows}
         for _ in range(a.repeats):
@@ -205,13 +207,13 @@ def settings_table(a: argparse.Namespace, device: torch.device, fast: bool) -> N
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--widths", type=int, nargs="+", default=[16, 64])
-    p.add_argument("--steps", type=int, default=12, help="timed steps per epoch")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per epoch")
     p.add_argument("--slow-bf16-steps", type=int, default=3,
                    help="settings table: steps of the bf16 rows where the device has no native bf16 (~10x slower)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="settings table: add a torch.compile row")
-    p.add_argument("--repeats", type=int, default=5, help="pairing table: interleaved rounds (median reported)")
+    p.add_argument("--repeats", type=int, default=20, help="pairing table: interleaved rounds (median reported)")
     p.add_argument("--precision", default="auto", help="pairing table: train.precision (auto, fp32, bf16)")
     p.add_argument("--settings", action="store_true", help="also print the settings table (trainer vs plain loop)")
     p.add_argument("--profile", action="store_true", help="pairing table: profile a baseline and a shared epoch")
