@@ -256,7 +256,7 @@ def feature_embedder(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A frozen torchvision network's layer, weights from a user file, as a function of
     [0, 1] float images (N x 1 or 3 x H x W, on ``device``) -> N x D features, computed without
-    gradient in IEEE fp32 (no TF32, no autocast: the target is data, the same on every device)."""
+    gradient in IEEE fp32 (no TF32: the target is data, the same on every device)."""
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -286,7 +286,7 @@ def feature_embedder(
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
 
     def embed(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), ieee_fp32(), torch.autocast(torch.device(device).type, enabled=False):
+        with torch.no_grad(), ieee_fp32():  # autocast: off in the caller (ImageBatchTarget.batch_pairs)
             x = x.float()
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
