@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import html_report, plots
+from analysis import html_report, html_table, plots
 from analysis.applicable import applies, blank_inapplicable
 from analysis.importance import MIN_CONFIGS, design_label, param_importances, too_few_configurations
 
@@ -77,13 +77,13 @@ def test_blank_inapplicable_leaves_the_input_alone():
     ("0788ef2a", None), ("n = 2: no interval", None), ("pixel_th alpha=2", None), (True, None),
 ])
 def test_cells_sort_by_their_number(value, key):
-    assert html_report.sort_value(value) == key
+    assert html_table.sort_value(value) == key
 
 
 def test_markdown_emphasis_becomes_html():
     text = ("*MDE (80 %)*: the smallest difference; **No exploratory difference** (0 of 3); `clean_acc`, "
             "noise_acc_mean and 2 * 3 * 4 stay; <b>x</b>")
-    out = html_report.md_inline(text)
+    out = html_table.md_inline(text)
     assert "<em>MDE (80 %)</em>" in out and "<strong>No exploratory difference</strong>" in out
     assert "<code>clean_acc</code>" in out and "noise_acc_mean" in out and "2 * 3 * 4" in out
     assert "&lt;b&gt;x&lt;/b&gt;" in out and "*MDE" not in out
@@ -92,12 +92,12 @@ def test_markdown_emphasis_becomes_html():
 def test_table_html_pages_long_tables_and_marks_missing_cells():
     df = pd.DataFrame({"trial_id": [f"{i:04d}ab" for i in range(30)], "x": [math.nan] + list(range(29)),
                        "ci": ["[0.1, 0.2]"] * 29 + ["n = 2: no interval"]})
-    text = html_report.table_html(df, links={"trial_id": [f"t{i}/" for i in range(30)]})
-    assert f'data-page-size="{html_report.PAGE_SIZE}"' in text
+    text = html_table.table_html(df, links={"trial_id": [f"t{i}/" for i in range(30)]})
+    assert f'data-page-size="{html_table.PAGE_SIZE}"' in text
     assert text.count("<tr>") == 31 and '<td data-v="">–</td>' in text and 'data-v="0.1"' in text
     assert '<a href="t3/">0003ab</a>' in text
     assert '<th scope="col" class=text>trial_<wbr>id</th>' in text
-    assert "data-page-size" not in html_report.table_html(df.head(5))
+    assert "data-page-size" not in html_table.table_html(df.head(5))
 
 
 def _design(n_configs: int, seeds=(0, 1)) -> pd.DataFrame:
@@ -180,7 +180,7 @@ def test_trial_table_links_folders_relative_to_the_page_and_never_outside_the_ro
     assert hrefs == ["../../sweeps/s/trial_1/", None]
     assert table["folder"].tolist() == ["trial_1", "trial_2"]
     assert pd.isna(table.loc[0, "regularizer.th"]) and table.loc[1, "regularizer.th"] == 0.3
-    html = html_report.table_html(table, links={"folder": hrefs})
+    html = html_table.table_html(table, links={"folder": hrefs})
     assert str(tmp_path) not in html and re.search(r'href="\.\./\.\./sweeps/s/trial_1/"', html)
 
 
