@@ -18,7 +18,9 @@ load then changes little between the four epochs of one round); each epoch's ``i
 (classification images per second; ``neuroreg.train.train_epoch``, the loop ``train``
 runs). ``cost`` is baseline images/s over the row's images/s within the same round (the
 time a regularized step takes relative to a baseline step), its median over rounds and
-the lowest and highest round; ``images/s`` the median over rounds.
+the lowest and highest round; ``images/s`` the median over rounds. ``images/CPU s`` and
+``cost in CPU time`` are the same from this process's CPU time, the robust measure on a
+machine shared with other jobs (with ``--threads 1``, where no worker thread spins).
 
 **Settings table** (``--settings``): the trainer against the plain fp32 loop a user would
 write, per precision and layout, each as baseline and regularized (16 pairs), one run each.
@@ -126,16 +128,21 @@ class Row:
         self.epochs = 0
 
     def epoch(self) -> dict[str, float]:
+        cpu = time.process_time()
         with self.lrn.precision.math():
             stats = train_epoch(self.lrn, self.cfg, self.epochs, self.x, self.y, self.x_reg)
+        # Images per CPU second of this process: on a machine shared with other jobs the wall
+        # clock counts their time slices too; with --threads 1 (no spinning worker threads)
+        # the CPU time is this step's own work.
+        stats["images_per_cpu_s"] = stats["images_per_s"] * stats["epoch_s"] / (time.process_time() - cpu)
         self.epochs += 1
         return stats
 
 
 def pairing_table(a: argparse.Namespace, device: torch.device) -> None:
     print(f"| width | pairing | pairs / step | images forwarded / step | images/s | cost (base/reg) | "
-          f"cost, lowest-highest of {a.repeats} rounds |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | --- |")
+          f"cost, lowest-highest of {a.repeats} rounds | images/CPU s | cost in CPU time |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     for w in a.widths:
         rows = {name: Row(pairing_config(w, a.steps, a.device, a.threads, a.precision, reg), device)
                 for name, reg in PAIRINGS.items()}
@@ -146,17 +153,22 @@ def pairing_table(a: argparse.Namespace, device: torch.device) -> None:
             row.epoch()
             pairs_per_step[name] = row.epoch()["pairs_per_step"]
         rates: dict[str, list[float]] = {name: [] for name in rows}
+        cpu_rates: dict[str, list[float]] = {name: [] for name in rows}
         for _ in range(a.repeats):
             for name, row in rows.items():
-                rates[name].append(row.epoch()["images_per_s"])
-        base = rates["baseline"]
+                stats = row.epoch()
+                rates[name].append(stats["images_per_s"])
+                cpu_rates[name].append(stats["images_per_cpu_s"])
+        base, cpu_base = rates["baseline"], cpu_rates["baseline"]
         for name, reg in PAIRINGS.items():
             costs = [b / r for b, r in zip(base, rates[name])]
+            cpu_costs = [b / r for b, r in zip(cpu_base, cpu_rates[name])]
             extra = {"pairs": 2 * (reg.get("n_pairs") or 0), "batch": reg.get("batch_k", 0)}.get(reg.get("pairing"), 0)
             cost = "" if name == "baseline" else f"{statistics.median(costs):.3f}"
             spread = "" if name == "baseline" else f"{min(costs):.3f}-{max(costs):.3f}"
+            cpu_cost = "" if name == "baseline" else f"{statistics.median(cpu_costs):.3f}"
             print(f"| {w} | {name} | {pairs_per_step[name]:.0f} | 64 + {extra} | {statistics.median(rates[name]):.0f} | "
-                  f"{cost} | {spread} |", flush=True)
+                  f"{cost} | {spread} | {statistics.median(cpu_rates[name]):.0f} | {cpu_cost} |", flush=True)
         print(f"(width {w}: precision {precision.pop()}, channels_last)", flush=True)
         if a.profile:
             profile_rows(rows, a)
