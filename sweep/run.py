@@ -11,7 +11,6 @@ import importlib.util
 import os
 import re
 import sys
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from neuroreg.paths import check_output_folder
 from sweep.folder import SPEC_FILE, sweep_folder
 from sweep.folder import read_saved_spec as _read_saved_spec
 from sweep.folder import write_saved_spec as _write_saved_spec
+from sweep.process import Warmup, exit_now, shutdown_in_background  # noqa: F401 (exit_now: __main__)
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -345,7 +345,7 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
             return 1
         wall = time.perf_counter() - t0
         df = trial_rows(results, fill={k: config_value(spec.base_config, k) for k in BASELINE_PARAMS},
-                        seeds=all_seeds(spec))
+                        seeds=all_seeds(spec), base=spec.base_config.to_dict())
         print()
         print(format_table(df))
         errors = [res_ for res_ in results if res_.error]
@@ -354,14 +354,18 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         print(f"\n{len(df)} trials in {wall:.1f} s, {len(errors)} errored")
         if best is not None:
             b, v = best
+            from sweep.labels import applies, fmt_value
+
             params = (b.config or {}).get("params", {})
-            print(f"Best trial by {spec.metric} ({spec.mode}): {spec.metric} = {v:.4g}  {params}")
+            base = spec.base_config.to_dict()
+            shown = " ".join(f"{k}={fmt_value(x)}" for k, x in params.items() if applies(k, params, base))
+            print(f"Best trial by {spec.metric} ({spec.mode}): {spec.metric} = {v:.4g}  {shown}")
             print(f"  folder: {b.path}")
         print(f"Results: {exp_path}  (per trial: run/ = checkpoints + metrics.jsonl, evaluation/ = records)")
         for e in errors:
             print(f"  errored trial {e.path}: {str(e.error).splitlines()[0][:300]}", file=sys.stderr)
         # The tables need no Ray: its processes stop while they are written.
-        stopping = _shutdown_in_background() if info.started_here else None
+        stopping = shutdown_in_background() if info.started_here else None
         _gather(exp_path, storage, name, args.results)
         interrupted = unfinished(results) > 0 or len(df) < spec.num_trials()
         if interrupted or errors:
@@ -379,7 +383,7 @@ def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, conc
     """Save the spec and the provenance (``provenance``: collected already, else now), build
     (or restore) the Tuner and run it. Anything that fails before the first trial started is
     a StartError naming what failed."""
-    from sweep.start import StartError, has_trials, read_record, record_provenance
+    from sweep.start import StartError, has_trials, read_record, record_provenance, warn_provenance
     from sweep.tuner import build_tuner, restore_tuner, trial_count
 
     folder = sweep_folder(storage, name)
@@ -388,7 +392,7 @@ def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, conc
     try:
         if args.resume:
             print(f"Resuming {storage}/{name} ({spec.num_trials()} trials)")
-            _warn_provenance(read_record(folder), threads, provenance)
+            warn_provenance(read_record(folder), threads, provenance)
             tuner = restore_tuner(spec, storage, name, verbose)
             if args.num_samples is not None:  # restored: the extended count is what the next --resume sees
                 _write_saved_spec(storage, name, spec.to_yaml())
@@ -408,7 +412,7 @@ def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, conc
     if study:
         print(f"Optuna study {name!r} in {study}  (browse: optuna-dashboard {study})", flush=True)
     if "://" not in storage:  # Ray's own hint names a session folder; the curves are here
-        print(f"Live curves: tensorboard --logdir {Path(storage) / name}", flush=True)
+        print(f"Live curves: tensorboard --logdir {Path(storage) / name / 'tensorboard'}", flush=True)
     try:
         return tuner.fit()
     except Exception as e:
@@ -416,62 +420,6 @@ def _start_and_fit(spec, name: str, storage: str, args: argparse.Namespace, conc
             raise
         raise StartError(f"Tune stopped before the first trial: {type(e).__name__}: "
                          f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
-
-
-class Warmup:
-    """The driver's work that needs no Ray, done while Ray starts.
-
-    ``ray.init`` spends seconds waiting for its processes (GCS, raylet, dashboard, agents,
-    prestarted workers), which keep about one core busy: on a small machine the other core
-    is free. Meanwhile a thread collects the provenance (git, package metadata) and imports
-    what the driver needs after the trials (pandas, scipy, the analysis package: seconds of
-    a sweep's end otherwise). Nothing here imports Ray, so the two threads never import the
-    same modules' circular pieces at once. Any failure is dropped: the main thread then
-    does the same work itself and reports what goes wrong there.
-    """
-
-    def __init__(self, threads_per_trial: int):
-        self.threads = threads_per_trial
-        self.provenance: dict | None = None
-        self._thread = threading.Thread(target=self._run, name="sweep-warmup", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            from neuroreg import provenance
-
-            self.provenance = provenance.collect(threads_per_trial=self.threads)
-            import analysis.gather  # noqa: F401
-            import analysis.summary  # noqa: F401
-            import neuroreg.train  # noqa: F401
-            import sweep.report  # noqa: F401
-        except Exception:  # noqa: BLE001 -- the main thread repeats the work and reports
-            pass
-
-    def result(self) -> dict | None:
-        """The provenance record (None: collect it now), once the thread is done."""
-        self._thread.join()
-        return self.provenance
-
-
-def _shutdown_in_background() -> threading.Thread:
-    """ray.shutdown mostly waits for Ray's processes to end; the tables are written meanwhile."""
-    import ray
-
-    t = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
-    t.start()
-    return t
-
-
-def _warn_provenance(stored: dict | None, threads: int, now: dict | None = None) -> None:
-    """--resume on another machine or code: one line per difference that can move numbers."""
-    from neuroreg import provenance
-
-    if stored is None:
-        return
-    now = now if now is not None else provenance.collect(threads_per_trial=threads)
-    for line in provenance.differences(stored, now, provenance.NUMERIC_FIELDS + ("cpu_model", "lock_sha256")):
-        print(f"warning: resumed under different provenance, {line} (stored vs now)", file=sys.stderr)
 
 
 def _loggers(args: argparse.Namespace, name: str) -> list:
@@ -538,29 +486,6 @@ def _gather(exp_path: str, storage: str, name: str, results: str | None = None) 
 
         print()
         print_summary(results_root, Path(exp_path).name)
-
-
-def exit_now(code: int) -> None:
-    """Leave after the exit handlers, without the interpreter's teardown.
-
-    Tearing down the modules a sweep loads (torch, Ray Tune, pandas, scipy) takes seconds
-    after the last line is printed; nothing of the sweep depends on it: its files are
-    closed and Ray is shut down (or, joined, disconnected by Ray's own exit handler, which
-    runs here)."""
-    import atexit
-    import logging
-
-    run_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if run_handlers is None:  # another Python: the ordinary exit
-        sys.exit(code)
-    run_handlers()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ traceback from deep inside ``tune.Tuner`` and left a half-made sweep folder that
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,12 @@ def remove_failed_start(folder: str) -> bool:
     except (OSError, FileNotFoundError):
         return False
     return True
+
+
+def warn_provenance(stored: dict | None, threads: int, now: dict | None = None) -> None:
+    """--resume on another machine or code: one line per difference that can move numbers."""
+    if stored is None:
+        return
+    now = now if now is not None else provenance.collect(threads_per_trial=threads)
+    for line in provenance.differences(stored, now, provenance.NUMERIC_FIELDS + ("cpu_model", "lock_sha256")):
+        print(f"warning: resumed under different provenance, {line} (stored vs now)", file=sys.stderr)
