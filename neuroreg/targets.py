@@ -14,147 +14,33 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from neuroreg.batch_targets import (  # noqa: F401 (shared pairing's targets, re-exported)
+    BatchTarget,
+    ImageBatchTarget,
+    PixelIndexTarget,
+    SharedImages,
+    ShuffledBatchTarget,
+    grey_vectors,
+    pixel_mean,
+)
 from neuroreg.errors import ConfigError
 from neuroreg.images import to_float
-from neuroreg.pairperm import FeistelPermutation, pair_from_index, pair_index
 from neuroreg.precision import ieee_fp32
 from neuroreg.registry import Registry
 from neuroreg.safe_io import check_regular, load_npy, npy_info
-from neuroreg.similarity import pair_cosines
+from neuroreg.target_kinds import (  # noqa: F401 (the target kinds, re-exported for callers)
+    CosineTarget,
+    MatrixTarget,
+    ShuffleTarget,
+    Target,
+    ThresholdTarget,
+    centred_unit_rows,
+    pixel_unit_vectors,
+)
 
 if TYPE_CHECKING:
     from neuroreg.config import RegularizerConfig
-
-
-class Target:
-    """Pair similarities over a regularization set of ``n`` images."""
-
-    n: int
-
-    def pairs(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def to(self, device: torch.device | str) -> Target:
-        return self
-
-    def incomplete(self) -> torch.Tensor | None:
-        """A 0-d bool tensor on the target's device, True once a pair lookup could not be
-        completed (read with the trainer's finiteness check); None where that cannot happen."""
-        return None
-
-    def matrix(self) -> torch.Tensor:
-        """The full N x N matrix (for tests and small N only)."""
-        ii, jj = torch.meshgrid(torch.arange(self.n), torch.arange(self.n), indexing="ij")
-        return self.pairs(ii.reshape(-1), jj.reshape(-1)).reshape(self.n, self.n)
-
-
-# --- unit-vector targets --------------------------------------------------------
-
-
-def centred_unit_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Centre every column by its mean over rows, then scale every row to unit length."""
-    x = x.double()
-    x = x - x.mean(dim=0, keepdim=True)
-    return torch.nn.functional.normalize(x, dim=1, eps=eps).float()
-
-
-def pixel_unit_vectors(images: torch.Tensor) -> torch.Tensor:
-    """N x D unit vectors of images (uint8 or [0, 1] float), colour averaged to grey."""
-    x = images.float()
-    if images.dtype == torch.uint8:
-        x = x / 255.0
-    x = x.mean(dim=1)  # grey
-    return centred_unit_rows(x.flatten(1))
-
-
-class CosineTarget(Target):
-    """S = R R^T computed per pair from the unit vectors R (pixel, neural, features)."""
-
-    def __init__(self, unit: torch.Tensor):
-        self.unit = unit
-        self.n = unit.shape[0]
-
-    def pairs(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        i, j = i.to(self.unit.device), j.to(self.unit.device)
-        return (self.unit[i] * self.unit[j]).sum(dim=1).clamp(-1.0, 1.0)
-
-    def to(self, device):
-        return CosineTarget(self.unit.to(device))
-
-
-class ThresholdTarget(Target):
-    """Attias et al.: 1 above Th, -1 below -Th, 0 between; diagonal 1."""
-
-    def __init__(self, base: Target, th: float):
-        self.base, self.th, self.n = base, th, base.n
-
-    def pairs(self, i, j):
-        v = self.base.pairs(i, j)
-        out = torch.where(v > self.th, 1.0, torch.where(v < -self.th, -1.0, 0.0)).to(v.dtype)
-        return torch.where(i.to(v.device) == j.to(v.device), torch.ones_like(out), out)
-
-    def to(self, device):
-        return ThresholdTarget(self.base.to(device), self.th)
-
-
-class MatrixTarget(Target):
-    """A ready N x N matrix handed by the user."""
-
-    def __init__(self, m: torch.Tensor):
-        self.m = m
-        self.n = m.shape[0]
-
-    def pairs(self, i, j):
-        return self.m[i.to(self.m.device), j.to(self.m.device)]
-
-    def to(self, device):
-        return MatrixTarget(self.m.to(device))
-
-
-# --- shuffle control --------------------------------------------------------------
-
-
-class ShuffleTarget(Target):
-    """The base target's off-diagonal values assigned to the wrong pairs.
-
-    A fixed random permutation of the N(N-1)/2 unordered pairs: the value of pair p is
-    the base value of pair perm(p). Symmetric by construction (unordered pairs) and keeps
-    the multiset of values; the diagonal stays 1. Permuting image indices jointly would
-    keep the structure and is no control.
-
-    Everything runs on the indices' device (no host round trip in a training step). Where
-    the permutation's walk bound is not exact, ``unfinished`` (a 0-d bool tensor on the
-    target's device) turns True once a lookup could not be completed; ``incomplete()``
-    hands it to the trainer, which reads it with the finiteness check and stops the run.
-    """
-
-    def __init__(self, base: Target, seed: int, perm: FeistelPermutation | None = None,
-                 device: torch.device | str = "cpu"):
-        self.base, self.n, self.seed = base, base.n, seed
-        self.perm = perm or FeistelPermutation(max(1, base.n * (base.n - 1) // 2), seed)
-        self.unfinished = None if self.perm.exact else torch.zeros((), dtype=torch.bool, device=device)
-
-    def pairs(self, i, j):
-        i, j = i.long(), j.long()
-        same = i == j
-        k = pair_index(i, torch.where(same, (i + 1) % self.n, j), self.n)
-        p, unfinished = self.perm.walk(k)
-        if unfinished is not None:
-            self.unfinished |= unfinished.to(self.unfinished.device, non_blocking=True)
-        a, b = pair_from_index(p, self.n)
-        v = self.base.pairs(a, b)
-        return torch.where(same.to(v.device), torch.ones_like(v), v)
-
-    def incomplete(self) -> torch.Tensor | None:
-        return self.unfinished
-
-    def to(self, device):
-        return ShuffleTarget(self.base.to(device), self.seed, self.perm.to(device), device)
-
-
-# --- neural target ------------------------------------------------------------------
 
 
 def snr_weights(responses: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -314,123 +200,6 @@ def feature_unit_vectors(
 
 
 # --- pairing: shared: targets of the classification batch's own images ---------------------
-
-
-@dataclass
-class SharedImages:
-    """What a shared-pairing target is built from: the classification training split (uint8)
-    and the positions in it of the N regularization images (the first n of a fixed
-    permutation), over which pixels and features are centred, as METHOD.md defines."""
-
-    train: torch.Tensor
-    reg_index: torch.Tensor
-
-    def reg_images(self) -> torch.Tensor:
-        return self.train[self.reg_index.to(self.train.device)]
-
-
-class BatchTarget:
-    """Pair similarities of images the trainer holds (``regularizer.pairing: shared``).
-
-    ``batch_pairs(x, index, i, j)``: ``x`` are the classification batch's images exactly as
-    the network's input (float [0, 1], after augmentation; the model's own blur and
-    normalisation come after), ``index`` their positions in the training split (a device
-    tensor, or None where the target does not read it), and (i, j) pairs of rows of ``x``.
-    Always fp32, whatever autocast the caller is in.
-    """
-
-    def batch_pairs(self, x: torch.Tensor, index: torch.Tensor | None, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def to(self, device: torch.device | str) -> BatchTarget:
-        return self
-
-    def incomplete(self) -> torch.Tensor | None:
-        return None
-
-
-def grey_vectors(x: torch.Tensor) -> torch.Tensor:
-    """N x D grey pixel vectors of [0, 1] images: colour averaged, flattened (METHOD.md's pixel)."""
-    return x.float().mean(dim=1).flatten(1)
-
-
-def _threshold(v: torch.Tensor, th: float) -> torch.Tensor:
-    return torch.where(v > th, 1.0, torch.where(v < -th, -1.0, 0.0)).to(v.dtype)
-
-
-class ImageBatchTarget(BatchTarget):
-    """Cosine similarity of the batch images' centred embeddings (grey pixels, or a frozen
-    network's features), thresholded at ``th`` for pixel_th.
-
-    Centred by the embedding's mean over the N regularization images, fixed when built, as
-    in pairing: pairs: a batch's own mean (64 images) would be a noisy centre and would make
-    a pair's target depend on which other images share its batch. With data.augment the
-    batch images are shifted and flipped copies, whose mean is a slightly blurred version of
-    that centre; the target still describes the images the network sees.
-    """
-
-    def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor, th: float | None = None):
-        self.embed, self.mean, self.th = embed, mean, th
-
-    def batch_pairs(self, x, index, i, j):
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            z = F.normalize(self.embed(x) - self.mean, dim=1, eps=1e-12)
-            v = pair_cosines(z, i, j).clamp(-1.0, 1.0)
-            if self.th is None:
-                return v
-            return torch.where(i == j, torch.ones_like(v), _threshold(v, self.th))
-
-    def to(self, device):
-        return ImageBatchTarget(self.embed, self.mean.to(device), self.th)
-
-
-class PixelIndexTarget(Target):
-    """Pixel similarity of training images by index, computed per pair from the stored uint8
-    images and the regularization set's centre (the base a shared shuffle permutes: its pairs
-    are pairs of the whole training split)."""
-
-    def __init__(self, images: torch.Tensor, mean: torch.Tensor):
-        self.images, self.mean, self.n = images, mean, images.shape[0]
-
-    def _unit(self, k: torch.Tensor) -> torch.Tensor:
-        return F.normalize(grey_vectors(to_float(self.images[k])) - self.mean, dim=1, eps=1e-12)
-
-    def pairs(self, i, j):
-        i, j = i.to(self.images.device), j.to(self.images.device)
-        with torch.no_grad():
-            return (self._unit(i) * self._unit(j)).sum(dim=1).clamp(-1.0, 1.0)
-
-    def to(self, device):
-        return PixelIndexTarget(self.images.to(device), self.mean.to(device))
-
-
-class ShuffledBatchTarget(BatchTarget):
-    """The shuffle control under pairing: shared: a batch pair's value is the base value of
-    another pair of training images, by a fixed seeded permutation of all N(N-1)/2 pairs of the
-    training split (so it reads the batch's positions, not its pixels)."""
-
-    def __init__(self, shuffle: ShuffleTarget):
-        self.shuffle = shuffle
-
-    def batch_pairs(self, x, index, i, j):
-        if index is None:
-            raise ValueError("the shuffled target needs the batch images' positions in the training split")
-        with torch.no_grad():
-            return self.shuffle.pairs(index[i], index[j]).float()
-
-    def incomplete(self):
-        return self.shuffle.incomplete()
-
-    def to(self, device):
-        return ShuffledBatchTarget(self.shuffle.to(device))
-
-
-def pixel_mean(images: torch.Tensor) -> torch.Tensor:
-    """Mean grey pixel vector (D, fp32) of uint8 images, accumulated in fp64."""
-    return grey_vectors(to_float(images)).double().mean(dim=0).float()
-
-
-# --- the registry: one entry per target, declaring the regularizer fields it reads ------------
 
 
 @dataclass(frozen=True)

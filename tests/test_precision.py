@@ -309,6 +309,7 @@ def test_evaluation_runs_in_ieee_fp32(tmp_path, data, monkeypatch, fp32_state):
         return SimpleNamespace(summary={"x": 1.0}, records={})
 
     fake = SimpleNamespace(name="fake", needs_surrogate=False, run=run)
+    fake.load = lambda: fake  # a declared suite imports its module on load(); this one has none
     monkeypatch.setattr(runner, "selected_suites", lambda ev: [fake])
     torch.set_float32_matmul_precision("high")
     before = fp32_settings()

@@ -7,16 +7,14 @@ import pytest
 import torch
 
 from neuroreg.config import ConfigError, RegularizerConfig
+from neuroreg.pairperm import FeistelPermutation, pair_from_index, pair_index
 from neuroreg.targets import (
     CosineTarget,
-    FeistelPermutation,
     ShuffleTarget,
     ThresholdTarget,
     build_target,
     check_matrix,
     neural_unit_vectors,
-    pair_from_index,
-    pair_index,
     pixel_unit_vectors,
     snr_weights,
 )
