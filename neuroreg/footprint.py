@@ -83,7 +83,7 @@ def estimate(
     model: str, width: int, batch: int, pair_images: int,
 ) -> Footprint:
     """The footprint from plain numbers (``size``: image height = width in pixels; ``pair_images``:
-    regularization images forwarded per step, 2 x n_pairs or batch_k; 0 when unregularized)."""
+    regularization images forwarded per step, 2 x n_pairs or batch_k; 0 when unregularized or shared)."""
     data = n_train * (channels * size * size + 8) + n_reg * reg_channels * reg_size * reg_size
     params = PARAMS_AT_64.get(model, max(PARAMS_AT_64.values())) * (width / 64) ** 2
     per_image = ACTIVATIONS.get(model, max(ACTIVATIONS.values())) * width * 4
@@ -112,7 +112,8 @@ def estimate_for(cfg: RunConfig) -> Footprint | None:
         return None
     pair_images = 0
     if reg.active:
-        pair_images = 2 * reg.n_pairs if reg.pairing == "pairs" else reg.batch_k
+        # shared pairing takes its pairs from the classification batch: no extra images
+        pair_images = {"pairs": 2 * (reg.n_pairs or 0), "batch": reg.batch_k, "shared": 0}[reg.pairing]
     return estimate(
         n_train=train[0], channels=train[1], size=train[2],
         n_reg=min(reg.n, reg_images[0]) if reg.active else 0, reg_channels=reg_images[1], reg_size=reg_images[2],

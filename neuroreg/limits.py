@@ -21,7 +21,7 @@ LIMITS: dict[str, tuple[int | float, str]] = {
     "data.image_size": (1024, "images are decoded into memory at this size"),
     "data.crop_padding": (256, "pixels of reflect padding"),
     "regularizer.n": (2_000_000, "the target keeps N x D unit vectors in memory"),
-    "regularizer.n_pairs": (8192, "every step forwards 2 x n_pairs images"),
+    "regularizer.n_pairs": (8192, "pairing pairs forwards 2 x n_pairs images a step; shared computes n_pairs similarities"),
     "regularizer.batch_k": (2048, "every step forwards batch_k images and K(K-1)/2 pairs"),
     "train.batch_size": (65536, "images forwarded per step"),
     "train.eval_batch_size": (65536, "images forwarded per evaluation batch"),

@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 
 EPOCH_METRICS = (
     "epoch", "lr", "train_loss", "sim_loss", "val_sim_loss", "train_acc", "val_acc", "best_val_acc",
-    "images_per_s", "pairs_per_s", "epoch_s",
+    "images_per_s", "pairs_per_s", "pairs_per_step", "epoch_s",
 )
-"""What the trainer reports every epoch (plus layer_weight_<layer> when regularized)."""
+"""What the trainer reports every epoch (plus layer_weight_<layer> when regularized, and the
+string ``pairing``: pairs, batch, shared, or none for a baseline)."""
 
 TRIAL_METRICS = ("best_val_acc", "train_wall_s", "evaluated_epoch", "dominant_weight", "n_test")
 """What a sweep trial adds in its final report (dominant_weight only when regularized)."""
