@@ -144,14 +144,19 @@ def load_regularization_set(
     else:
         source = load_dataset(reg_cfg.data, train=True, field="regularizer.data")
         what = f"regularizer.data ({reg_cfg.data.name}) training set"
-    if reg_cfg.n > len(source):
-        raise ConfigError(
-            "regularizer.n", f"asks for {reg_cfg.n} images but the {what} has only {len(source)}"
-        )
+    return source.select(regularization_indices(reg_cfg, len(source), what))
+
+
+def regularization_indices(reg_cfg: RegularizerConfig, n_source: int,
+                           what: str = "classification training split") -> torch.Tensor:
+    """Positions in the source of the regularization images: the first ``reg_cfg.n`` of a
+    permutation seeded by ``reg_cfg.seed``, or the first n (``order: file``). Shared pairing
+    (neuroreg.train) centres its targets over the same images."""
+    if reg_cfg.n > n_source:
+        raise ConfigError("regularizer.n", f"asks for {reg_cfg.n} images but the {what} has only {n_source}")
     if reg_cfg.order == "file":
-        return source.select(torch.arange(reg_cfg.n))
-    perm = torch.randperm(len(source), generator=torch.Generator().manual_seed(reg_cfg.seed))
-    return source.select(perm[: reg_cfg.n])
+        return torch.arange(reg_cfg.n)
+    return torch.randperm(n_source, generator=torch.Generator().manual_seed(reg_cfg.seed))[: reg_cfg.n]
 
 
 # --- digits and synthetic ---------------------------------------------------------------

@@ -32,13 +32,14 @@ from neuroreg.checkpoint import (  # collapse_summary: re-exported (sweep/traina
     save_checkpoint,
     trainer_state,
 )
-from neuroreg.config import ConfigError, RegularizerConfig, RunConfig
+from neuroreg.config import ConfigError, RunConfig
 from neuroreg.data import (
     ImageData,
     Splits,
     augment_batch,
     load_regularization_set,
     load_splits,
+    regularization_indices,
     to_float,
 )
 from neuroreg.evaluate.common import accuracy
@@ -114,18 +115,6 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     elif cfg.regularizer.active:
         reg = load_regularization_set(cfg.regularizer, cfg.data)
     return PreparedData(splits, reg)
-
-
-def regularization_indices(reg: RegularizerConfig, n_train: int) -> torch.Tensor:
-    """Positions in the classification training split of the regularization images that
-    neuroreg.data.load_regularization_set picks when regularizer.data is None (the same
-    rule: the first n of a permutation seeded by regularizer.seed, or the first n)."""
-    if reg.n > n_train:
-        raise ConfigError("regularizer.n", f"asks for {reg.n} images but the classification training split has "
-                                           f"only {n_train}")
-    if reg.order == "file":
-        return torch.arange(reg.n)
-    return torch.randperm(n_train, generator=torch.Generator().manual_seed(reg.seed))[: reg.n]
 
 
 _WHICH = {1: "the task loss (cross-entropy)", 2: "the similarity loss", 3: "both the task and the similarity loss",
