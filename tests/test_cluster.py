@@ -132,7 +132,9 @@ def test_two_nodes_pack_gpus_and_survive_node_loss(two_nodes, tmp_path):
            "--address", address, "--cpus-per-trial", "0.5", "--gpus-per-trial", "0.5", "--quiet"]
     log = open(tmp_path / "sweep.log", "w")
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=log)
+    # RAY_DEDUP_LOGS=0: each trial's line is counted below, and Ray folds repeats into one.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"},
+                            stdout=log, stderr=log)
 
     # The second node's id: the node-id every trial reports that is not the head's. Kill
     # it once two of its trials have checkpointed at least two epochs.

@@ -76,7 +76,7 @@ def test_fp32_and_bf16_keep_the_plain_optimizer(data):
 def test_autocast_boundaries(fp16_on_cpu, data, monkeypatch):
     """Only the CNN runs in fp16: the similarity head, the soft arctanh loss and the task
     loss get fp32 tensors."""
-    import neuroreg.train as train_mod
+    import neuroreg.joint_loss as train_mod  # where the step calls similarity_loss
 
     cfg = _cfg()
     lrn = build_learner(cfg, data, CPU)
