@@ -304,7 +304,12 @@ def test_s3_storage_resume_after_driver_kill_and_tables(s3_env, node, tmp_path):
     assert "sweeps/s3/sweep.yaml" in keys and any(k.endswith("checkpoint_last.pt") for k in keys)
 
     t0 = time.time()
-    p = subprocess.run([*cmd[:-1], "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # 720 s, not 300: now and then the resumed controller sits in Tune's own wait for the search
+    # generator (tune_controller._update_trial_queue(blocking=True), 600 s) while the restored
+    # trial waits for its first report to be taken (stacks captured with faulthandler on
+    # 2026-12-03; it depends on what the killed driver had synced; cause in Ray not yet found).
+    # The resume still has to finish with every trial right, as asserted below.
+    p = subprocess.run([*cmd[:-1], "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=720)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     table = tmp_path / "results" / "tables" / "trials" / "s3.parquet"
     assert f"table trials: {table}" in p.stdout  # the local path is printed
