@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.confirmatory import Family, decision_line
 from analysis.gather import (
     NOT_IDENTITY,
     arm_labels,
@@ -22,8 +23,6 @@ from analysis.stats import (
     CONFIRMATORY_CORRECTION,
     CORRECTION,
     MIN_CI_SEEDS,
-    Family,
-    decision_line,
     finished,
     varying_columns,
 )
@@ -249,6 +248,9 @@ def ci_text(lo: float, hi: float, n: Any, digits: int = 3) -> str:
 def family_table(rows: pd.DataFrame, confirmatory: bool = False) -> pd.DataFrame:
     """The rows of one family for a Markdown or HTML table."""
     t = rows[["metric", "arm", "test", "n", "mean", "baseline_mean", "diff"]].copy()
+    if confirmatory:  # an arm-vs-arm hypothesis names its reference; the rest read "none"
+        t.insert(2, "reference", rows["baseline_arm"])
+        t = t.rename(columns={"baseline_mean": "reference mean"})
     label = "CI (uncorrected)" if confirmatory else CI_LABEL
     t[label] = [ci_text(lo, hi, n) for lo, hi, n in zip(rows["ci_low"], rows["ci_high"], rows["n"])]
     if confirmatory:
@@ -291,6 +293,11 @@ def family_text(family: Family) -> str:
         "seeds per arm for 80 % power at the declared smallest effect.",
         "",
     ]
+    if (conf.get("direction", pd.Series(dtype=str)) == "equivalent").any():
+        lines[-1:-1] = ["An *equivalent* row tests |arm − reference| < smallest effect by two one-sided tests "
+                        "(TOST, paired by seed): p is the larger one-sided p, and equivalence holds when the "
+                        f"{100 * (1 - 2 * family.alpha):g} % interval lies inside ± the margin; *seeds for smallest "
+                        "effect* there means seeds for 80 % power to show the margin at a true difference of 0.", ""]
     sig = expl[expl["p_adj"] < family.alpha]
     if len(sig):
         lines.append(f"**Exploratory, significant after correction ({len(sig)} of {len(expl)}):** " + "; ".join(

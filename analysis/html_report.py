@@ -8,7 +8,7 @@ pages when long (inline JavaScript, analysis.html_table). A viewport tag makes
 the page readable on a phone. Sections: the declared hypotheses' decisions, trials (counts,
 every trial with its configuration, seed, status, node, headline metrics and folder; across
 sweeps the arm_key table and each sweep side by side), best configuration, arms, the
-comparison with the baseline (analysis.stats.comparison_family), noise curves, adversarial
+comparison with the baseline (analysis.confirmatory.comparison_family), noise curves, adversarial
 distance distributions and robust accuracy vs epsilon, layer weights (network order), the
 sweep structure (Optuna contour and slice, parallel coordinates with brushing), Pareto
 front and parameter importance (Optuna fANOVA). Fields that do not apply to a run show as
@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
+from analysis.confirmatory import comparison_family
 from analysis.frames import (
     Frames,
     continuous_params,
@@ -52,7 +53,7 @@ from analysis.html_figures import (
 from analysis.html_table import _CSS, _TABLE_JS, md_inline, table_html
 from analysis.importance import param_importances, pareto_front
 from analysis.provenance_table import load_provenance, provenance_rows, provenance_warnings
-from analysis.stats import KEY_METRICS, arm_summary, best_arm, comparison_family
+from analysis.stats import KEY_METRICS, arm_summary, best_arm
 from neuroreg.atomic import atomic_write_text
 
 _CONFIG = {"displaylogo": False, "responsive": True}

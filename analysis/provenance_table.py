@@ -63,11 +63,12 @@ def provenance_table(sweep: str, sweep_dir: Path, trials: pd.DataFrame, problems
 
 def decisions_table(sweep: str, trials: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
     """A sequential sweep's looks, replayed from its finished trials exactly as the sweep
-    made them (analysis.stats.sequential_looks): one row per look, hypothesis and arm, with
+    made them (analysis.confirmatory.sequential_looks): one row per look, hypothesis and arm, with
     the statistic, its boundaries and the decision. Empty for other sweeps."""
     if not isinstance(spec.get("seeds"), dict) or not spec.get("hypotheses") or not len(trials):
         return pd.DataFrame()
-    from analysis.stats import finished, sequential_looks
+    from analysis.confirmatory import sequential_looks
+    from analysis.stats import finished
 
     looks = sequential_looks(finished(trials), spec)
     return looks.assign(sweep=sweep)[["sweep", *looks.columns]] if len(looks) else looks

@@ -29,6 +29,7 @@ import pandas as pd
 
 from analysis import html_report, plots, store
 from analysis.applicable import applies
+from analysis.confirmatory import comparison_family
 from analysis.frames import (  # noqa: F401 (re-exported: the report's data and formatting)
     Frames,
     by_configuration,
@@ -66,11 +67,7 @@ from analysis.report_sections import (
     family_section,
     frequency_section,
 )
-from analysis.stats import (
-    best_arm,
-    comparison_family,
-    finished,
-)
+from analysis.stats import best_arm, finished
 from neuroreg.atomic import atomic_write_text
 
 # --- the tables the CLI prints --------------------------------------------------------

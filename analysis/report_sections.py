@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.confirmatory import Family, comparison_family
 from analysis.frames import decision_lines, family_table, family_text, md_table, pm
-from analysis.stats import KEY_METRICS, Family, arm_summary, comparison_family
+from analysis.stats import KEY_METRICS, arm_summary
 
 
 class Doc:

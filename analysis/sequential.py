@@ -24,6 +24,15 @@ spending for the t sequence itself, calibrated once on seeded simulated null seq
   a true effect equal to the smallest effect it stops for futility with probability <=
   ``futility``.
 - at ``max_seeds`` without a crossing the answer is "max reached" (undecided).
+
+Equivalence (``direction: equivalent``, |arm - reference| < smallest_effect): Schuirmann's two
+one-sided tests (TOST; Schuirmann 1987, J Pharmacokinet Biopharm 15:657), each at the full
+alpha (an intersection-union test needs no split), run group-sequentially on the same
+boundaries (Jennison and Turnbull 2000, ch. 6). The statistic is the smaller of the two
+z-scale statistics, of "difference > -smallest_effect" and of "difference < +smallest_effect":
+efficacy (equivalent) when it reaches c_k, futility (not equivalent: the difference lies
+beyond the margin) when it falls to -f_k, which is one of the two one-sided tests of
+"|difference| > smallest_effect" rejecting its null.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from scipy import stats as sps
 
 ALPHA = 0.05
 TARGET_POWER = 0.8
-DIRECTIONS = ("greater", "less", "two-sided")
+DIRECTIONS = ("greater", "less", "two-sided", "equivalent")
 FUTILITY = 0.1
 """Default probability of a futility stop when the true effect equals the smallest effect."""
 
@@ -128,6 +137,64 @@ def seeds_for_power(effect: float, paired: bool = True, power: float = TARGET_PO
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if ok(mid) else (mid, hi)
     return float(hi)
+
+
+def power_tost(margin: float, n: int, alpha: float = ALPHA, paired: bool = True, n2: int | None = None) -> float:
+    """Power of the two one-sided tests to show equivalence within +-``margin`` (standardized:
+    margin / sd) when the true difference is 0, paired (n differences) or two-sample (n and
+    n2 seeds, pooled df).
+
+    Both tests reject iff |mean| < margin sd - t_c se, with se = s / sqrt(n_eff) and s the
+    sample sd; given s that has probability 2 Phi(margin sqrt(n_eff) - t_c s / sd) - 1 (when
+    positive), integrated over s^2 / sd^2 ~ chi2(df) / df. Exact, not the usual 1 - 2 beta
+    approximation, which is poor at the few seeds a sweep has."""
+    n2 = n if n2 is None else n2
+    if n < 2 or (not paired and n2 < 2) or not math.isfinite(margin) or margin <= 0:
+        return math.nan
+    df = n - 1 if paired else n + n2 - 2
+    n_eff = n if paired else n * n2 / (n + n2)
+    tc = float(sps.t.isf(alpha, df))
+    root = margin * math.sqrt(n_eff)
+
+    def f(v: float) -> float:
+        inner = 2.0 * sps.norm.cdf(root - tc * math.sqrt(v / df)) - 1.0
+        return max(0.0, float(inner)) * float(sps.chi2.pdf(v, df))
+
+    # The integrand vanishes beyond v = df (root / tc)^2, where the interval no longer fits,
+    # and the chi2 mass beyond its 1e-14 tail is below any power worth printing.
+    top = min(df * (root / tc) ** 2, float(sps.chi2.isf(1e-14, df)))
+    p, _ = integrate.quad(f, 0.0, top, limit=200)
+    return min(1.0, max(0.0, float(p)))
+
+
+def seeds_for_tost(margin: float, paired: bool = True, power: float = TARGET_POWER, n_max: int = 1000,
+                   alpha: float = ALPHA) -> float:
+    """Smallest number of seeds (per arm) at which the two one-sided tests show equivalence
+    within +-``margin`` (standardized) with ``power`` when the true difference is 0; inf
+    beyond n_max."""
+    if not math.isfinite(margin) or margin <= 0:
+        return math.inf
+
+    def ok(n: int) -> bool:
+        return power_tost(margin, n, alpha, paired) >= power
+
+    if not ok(n_max):
+        return math.inf
+    lo, hi = 1, n_max
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return float(hi)
+
+
+def mde_tost(n: int, paired: bool = True, n2: int | None = None, alpha: float = ALPHA,
+             power: float = TARGET_POWER) -> float:
+    """The smallest standardized margin that the two one-sided tests show with ``power`` at
+    these seeds when the true difference is 0 (multiply by the sd for metric units)."""
+    n2 = n if n2 is None else n2
+    if n < 2 or (not paired and n2 < 2):
+        return math.nan
+    return float(optimize.brentq(lambda m: power_tost(m, n, alpha, paired, n2) - power, 1e-6, 100.0, xtol=1e-6))
 
 
 # --- the group-sequential boundaries -------------------------------------------------------
@@ -237,12 +304,14 @@ def t_to_z(t: np.ndarray | float, df: np.ndarray | float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Design:
-    """A declared hypothesis run sequentially: paired differences arm - baseline, one per seed."""
+    """A declared hypothesis run sequentially: paired differences arm - reference (its
+    baseline unless the hypothesis names another), one per seed."""
 
     smallest_effect: float
     direction: str = "greater"
     alpha: float = ALPHA
-    """Type-I error over all looks (one-sided for greater / less, total for two-sided)."""
+    """Type-I error over all looks (one-sided for greater / less, total for two-sided; for
+    equivalent, that of each of the two one-sided tests, which is the whole test's)."""
     min_seeds: int = 3
     max_seeds: int = 12
     futility: float = FUTILITY
@@ -272,10 +341,12 @@ class Look:
     n: int
     estimate: float
     statistic: float
-    """z-scale paired t statistic of the difference (towards the declared direction)."""
+    """z-scale paired t statistic of the difference (towards the declared direction);
+    equivalence: the smaller of the two one-sided statistics against the margins."""
     efficacy_bound: float
     futility_statistic: float
-    """z-scale statistic of the test of 'effect >= smallest_effect' (negative: effect smaller)."""
+    """z-scale statistic of the test of 'effect >= smallest_effect' (negative: effect smaller);
+    equivalence: the statistic again (at or below -futility_bound: beyond the margin)."""
     futility_bound: float
     decision: str
     """continue, efficacy, futility or max reached."""
@@ -315,6 +386,19 @@ def _classify(z: np.ndarray, zd: np.ndarray, z_neg: np.ndarray | None, c: float,
     return np.where(eff, 1, np.where(fut, 2, 0))
 
 
+def _look(x: np.ndarray, design: Design, c: float, f: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, statistic, futility statistic) of one look over rows of differences x (sims x n,
+    already signed towards the declared direction)."""
+    delta = design.smallest_effect
+    if design.direction == "equivalent":
+        # TOST: the weaker of "difference > -delta" and "difference < +delta" on the z scale.
+        s = np.minimum(_z_stats(x, -delta)[1], _z_stats(-x, -delta)[1])
+        return np.where(s >= c, 1, np.where(s <= -f, 2, 0)), s, s
+    z, zd = _z_stats(x, delta)
+    z_neg = _z_stats(-x, delta)[1] if design.direction == "two-sided" else None
+    return _classify(z, zd, z_neg, c, f), z, zd
+
+
 def decide(diffs: Sequence[float], design: Design, looks: Sequence[int] | None = None) -> Decision:
     """Replay the looks over the paired differences (in seed order) and stop at the first
     crossing. ``looks`` are the seed counts at which the sweep looked (default: every round
@@ -328,12 +412,8 @@ def decide(diffs: Sequence[float], design: Design, looks: Sequence[int] | None =
     c, f = design.bounds(ns)
     out: list[Look] = []
     for k, n in enumerate(ns):
-        x = sign * d[:n]
-        z, zd = _z_stats(x[None, :], design.smallest_effect)
-        z_neg = None
-        if design.direction == "two-sided":
-            z_neg = _z_stats(-x[None, :], design.smallest_effect)[1]
-        code = int(_classify(z, zd, z_neg, c[k], f[k])[0])
+        codes, z, zd = _look(sign * d[None, :n], design, c[k], f[k])
+        code = int(codes[0])
         verdict = ("continue", "efficacy", "futility")[code]
         if verdict == "continue" and n >= design.max_seeds:
             verdict = "max reached"
@@ -369,9 +449,7 @@ def simulate(design: Design, effect: float, sd: float, n_sims: int = 2000, seed:
     used = np.full(n_sims, design.max_seeds)
     running = np.ones(n_sims, dtype=bool)
     for k, n in enumerate(ns):
-        z, zd = _z_stats(d[:, :n], design.smallest_effect)
-        z_neg = _z_stats(-d[:, :n], design.smallest_effect)[1] if design.direction == "two-sided" else None
-        code = _classify(z, zd, z_neg, c[k], f[k])
+        code = _look(d[:, :n], design, c[k], f[k])[0]
         stop = running & (code > 0)
         result[stop], used[stop] = code[stop], n
         running &= ~stop

@@ -1,7 +1,8 @@
 """Statistics over seeds: per-arm summaries and each regularizer against its baseline.
 
-``comparison_family(done, spec)`` is the one place the comparisons of a sweep are built:
-the console summary (analysis.summary), the Markdown and the HTML report all print it.
+``compare_family`` tests every arm x metric against the baseline (the exploratory family);
+``analysis.confirmatory.comparison_family`` splits off the declared hypotheses and is the
+one place the comparisons of a sweep are built for the console, Markdown and HTML reports.
 
 An *arm* is one configuration without its seed (the ``arm`` column of ``trials``); its
 trials are the seeds. The baseline of an arm is the unregularized arm (``baseline``
@@ -12,9 +13,7 @@ column true: target none or alpha 0) with the same values of the other swept fie
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,8 +22,6 @@ from scipy import stats as sps
 from analysis.sequential import (  # noqa: F401 (re-exported: the planning numbers)
     ALPHA,
     TARGET_POWER,
-    Design,
-    decide,
     mde,
     power_paired,
     power_welch,
@@ -141,7 +138,6 @@ CONFIRMATORY_CORRECTION = "Holm"
 MIN_CI_SEEDS = 3
 """Below this many seeds no interval is printed: with 1 df a 95 % t interval is +-12.7 sd,
 wider than an accuracy's whole range."""
-SYMBOLS = {"greater": ">", "less": "<", "two-sided": "≠"}
 
 
 def family_metrics(trials: pd.DataFrame, metrics: Sequence[str] | None = None) -> list[str]:
@@ -272,200 +268,3 @@ def _compare_one(a: pd.DataFrame, base: pd.DataFrame, m: str, seed_col: str | No
         ci = sps.ttest_ind(x.to_numpy(float), y.to_numpy(float), equal_var=False).confidence_interval(level)
         res.update(ci_low=float(ci.low), ci_high=float(ci.high))
     return res
-
-
-# --- declared hypotheses: the confirmatory family ------------------------------------------------
-
-
-@dataclass
-class Family:
-    """The comparisons of a sweep, split by what was declared before it ran.
-
-    ``confirmatory``: one row per declared hypothesis and regularized arm (one-sided test in
-    the declared direction, Holm over these rows, a decision each); ``exploratory``: every
-    other arm x metric (two-sided, Benjamini-Hochberg over these rows).
-    """
-
-    confirmatory: pd.DataFrame
-    exploratory: pd.DataFrame
-    alpha: float = ALPHA
-    sequential: dict[str, int] | None = None
-    """{min, max} seeds of a sequential sweep; None for a fixed number of seeds."""
-
-    @property
-    def size(self) -> int:
-        return len(self.confirmatory) + len(self.exploratory)
-
-    def rows(self) -> pd.DataFrame:
-        """Both families in one frame (``family`` column), confirmatory first."""
-        parts = [f.assign(family=name) for name, f in (("confirmatory", self.confirmatory),
-                                                        ("exploratory", self.exploratory)) if len(f)]
-        return pd.concat(parts, ignore_index=True) if parts else self.exploratory.assign(family=[])
-
-
-def hypotheses_of(spec: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The declared hypotheses of a saved sweep spec (sweep.yaml), with defaults filled."""
-    out = []
-    for h in (spec or {}).get("hypotheses") or []:
-        if isinstance(h, Mapping) and h.get("metric"):
-            out.append({"metric": str(h["metric"]), "direction": str(h.get("direction") or "greater"),
-                        "smallest_effect": float(h.get("smallest_effect") or np.nan)})
-    return out
-
-
-def sequential_of(spec: Mapping[str, Any] | None) -> dict[str, int] | None:
-    """{min, max} of ``seeds: {min: 3, max: 12}``, else None."""
-    seeds = (spec or {}).get("seeds")
-    if isinstance(seeds, Mapping) and "min" in seeds and "max" in seeds:
-        return {"min": int(seeds["min"]), "max": int(seeds["max"])}
-    return None
-
-
-def comparison_family(done: pd.DataFrame, spec: Mapping[str, Any] | None = None,
-                      seed_col: str = "train.seed") -> Family:
-    """THE comparison family of a sweep (finished trials ``done``, saved spec ``spec``): the
-    console, the Markdown and the HTML report all print this one."""
-    spec = spec or {}
-    alpha = float(spec.get("alpha") or ALPHA)
-    hyps = hypotheses_of(spec)
-    seq = sequential_of(spec)
-    objectives = list((spec.get("search") or {}).get("metrics") or []) + [spec.get("metric") or ""]
-    extra = [m for m in objectives if m and m != "best_val_acc"]
-    explore = compare_family(done, family_metrics(done, extra), seed_col, alpha)
-    conf = confirmatory_rows(done, hyps, alpha, seq, seed_col)
-    if len(conf):
-        declared = set(zip(conf["metric"], conf["arm"]))
-        explore = explore[[(m, a) not in declared for m, a in zip(explore["metric"], explore["arm"])]]
-        explore = compare_family_adjust(explore)
-    return Family(conf, explore.reset_index(drop=True), alpha, seq)
-
-
-def compare_family_adjust(rows: pd.DataFrame) -> pd.DataFrame:
-    """Benjamini-Hochberg again over these rows (after the confirmatory ones left the family)."""
-    rows = rows.copy()
-    rows["p_adj"] = np.nan
-    ok = rows["p"].notna()
-    if ok.any():
-        rows.loc[ok, "p_adj"] = sps.false_discovery_control(rows.loc[ok, "p"].to_numpy(float), method="bh")
-    return rows
-
-
-def confirmatory_rows(done: pd.DataFrame, hyps: Sequence[Mapping[str, Any]], alpha: float = ALPHA,
-                      seq: Mapping[str, int] | None = None, seed_col: str = "train.seed") -> pd.DataFrame:
-    """One row per declared hypothesis and regularized arm: the one-sided (or two-sided) test,
-    Holm over the rows, the planning numbers and the decision (fixed design, or the replayed
-    sequential looks of ``analysis.sequential`` with alpha split over the rows, Bonferroni)."""
-    rows = []
-    has_seed = seed_col in done.columns
-    arms = list(arms_with_baseline(done))
-    for h in hyps:
-        if h["metric"] not in done.columns:
-            continue
-        # A one-sided test at alpha is two one-sided bounds of a (1 - 2 alpha) interval: its
-        # lower bound is the efficacy test (before Holm), its upper bound the futility test.
-        level = 1 - alpha if h["direction"] == "two-sided" else 1 - 2 * alpha
-        for arm, a, base, base_arm in arms:
-            r = {"metric": h["metric"], "arm": arm, "baseline_arm": base_arm, "direction": h["direction"],
-                 "smallest_effect": h["smallest_effect"], "ci_level": level,
-                 **_compare_one(a, base, h["metric"], seed_col if has_seed else None, alpha, h["direction"], level)}
-            r["seeds_needed"] = (seeds_for_power(h["smallest_effect"] / r["sd"], r["test"] == "paired t",
-                                                 alpha=alpha, alternative=h["direction"])
-                                 if r["sd"] == r["sd"] and r["sd"] > 0 else np.nan)
-            r["_diffs"] = paired_differences(a, base, h["metric"], seed_col) if has_seed else pd.Series(dtype=float)
-            rows.append(r)
-    cols = [*_COLS, "ci_level", "direction", "smallest_effect", "seeds_needed", "decision", "decided_at", "design"]
-    if not rows:
-        return pd.DataFrame(columns=cols)
-    out = pd.DataFrame(rows)
-    out["p_adj"] = np.nan
-    ok = out["p"].notna()
-    if ok.any():
-        out.loc[ok, "p_adj"] = holm(out.loc[ok, "p"].to_numpy(float))
-    decisions = [_decide(r, alpha, len(out), seq) for r in out.to_dict("records")]
-    out["decision"] = [d[0] for d in decisions]
-    out["decided_at"] = [d[1] for d in decisions]
-    out["design"] = "sequential" if seq else "fixed"
-    return out[cols]
-
-
-def _decide(r: Mapping[str, Any], alpha: float, m: int, seq: Mapping[str, int] | None) -> tuple[str, int]:
-    """(decision, seeds) of one confirmatory row."""
-    n = int(r["n"]) if r["n"] == r["n"] else 0
-    if seq:
-        design = Design(r["smallest_effect"], r["direction"], alpha / m, seq["min"], seq["max"])
-        d = decide(r["_diffs"].to_numpy(float), design)
-        return d.decision, d.n
-    # Below MIN_CI_SEEDS no interval is shown, and no decision is taken on one.
-    if n < MIN_CI_SEEDS or r["p"] != r["p"] or r["ci_low"] != r["ci_low"]:
-        return "undecided", n
-    sign = -1.0 if r["direction"] == "less" else 1.0
-    if r["p_adj"] < alpha and (r["direction"] == "two-sided" or sign * r["diff"] > 0):
-        return "efficacy", n
-    # Futility: the shown interval excludes the smallest effect in the declared direction
-    # (two-sided: lies within +-smallest_effect).
-    lo, hi, delta = r["ci_low"], r["ci_high"], r["smallest_effect"]
-    out = {"greater": hi < delta, "less": lo > -delta, "two-sided": -delta < lo and hi < delta}[r["direction"]]
-    return ("futility" if out else "undecided"), n
-
-
-def decision_line(r: Any, alpha: float) -> str:
-    """One sentence per hypothesis and arm: estimate, interval, corrected p and the decision."""
-    n = int(r.n) if r.n == r.n else 0
-    ci = (f"n = {n}: no interval" if not r.ci_low == r.ci_low
-          else f"{100 * r.ci_level:g} % CI [{r.ci_low:+.3g}, {r.ci_high:+.3g}]")
-    p = "–" if not r.p_adj == r.p_adj else f"{r.p_adj:.2g}"
-    if r.decision in ("efficacy", "futility"):
-        verdict = f"decided after {int(r.decided_at)} seeds ({r.decision})"
-    elif r.decision == "max reached":
-        verdict = f"undecided at the maximum of {int(r.decided_at)} seeds (max reached)"
-    elif r.decision == "continue":
-        verdict = f"undecided after {int(r.decided_at)} seeds (continue: more seeds needed)"
-    else:
-        need = "" if not r.seeds_needed == r.seeds_needed else (
-            f"; ~{int(r.seeds_needed)} seeds for {r.smallest_effect:g} at 80 % power"
-            if np.isfinite(r.seeds_needed) else f"; > 1000 seeds for {r.smallest_effect:g}")
-        few = f"; a decision needs >= {MIN_CI_SEEDS} seeds" if n < MIN_CI_SEEDS else ""
-        verdict = f"undecided at {n} seeds ({r.design} design{few}{need})"
-    diff = "–" if not r.diff == r.diff else f"{r.diff:+.3g}"
-    return (f"{r.arm} {SYMBOLS.get(r.direction, '?')} {r.baseline_arm} on {r.metric} "
-            f"(smallest effect {r.smallest_effect:g}): {diff} {ci}, p_{CONFIRMATORY_CORRECTION} {p}, {verdict}")
-
-
-def sequential_looks(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str = "train.seed") -> pd.DataFrame:
-    """The ``decisions`` table of a sequential sweep: one row per look, declared hypothesis and
-    regularized arm (arm, baseline_arm, metric, n, estimate, statistic, efficacy_bound,
-    futility_statistic, futility_bound, decision), replayed over the seeds in order with the
-    alpha split over the confirmatory rows, exactly as the decision lines are."""
-    seq, hyps = sequential_of(spec), hypotheses_of(spec)
-    if not seq or not hyps:
-        return pd.DataFrame()
-    alpha = float(spec.get("alpha") or ALPHA)
-    pairs = [(h, arm, a, base, base_arm) for h in hyps if h["metric"] in done.columns
-             for arm, a, base, base_arm in arms_with_baseline(done)]
-    rows = []
-    for h, arm, a, base, base_arm in pairs:
-        design = Design(h["smallest_effect"], h["direction"], alpha / len(pairs), seq["min"], seq["max"])
-        d = decide(paired_differences(a, base, h["metric"], seed_col).to_numpy(float), design)
-        rows += [{"arm": arm, "baseline_arm": base_arm, "metric": h["metric"], **vars(look)} for look in d.looks]
-        if not d.looks:
-            rows.append({"arm": arm, "baseline_arm": base_arm, "metric": h["metric"], "n": d.n, "decision": d.decision})
-    return pd.DataFrame(rows)
-
-
-def next_round(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str = "train.seed") -> dict[str, bool]:
-    """After a completed round of a sequential sweep: arm -> whether it gets one more seed.
-
-    A regularized arm continues while any of its declared hypotheses is undecided (continue,
-    or fewer than min seeds) and max is not reached; a baseline arm continues while any arm
-    of its condition does. Pure: ``done`` is the finished trials (arm, baseline, condition,
-    the seed column and the metrics), ``spec`` the saved sweep spec (SweepSpec.to_dict())."""
-    looks = sequential_looks(done, spec, seed_col)
-    out: dict[str, bool] = {}
-    if not len(looks):
-        return out
-    last = looks.groupby(["arm", "metric"], sort=False).tail(1)
-    more = last.groupby("arm")["decision"].agg(lambda s: bool(s.isin(["continue", "too few seeds"]).any()))
-    out.update({str(a): bool(v) for a, v in more.items()})
-    for base_arm, g in last.groupby("baseline_arm"):
-        out[str(base_arm)] = any(out[str(a)] for a in g["arm"].unique())
-    return out

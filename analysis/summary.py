@@ -1,7 +1,7 @@
 """What ``sweep.run`` prints at the end: each arm against the baseline, and the Pareto set.
 
 The numbers are the report's (``analysis.report``): both build the family with
-``analysis.stats.comparison_family`` from the same frames (``analysis.frames.load_frames``);
+``analysis.confirmatory.comparison_family`` from the same frames (``analysis.frames.load_frames``);
 the console shows the declared hypotheses' decisions and the exploratory family's headline rows.
 """
 
@@ -11,9 +11,10 @@ import math
 import os
 from typing import Any
 
+from analysis.confirmatory import comparison_family
 from analysis.frames import CI_LABEL, ci_text, decision_lines, load_frames
 from analysis.importance import pareto_front
-from analysis.stats import CONFIRMATORY_CORRECTION, CORRECTION, comparison_family
+from analysis.stats import CONFIRMATORY_CORRECTION, CORRECTION
 
 
 def objectives_of(spec: dict[str, Any]) -> dict[str, str]:
@@ -31,7 +32,7 @@ def _num(v: float, digits: int = 3) -> str:
 
 def sweep_summary(root: str | os.PathLike, sweep: str) -> str:
     """Console text: the declared hypotheses' decisions, the headline rows of the exploratory
-    family, then the Pareto set. The family is the report's (stats.comparison_family over the
+    family, then the Pareto set. The family is the report's (confirmatory.comparison_family over the
     same frames), so every p_adj printed here is the report's."""
     frames = load_frames([sweep], root)
     spec, done = frames.spec, frames.done

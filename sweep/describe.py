@@ -44,8 +44,7 @@ def describe(spec) -> str:
     else:
         lines.append(f"  seeds: {spec.seeds if spec.seeds else [b.train.seed]}")
     for h in spec.hypotheses:
-        lines.append(f"  hypothesis: every arm {h.direction} than its baseline on {h.metric} "
-                     f"(smallest effect {h.smallest_effect:g}, alpha {spec.alpha:g}, Holm)")
+        lines.append(f"  hypothesis: {h.describe()}, alpha {spec.alpha:g}, Holm")
     r = spec.resources
     lines.append(f"  resources: {r.cpus_per_trial:g} CPU + {r.gpus_per_trial:g} GPU per trial, "
                  f"max concurrent {r.max_concurrent or 'as many as fit'}; time budget {spec.time_budget_s or 'none'}")

@@ -2,11 +2,11 @@
 
 Every configuration first runs over ``min`` seeds (grid and random: the enumerated trial
 list; Optuna: its study's configurations, each repeated, plus the baselines). As trials
-finish, each regularized arm whose seeds (and its baseline's, paired by seed) are all in
-is looked at with the group-sequential test of ``analysis.sequential`` (through
-``analysis.stats.next_round``): decided arms (efficacy, futility) get no more seeds, an
-undecided one gets its next seed at once, and so does its baseline while any arm of its
-condition needs it, up to ``max``. Looks are per arm, not per batch, so new seeds are queued
+finish, each arm whose seeds (and those of the arms it is compared with, paired by seed)
+are all in is looked at with the group-sequential test of ``analysis.sequential`` (through
+``analysis.confirmatory.next_round``): decided arms (efficacy, futility) get no more seeds,
+an undecided one gets its next seed at once, and so does its reference (the baseline, or the
+arm an arm-vs-arm hypothesis names) while a comparison with it is undecided, up to ``max``. Looks are per arm, not per batch, so new seeds are queued
 as trials finish and a cluster never waits for the slowest arm of a round.
 
 The extra seeds are this searcher's own trials: Optuna's study sees only the configurations
@@ -203,15 +203,16 @@ class SequentialSeeds(ForwardingSearcher):
         self.pending.append({PARAMS: copy.deepcopy(params), TRIAL_INDEX: index})
 
     def _queue_next_seeds(self) -> None:
-        from analysis.stats import next_round
+        from analysis.confirmatory import next_round
 
         df = self.done_table()
         if not len(df) or "arm" not in df:
             return
         more = next_round(df, self.spec_dict)
-        by_arm = {arm: g for arm, g in df.groupby("arm")}
-        for arm, g in by_arm.items():
-            if bool(g["baseline"].iloc[0]) or not more.get(arm):
+        for arm, g in df.groupby("arm"):
+            # A baseline (or an arm another is compared with) continues while a comparison
+            # with it is undecided; next_round says which.
+            if not more.get(arm):
                 continue
             ident, params = g["_ident"].iloc[0], self.trials[g["trial_id"].iloc[0]]["params"]
             assigned = self._assigned(ident)
@@ -221,13 +222,11 @@ class SequentialSeeds(ForwardingSearcher):
             if n >= self.max or any(i not in assigned for i in range(self.min)) or \
                     any(s not in ("done", "error") for s in assigned.values()):
                 continue
-            base = df[(df["condition"] == g["condition"].iloc[0]) & df["baseline"].astype(bool)]
-            if base.empty:
-                continue
-            base_ident = base["_ident"].iloc[0]
-            base_assigned = self._assigned(base_ident)
-            if any(base_assigned.get(i) not in ("done", "error") for i in assigned):
-                continue  # the look must pair every seed of the arm with its baseline's
-            self._queue(params, n)
-            if n not in base_assigned:  # the baseline continues while any arm of it does
-                self._queue(self.trials[base["trial_id"].iloc[0]]["params"], n)
+            # A look pairs the arm's seeds with those of every arm of its condition: wait for
+            # the ones in flight (an arm that stopped earlier has none and never blocks).
+            others = df[(df["condition"] == g["condition"].iloc[0]) & (df["arm"] != arm)]
+            in_flight = any(state not in ("done", "error")
+                            for other in others["_ident"].unique()
+                            for i, state in self._assigned(other).items() if i in assigned)
+            if not in_flight:
+                self._queue(params, n)

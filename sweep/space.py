@@ -21,8 +21,9 @@ RANDOM_TYPES = ("uniform", "loguniform", "int", "choice")
 ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("none", "asha")
 MODES = ("min", "max")
-DIRECTIONS = ("greater", "less", "two-sided")
-"""Directions of a declared hypothesis: arm - baseline > 0, < 0, or != 0."""
+DIRECTIONS = ("greater", "less", "two-sided", "equivalent")
+"""Directions of a declared hypothesis: arm - reference > 0, < 0, != 0, or within
++-smallest_effect (two one-sided tests)."""
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -102,17 +103,39 @@ class FailureSpec:
 
 @dataclass
 class HypothesisSpec:
-    """A declared hypothesis: every regularized arm against its baseline on ``metric``."""
+    """A declared hypothesis: every regularized arm (or those ``arm`` selects) against its
+    baseline, or against the arm ``reference`` selects in the same condition, on ``metric``."""
 
     metric: str
     direction: str = "greater"
-    """greater (arm - baseline > 0), less, or two-sided."""
+    """greater (arm - reference > 0), less, two-sided, or equivalent (|arm - reference| <
+    smallest_effect, two one-sided tests)."""
     smallest_effect: float = 0.0
     """The smallest difference worth finding (metric units): the futility rule excludes it,
-    and the planning numbers give the seeds it needs."""
+    and the planning numbers give the seeds it needs. For equivalent: the margin."""
+    arm: dict[str, Any] = field(default_factory=dict)
+    """Config field -> value the compared arms have (e.g. {regularizer.pairing: shared});
+    empty: every regularized arm."""
+    reference: dict[str, Any] = field(default_factory=dict)
+    """Config field -> value of the reference arm (e.g. {regularizer.pairing: pairs});
+    empty: the baseline of each arm's condition."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "direction": self.direction, "smallest_effect": self.smallest_effect}
+        out = {"metric": self.metric, "direction": self.direction, "smallest_effect": self.smallest_effect}
+        if self.arm:
+            out["arm"] = dict(self.arm)
+        if self.reference:
+            out["reference"] = dict(self.reference)
+        return out
+
+    def describe(self) -> str:
+        """'shared (regularizer.pairing=shared) equivalent to regularizer.pairing=pairs ...'."""
+        who = " ".join(f"{k}={v}" for k, v in self.arm.items()) or "every arm"
+        ref = " ".join(f"{k}={v}" for k, v in self.reference.items()) or "its baseline"
+        how = {"greater": "greater than", "less": "less than", "two-sided": "different from",
+               "equivalent": "equivalent (TOST) to"}[self.direction]
+        what = "margin" if self.direction == "equivalent" else "smallest effect"
+        return f"{who} {how} {ref} on {self.metric} ({what} {self.smallest_effect:g})"
 
 
 @dataclass

@@ -17,6 +17,9 @@ oversized files refused) holds::
     # seeds: {min: 3, max: 12}          # sequential: seeds added until the hypotheses are decided
     hypotheses:                         # declared before the sweep: the confirmatory family (Holm)
       - {metric: noise_acc_gaussian_0.4, direction: greater, smallest_effect: 0.05}
+      # arm vs arm: |shared - pairs| < 0.05 (two one-sided tests), arms picked by their fields
+      # - {metric: noise_acc_gaussian_0.4, direction: equivalent, smallest_effect: 0.05,
+      #    arm: {regularizer.pairing: shared}, reference: {regularizer.pairing: pairs}}
     alpha: 0.05                         # type-I error of the confirmatory family
     metric: best_val_acc
     mode: max
@@ -204,8 +207,8 @@ def _parse_seeds(v: Any) -> tuple[list[int] | None, SequentialSpec | None]:
 
 
 def _parse_hypotheses(v: Any) -> list[HypothesisSpec]:
-    """``hypotheses: [{metric, direction, smallest_effect}, ...]``; the metric names are
-    checked against what the trials report in sweep.validation."""
+    """``hypotheses: [{metric, direction, smallest_effect[, arm][, reference]}, ...]``; the
+    metric names and selectors are checked against what the trials report in sweep.validation."""
     if v is None:
         return []
     if not isinstance(v, list):
@@ -216,9 +219,10 @@ def _parse_hypotheses(v: Any) -> list[HypothesisSpec]:
         if not isinstance(h, dict):
             raise ConfigError(where, f"must be a mapping such as {{metric: noise_acc_gaussian_0.4, direction: "
                                      f"greater, smallest_effect: 0.05}}, got {h!r}")
-        extra = sorted(set(map(str, h)) - {"metric", "direction", "smallest_effect"})
+        extra = sorted(set(map(str, h)) - {"metric", "direction", "smallest_effect", "arm", "reference"})
         if extra:
-            raise ConfigError(where, f"unknown key(s) {extra}; a hypothesis has metric, direction, smallest_effect")
+            raise ConfigError(where, f"unknown key(s) {extra}; a hypothesis has metric, direction, smallest_effect "
+                                     "and optionally arm and reference")
         metric, direction, effect = h.get("metric"), h.get("direction", "greater"), h.get("smallest_effect")
         if not isinstance(metric, str) or not metric:
             raise ConfigError(f"{where}.metric", f"must name a metric the trials report, got {metric!r}")
@@ -227,10 +231,31 @@ def _parse_hypotheses(v: Any) -> list[HypothesisSpec]:
         if isinstance(effect, bool) or not isinstance(effect, (int, float)) or not (math.isfinite(effect) and effect > 0):
             raise ConfigError(f"{where}.smallest_effect", "must be a number > 0: the smallest difference worth "
                                                           f"finding, in the metric's units (e.g. 0.05), got {effect!r}")
-        if any(o.metric == metric for o in out):
-            raise ConfigError(f"{where}.metric", f"{metric!r} is declared twice")
-        out.append(HypothesisSpec(metric, direction, float(effect)))
+        arm, ref = _parse_selector(h.get("arm"), f"{where}.arm"), _parse_selector(h.get("reference"), f"{where}.reference")
+        if direction == "equivalent" and not ref:
+            raise ConfigError(f"{where}.reference", "an equivalence hypothesis compares two regularized arms: name the "
+                                                    "reference arm, e.g. reference: {regularizer.pairing: pairs}")
+        if ref and ref == arm:
+            raise ConfigError(f"{where}.arm", f"selects the same arm as reference ({ref}): name two different arms")
+        new = HypothesisSpec(metric, direction, float(effect), arm, ref)
+        if any(o.to_dict() | {"smallest_effect": 0} == new.to_dict() | {"smallest_effect": 0} for o in out):
+            raise ConfigError(f"{where}.metric", f"{metric!r} is declared twice ({direction}, the same arms)")
+        out.append(new)
     return out
+
+
+def _parse_selector(v: Any, where: str) -> dict[str, Any]:
+    """``{regularizer.pairing: shared}``: config field -> one value (the fields are checked
+    against the config and the trials in sweep.validation)."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not v or not all(isinstance(k, str) for k in v):
+        raise ConfigError(where, f"must map config fields to one value each, e.g. {{regularizer.pairing: shared}}, "
+                                 f"got {v!r}")
+    for k, x in v.items():
+        if x is not None and not isinstance(x, (str, int, float, bool)):
+            raise ConfigError(f"{where}.{k}", f"must be one value (text, number, true/false or null), got {x!r}")
+    return dict(v)
 
 
 def _parse_alpha(v: Any) -> float:

@@ -11,6 +11,7 @@ from neuroreg.config import ConfigError, RunConfig, config_with, field_paths, se
 from neuroreg.evaluate.metrics import EPOCH_METRICS, reported_metrics
 from sweep.space import (
     ALGORITHMS,
+    BASELINE_PARAMS,
     MODES,
     SCHEDULERS,
     ParamSpec,
@@ -108,6 +109,7 @@ def validate_spec(spec: SweepSpec, check_files: bool = True) -> None:
         for value in _probe_values(p):
             _check_value(spec, p, value, check_files)
     _check_metrics(spec)
+    _check_selectors(spec, paths)
     if spec.sequential is not None and not spec.hypotheses:
         raise ConfigError("seeds", "seeds: {min, max} adds seeds until the declared hypotheses are decided, but "
                                    "this sweep declares none: add hypotheses: [{metric, direction, smallest_effect}] "
@@ -244,6 +246,38 @@ def _check_metrics(spec: SweepSpec) -> None:
             raise ConfigError(where, f"{m!r} is not a metric these trials report (their suites: "
                                      f"{spec.base_config.evaluation.suites}); e.g. {close}; name a reported "
                                      "metric or add the suite that reports it to base.evaluation.suites")
+
+
+def _check_selectors(spec: SweepSpec, paths: set[str]) -> None:
+    """A hypothesis' ``arm`` / ``reference`` name config fields, and (grid and random, whose
+    trials are known now) each picks at least one trial: a typo would otherwise leave the
+    hypothesis without a row and the sequential sweep without a rule."""
+    configs = None
+    if spec.search.algorithm != "optuna":
+        params = enumerate_trials(spec)
+        if spec.baseline:
+            params = params + [dict(BASELINE_PARAMS)]
+        configs = [RunConfig.from_dict(config_with(copy.deepcopy(spec.base), p), validate=False) for p in params]
+    for i, h in enumerate(spec.hypotheses):
+        for part, sel in (("arm", h.arm), ("reference", h.reference)):
+            where = f"hypotheses[{i}].{part}"
+            for key in sel:
+                if key not in paths:
+                    raise ConfigError(f"{where}.{key}", f"is not a config field ({_near(key, paths)})")
+            if configs is None or not sel:
+                continue
+            if not any(all(_same(config_value(c, k), v) for k, v in sel.items()) for c in configs):
+                seen = {k: sorted({str(config_value(c, k)) for c in configs}) for k in sel}
+                raise ConfigError(where, f"{sel} picks none of this sweep's trials (their values: {seen}); "
+                                         "name values the space gives")
+
+
+def _same(have: Any, want: Any) -> bool:
+    if want is None or have is None:
+        return have is want
+    if isinstance(want, (int, float)) and not isinstance(want, bool) and isinstance(have, (int, float)):
+        return math.isclose(float(have), float(want))
+    return str(have) == str(want)
 
 
 def _near(key: str, paths: set[str]) -> str:

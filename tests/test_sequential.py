@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.confirmatory import next_round, sequential_looks
 from analysis.sequential import (
     Design,
     _z_stats,
@@ -20,7 +21,6 @@ from analysis.sequential import (
     simulate,
     t_bounds,
 )
-from analysis.stats import next_round, sequential_looks
 
 ALPHA = 0.05
 DELTA = 0.05  # smallest_effect of mnist_repro.yaml (5 points of accuracy)

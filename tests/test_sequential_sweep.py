@@ -100,7 +100,7 @@ def test_grid_arms_stop_at_their_decisions():
     assert seeds["none"] == list(range(max(len(v) for k, v in seeds.items() if k != "none")))
     assert len(done) <= bound
     table = searcher.done_table()
-    from analysis.stats import sequential_looks
+    from analysis.confirmatory import sequential_looks
 
     looks = sequential_looks(table, spec.to_dict())
     last = looks.groupby("arm").tail(1).set_index("arm")["decision"].to_dict()

@@ -12,14 +12,12 @@ import pytest
 from scipy import stats as sps
 from test_analysis import write_fake_sweep
 
+from analysis.confirmatory import Family, comparison_family, decision_line
 from analysis.gather import gather
 from analysis.report import main as report_main
 from analysis.sequential import t_power
 from analysis.stats import (
-    Family,
     compare_family,
-    comparison_family,
-    decision_line,
     family_metrics,
     holm,
     mde,
