@@ -13,6 +13,7 @@ Markdown and the HTML report all print it. ``next_round`` is the sequential swee
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,35 +88,69 @@ def sequential_of(spec: Mapping[str, Any] | None) -> dict[str, int] | None:
 # --- which arms a hypothesis compares ---------------------------------------------------------
 
 
+def value_matches(have: Any, want: Any) -> bool:
+    """One config value against a selector's: None matches an unset or null field; numbers
+    compare as numbers (to 1e-9 relative, so 4 selects 4.0 but 0 never selects 5e-9);
+    anything else as text. sweep.validation checks selectors with this same rule."""
+    missing = have is None or (isinstance(have, float) and math.isnan(have))
+    if want is None or missing:
+        return want is None and missing
+    if isinstance(want, (int, float)) and not isinstance(want, bool):
+        try:
+            return math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0)
+        except (TypeError, ValueError):
+            return False
+    return str(have) == str(want)
+
+
 def selected(trials: pd.DataFrame, selector: Mapping[str, Any]) -> pd.Series:
-    """Rows whose config columns hold every value of ``selector`` (None: the field unset or
-    null; numbers compared as numbers; anything else as text). A field the trials do not
-    have selects nothing. Baseline trials keep the base's regularizer fields (pairing: pairs
-    on a baseline trains nothing), so only a selector that names the regularizer's target or
-    alpha picks them."""
-    mask = pd.Series(True, index=trials.index)
-    if "baseline" in trials.columns and not {"regularizer.target", "regularizer.alpha"} & set(selector):
-        mask &= ~trials["baseline"].astype(bool)
+    """Regularized rows whose config columns hold every value of ``selector``
+    (``value_matches``). A field the trials do not have selects nothing. Baseline trials are
+    never selected: they keep the base's regularizer fields (alpha 4, pairing pairs) without
+    training with them, and a hypothesis without ``reference`` already means the baseline."""
+    mask = ~trials["baseline"].astype(bool) if "baseline" in trials.columns else pd.Series(True, index=trials.index)
     for key, want in selector.items():
         if key not in trials.columns:
             return pd.Series(False, index=trials.index)
-        col = trials[key]
-        if want is None:
-            mask &= col.isna()
-        elif isinstance(want, (int, float)) and not isinstance(want, bool):
-            mask &= np.isclose(pd.to_numeric(col, errors="coerce").to_numpy(float), float(want))
-        else:
-            mask &= col.astype(str) == str(want)
+        mask &= trials[key].map(lambda v, w=want: value_matches(v, w)).astype(bool)
     return mask
+
+
+def pick_reference(arm: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Which of the arms a ``reference`` selector picks in a condition is the reference of
+    ``arm`` (config field -> value dicts): the only one, or those that agree with ``arm`` on
+    every field in which the candidates differ (alpha {2, 4} x pairing {pairs, shared}: the
+    shared arm at alpha 2 is compared with the pairs arm at alpha 2). A field in which the
+    candidates agree (n_pairs 16 for every pairs arm) need not be the arm's own value."""
+    if len(candidates) <= 1:
+        return list(range(len(candidates)))
+    keys = sorted(set().union(*candidates))
+    varying = [k for k in keys if len({_key(c.get(k)) for c in candidates}) > 1]
+    return [i for i, c in enumerate(candidates) if all(_key(c.get(k)) == _key(arm.get(k)) for k in varying)]
+
+
+def _key(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return round(float(v), 12)
+    return str(v)
+
+
+def _fields(trials: pd.DataFrame) -> dict[str, Any]:
+    """An arm's regularizer fields (its non-regularizer ones are its condition)."""
+    row = trials.iloc[0]
+    return {c: row[c] for c in trials.columns if c.startswith("regularizer.")}
 
 
 def compared_arms(done: pd.DataFrame, h: Mapping[str, Any]) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame, str]]:
     """(arm, its trials, the reference's trials, reference label) for each arm ``h`` compares.
 
     Without a ``reference``: every regularized arm (those ``h['arm']`` selects, if given)
-    against its condition's baseline. With one: within each condition, the arm(s) the
-    reference selector picks are the reference, and every other arm ``h['arm']`` selects
-    (default: every other regularized arm) is compared with it."""
+    against its condition's baseline. With one: within each condition, every other
+    regularized arm (those ``h['arm']`` selects, if given) against the one arm of the
+    reference selector's that ``pick_reference`` gives it; an arm with none, or several, is
+    not compared (sweep.validation refuses such a sweep before it runs)."""
     arm_sel, ref_sel = h.get("arm") or {}, h.get("reference") or {}
     if not ref_sel:
         for arm, a, base, base_arm in arms_with_baseline(done):
@@ -124,13 +159,26 @@ def compared_arms(done: pd.DataFrame, h: Mapping[str, Any]) -> Iterator[tuple[st
         return
     for _cond, d in done.groupby("condition", sort=True, dropna=False):
         is_ref = selected(d, ref_sel)
-        ref = d[is_ref]
-        if not len(ref):
+        refs = [(label, r) for label, r in d[is_ref].groupby("arm", sort=True)]
+        if not refs:
             continue
-        ref_label = " / ".join(sorted(ref["arm"].unique()))
+        candidates = [_fields(r) for _label, r in refs]
         rest = d[~is_ref & (selected(d, arm_sel) if arm_sel else ~d["baseline"].astype(bool))]
         for arm, a in rest.groupby("arm", sort=True):
-            yield arm, a, ref, ref_label
+            picked = pick_reference(_fields(a), candidates)
+            if len(picked) == 1:
+                label, r = refs[picked[0]]
+                yield arm, a, r, label
+
+
+def partners(done: pd.DataFrame, spec: Mapping[str, Any]) -> dict[str, set[str]]:
+    """arm -> the arms it is compared with by some declared hypothesis (both ways)."""
+    out: dict[str, set[str]] = {}
+    for h in hypotheses_of(spec):
+        for arm, _a, _r, ref in compared_arms(done, h):
+            out.setdefault(arm, set()).add(ref)
+            out.setdefault(ref, set()).add(arm)
+    return out
 
 
 # --- the tests ----------------------------------------------------------------------------------
@@ -326,6 +374,18 @@ def sequential_looks(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str 
     return pd.DataFrame(rows)
 
 
+def open_comparisons(done: pd.DataFrame, spec: Mapping[str, Any],
+                     seed_col: str = "train.seed") -> list[tuple[str, str]]:
+    """(arm, reference) of every declared comparison of a sequential sweep that is still
+    undecided (continue, or fewer than min seeds) after the seeds in ``done``."""
+    looks = sequential_looks(done, spec, seed_col)
+    if not len(looks):
+        return []
+    last = looks.groupby(["arm", "baseline_arm", "metric", "direction"], sort=False).tail(1)
+    still = last[last["decision"].isin(["continue", "too few seeds"])]
+    return sorted({(str(a), str(r)) for a, r in zip(still["arm"], still["baseline_arm"])})
+
+
 def next_round(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str = "train.seed") -> dict[str, bool]:
     """After a completed round of a sequential sweep: arm -> whether it gets one more seed.
 
@@ -334,14 +394,11 @@ def next_round(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str = "tra
     arm-vs-arm hypothesis names) continues while any arm compared with it does. Pure:
     ``done`` is the finished trials (arm, baseline, condition, the seed column, the config
     columns a selector names and the metrics), ``spec`` the saved sweep spec (SweepSpec.to_dict())."""
-    looks = sequential_looks(done, spec, seed_col)
     out: dict[str, bool] = {}
-    if not len(looks):
-        return out
-    last = looks.groupby(["arm", "baseline_arm", "metric", "direction"], sort=False).tail(1)
-    last = last.assign(more=last["decision"].isin(["continue", "too few seeds"]))
-    for arm, more in last.groupby("arm")["more"].any().items():
-        out[str(arm)] = bool(more)
-    for ref, more in last.groupby("baseline_arm")["more"].any().items():
-        out[str(ref)] = out.get(str(ref), False) or bool(more)
-    return out
+    for arm, _a, _r, ref in (row for h in hypotheses_of(spec) if h["metric"] in done.columns
+                             for row in compared_arms(done, h)):
+        out.setdefault(arm, False)
+        out.setdefault(ref, False)
+    for arm, ref in open_comparisons(done, spec, seed_col):
+        out[arm] = out[ref] = True
+    return out if sequential_of(spec) else {}

@@ -32,7 +32,10 @@ boundaries (Jennison and Turnbull 2000, ch. 6). The statistic is the smaller of 
 z-scale statistics, of "difference > -smallest_effect" and of "difference < +smallest_effect":
 efficacy (equivalent) when it reaches c_k, futility (not equivalent: the difference lies
 beyond the margin) when it falls to -f_k, which is one of the two one-sided tests of
-"|difference| > smallest_effect" rejecting its null.
+"|difference| > smallest_effect" rejecting its null; f_k spends alpha here, not ``futility``,
+since "not equivalent" is a claim of its own. The planning numbers (``power_tost``) assume
+the paired test, or a pooled-variance two-sample one; Welch's test, used where seeds do not
+pair, has somewhat less power at very few seeds.
 """
 
 from __future__ import annotations
@@ -332,8 +335,11 @@ class Design:
     def bounds(self, ns: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(efficacy, futility) z-scale boundaries of the paired t statistic at looks after ns seeds."""
         two = self.direction == "two-sided"
+        # "Not equivalent" is a claim (the difference lies beyond the margin), made at alpha
+        # like equivalence itself; elsewhere futility only stops an arm, at FUTILITY.
+        fut = self.alpha if self.direction == "equivalent" else self.futility
         return (t_bounds(tuple(ns), self.max_seeds, self.alpha, two),
-                t_bounds(tuple(ns), self.max_seeds, self.futility))
+                t_bounds(tuple(ns), self.max_seeds, fut))
 
 
 @dataclass

@@ -203,30 +203,39 @@ class SequentialSeeds(ForwardingSearcher):
         self.pending.append({PARAMS: copy.deepcopy(params), TRIAL_INDEX: index})
 
     def _queue_next_seeds(self) -> None:
-        from analysis.confirmatory import next_round
+        from analysis.confirmatory import open_comparisons, partners
 
         df = self.done_table()
         if not len(df) or "arm" not in df:
             return
-        more = next_round(df, self.spec_dict)
-        for arm, g in df.groupby("arm"):
-            # A baseline (or an arm another is compared with) continues while a comparison
-            # with it is undecided; next_round says which.
-            if not more.get(arm):
+        still = open_comparisons(df, self.spec_dict)
+        # An arm with an undecided comparison of its own leads: it takes its next seed. A
+        # reference (the baseline, or an arm another is compared with) follows: it takes seed
+        # n once an arm with an undecided comparison against it has seed n, never ahead.
+        leaders = {arm for arm, _ref in still}
+        followers: dict[str, set[str]] = {}
+        for arm, ref in still:
+            followers.setdefault(ref, set()).add(arm)
+        pairs = partners(df, self.spec_dict)
+        ident = {arm: g["_ident"].iloc[0] for arm, g in df.groupby("arm")}
+        for arm in sorted(leaders) + sorted(set(followers) - leaders):
+            if arm not in ident:
                 continue
-            ident, params = g["_ident"].iloc[0], self.trials[g["trial_id"].iloc[0]]["params"]
-            assigned = self._assigned(ident)
+            g = df[df["arm"] == arm]
+            params = self.trials[g["trial_id"].iloc[0]]["params"]
+            assigned = self._assigned(ident[arm])
             n = max(assigned) + 1
             # The first round (seeds 0 .. min-1) is the wrapped searcher's to hand out; later
             # seeds wait until every earlier one of the arm is in.
             if n >= self.max or any(i not in assigned for i in range(self.min)) or \
                     any(s not in ("done", "error") for s in assigned.values()):
                 continue
-            # A look pairs the arm's seeds with those of every arm of its condition: wait for
-            # the ones in flight (an arm that stopped earlier has none and never blocks).
-            others = df[(df["condition"] == g["condition"].iloc[0]) & (df["arm"] != arm)]
+            if arm not in leaders and not any(n in self._assigned(ident[a]) for a in followers[arm] if a in ident):
+                continue
+            # A look pairs the arm's seeds with those of the arms it is compared with: wait for
+            # their seeds in flight (an arm that stopped earlier has none and never blocks).
             in_flight = any(state not in ("done", "error")
-                            for other in others["_ident"].unique()
-                            for i, state in self._assigned(other).items() if i in assigned)
+                            for other in pairs.get(arm, set()) if other in ident
+                            for i, state in self._assigned(ident[other]).items() if i in assigned)
             if not in_flight:
                 self._queue(params, n)

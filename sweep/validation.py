@@ -4,14 +4,21 @@ value a trial can take (through RunConfig validation) and the metrics it optimis
 from __future__ import annotations
 
 import copy
+import json
 import math
 from typing import Any
 
-from neuroreg.config import ConfigError, RunConfig, config_with, field_paths, set_dotted
+from neuroreg.config import (
+    ConfigError,
+    RunConfig,
+    config_with,
+    field_paths,
+    regularizer_active,
+    set_dotted,
+)
 from neuroreg.evaluate.metrics import EPOCH_METRICS, reported_metrics
 from sweep.space import (
     ALGORITHMS,
-    BASELINE_PARAMS,
     MODES,
     SCHEDULERS,
     ParamSpec,
@@ -249,35 +256,62 @@ def _check_metrics(spec: SweepSpec) -> None:
 
 
 def _check_selectors(spec: SweepSpec, paths: set[str]) -> None:
-    """A hypothesis' ``arm`` / ``reference`` name config fields, and (grid and random, whose
-    trials are known now) each picks at least one trial: a typo would otherwise leave the
-    hypothesis without a row and the sequential sweep without a rule."""
-    configs = None
-    if spec.search.algorithm != "optuna":
-        params = enumerate_trials(spec)
-        if spec.baseline:
-            params = params + [dict(BASELINE_PARAMS)]
-        configs = [RunConfig.from_dict(config_with(copy.deepcopy(spec.base), p), validate=False) for p in params]
+    """A hypothesis' ``arm`` / ``reference`` name config fields and, for grid and random
+    sweeps (whose trials are known now), pick regularized arms such that every compared arm
+    has exactly one reference in its condition, by the rule the analysis applies
+    (analysis.confirmatory.pick_reference): otherwise the hypothesis would have no row and a
+    sequential sweep no rule for its seeds."""
+    from analysis.confirmatory import pick_reference, value_matches
+
     for i, h in enumerate(spec.hypotheses):
         for part, sel in (("arm", h.arm), ("reference", h.reference)):
-            where = f"hypotheses[{i}].{part}"
             for key in sel:
                 if key not in paths:
-                    raise ConfigError(f"{where}.{key}", f"is not a config field ({_near(key, paths)})")
-            if configs is None or not sel:
-                continue
-            if not any(all(_same(config_value(c, k), v) for k, v in sel.items()) for c in configs):
-                seen = {k: sorted({str(config_value(c, k)) for c in configs}) for k in sel}
-                raise ConfigError(where, f"{sel} picks none of this sweep's trials (their values: {seen}); "
-                                         "name values the space gives")
+                    raise ConfigError(f"hypotheses[{i}].{part}.{key}", f"is not a config field ({_near(key, paths)})")
+    if spec.search.algorithm == "optuna" or not any(h.arm or h.reference for h in spec.hypotheses):
+        return
+    # Each regularized configuration (seeds aside): its condition (the swept fields outside
+    # the regularizer, as the analysis groups arms) and every field's value.
+    arms: dict[str, tuple[str, dict[str, Any]]] = {}
+    for params in enumerate_trials(spec):
+        cfg = RunConfig.from_dict(config_with(spec.base, params), validate=False)
+        if not regularizer_active(cfg.regularizer.target, cfg.regularizer.alpha):
+            continue
+        cond = json.dumps({k: v for k, v in params.items() if not k.startswith("regularizer.") and k != "train.seed"},
+                          sort_keys=True, default=str)
+        fields = {k: config_value(cfg, k) for k in sorted(paths) if k != "train.seed"}
+        arms.setdefault(json.dumps([cond, fields], sort_keys=True, default=str), (cond, fields))
+
+    def picks(sel: dict[str, Any], fields: dict[str, Any]) -> bool:
+        return all(value_matches(fields.get(k), v) for k, v in sel.items())
+
+    def reg(fields: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in fields.items() if k.startswith("regularizer.")}
+
+    for i, h in enumerate(spec.hypotheses):
+        where = f"hypotheses[{i}]"
+        refs = [(c, f) for c, f in arms.values() if h.reference and picks(h.reference, f)]
+        compared = [(c, f) for c, f in arms.values() if picks(h.arm, f) and (c, f) not in refs]
+        values = {k: sorted({str(f.get(k)) for _c, f in arms.values()}) for k in {**h.arm, **h.reference}}
+        if h.reference and not refs:
+            raise ConfigError(f"{where}.reference", f"{h.reference} picks none of this sweep's regularized arms (their "
+                                                    f"values: {values}); name values the space gives (a hypothesis "
+                                                    "without reference compares with the baseline)")
+        if not compared:
+            raise ConfigError(f"{where}.arm", f"{h.arm} picks none of this sweep's regularized arms besides the "
+                                              f"reference (their values: {values}); name values the space gives")
+        for cond, fields in compared if h.reference else []:
+            got = pick_reference(reg(fields), [reg(f) for c, f in refs if c == cond])
+            if len(got) != 1:
+                what = "no arm" if not got else f"{len(got)} arms"
+                raise ConfigError(f"{where}.reference", f"{h.reference} picks {what} to compare with the arm "
+                                                        f"{_short(fields, h.arm)} (condition {cond}); add a field so "
+                                                        "it picks exactly one, e.g. the one this arm differs in")
 
 
-def _same(have: Any, want: Any) -> bool:
-    if want is None or have is None:
-        return have is want
-    if isinstance(want, (int, float)) and not isinstance(want, bool) and isinstance(have, (int, float)):
-        return math.isclose(float(have), float(want))
-    return str(have) == str(want)
+def _short(fields: dict[str, Any], sel: dict[str, Any]) -> str:
+    keys = list(sel) or [k for k in ("regularizer.target", "regularizer.alpha", "regularizer.pairing") if k in fields]
+    return "{" + ", ".join(f"{k}: {fields.get(k)}" for k in keys) + "}"
 
 
 def _near(key: str, paths: set[str]) -> str:

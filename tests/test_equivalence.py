@@ -103,6 +103,53 @@ def test_arm_vs_arm_rows_beside_the_baseline_rows():
     assert (METRIC, "pixel_th pairing=shared") not in explored and ("clean_acc", "pixel_th pairing=shared") in explored
 
 
+def grid_trials(n: int = 5, base_alpha: float = 4.0) -> pd.DataFrame:
+    """alpha {2, 4} x pairing {pairs, shared} and a baseline that keeps the base's alpha 4 and
+    pairing pairs; shared equals pairs at the same alpha (sd 0.005), alpha 4 is 0.3 above 2."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for s in range(n):
+        base = 0.2 + 0.05 * np.sin(s)
+        rows.append({"arm": "none", "baseline": True, "condition": "", "train.seed": s, "regularizer.alpha": base_alpha,
+                     "regularizer.pairing": "pairs", "regularizer.n_pairs": 16.0, METRIC: base})
+        for alpha in (2.0, 4.0):
+            level = base + (0.3 if alpha == 4.0 else 0.0) + rng.normal(0, 0.005)
+            for pairing in ("pairs", "shared"):
+                rows.append({"arm": f"pixel_th alpha={alpha:g} pairing={pairing}", "baseline": False, "condition": "",
+                             "train.seed": s, "regularizer.alpha": alpha, "regularizer.pairing": pairing,
+                             "regularizer.n_pairs": 16.0 if pairing == "pairs" else np.nan,
+                             METRIC: level + rng.normal(0, 0.005)})
+    return pd.DataFrame(rows)
+
+
+def test_each_arm_gets_the_reference_of_its_own_alpha_never_the_baseline():
+    """Review findings: a reference selector on alpha must not pick the baseline (which keeps
+    the base's alpha), and with several picked arms each compared arm gets the one that
+    matches it in the field the candidates differ in."""
+    df = grid_trials()
+    by_alpha = dict(H2, arm={"regularizer.alpha": 2.0}, reference={"regularizer.alpha": 4.0})
+    rows = confirmatory_rows(df, [by_alpha])
+    assert sorted(zip(rows["arm"], rows["baseline_arm"])) == [
+        ("pixel_th alpha=2 pairing=pairs", "pixel_th alpha=4 pairing=pairs"),
+        ("pixel_th alpha=2 pairing=shared", "pixel_th alpha=4 pairing=shared")]
+    assert set(rows["test"]) == {"paired t"} and set(rows["decision"]) == {"futility"}  # 0.3 apart
+    rows = confirmatory_rows(df, [H2])  # pairing: shared vs pairs, at each alpha
+    assert sorted(zip(rows["arm"], rows["baseline_arm"])) == [
+        ("pixel_th alpha=2 pairing=shared", "pixel_th alpha=2 pairing=pairs"),
+        ("pixel_th alpha=4 pairing=shared", "pixel_th alpha=4 pairing=pairs")]
+    assert set(rows["decision"]) == {"efficacy"}  # equal within 0.05 at each alpha
+    more = next_round(df.iloc[: 5 * 3], {"hypotheses": [H1, H2], "seeds": {"min": 3, "max": 12}})
+    assert set(more) <= set(df["arm"])  # every key a real arm, never a joined label
+
+
+def test_selector_values_match_as_numbers_without_slack():
+    from analysis.confirmatory import value_matches
+
+    assert value_matches(4, 4.0) and value_matches(None, None) and value_matches(float("nan"), None)
+    assert not value_matches(5e-9, 0.0) and not value_matches(0.0, None) and not value_matches("pairs", None)
+    assert value_matches("shared", "shared") and not value_matches("shared", "pairs")
+
+
 # --- sequential ----------------------------------------------------------------------------------
 
 
@@ -169,6 +216,8 @@ def test_sweep_runs_the_equivalence_to_its_end_without_the_baseline(monkeypatch)
     ({**H2, "reference": {"regularizer.pairing": "pears"}}, "hypotheses[0].reference", "picks none"),
     ({**H2, "reference": {"regularizer.pairing": ["pairs"]}}, "hypotheses[0].reference.regularizer.pairing",
      "one value"),
+    ({**H2, "reference": {"regularizer.target": "none"}}, "hypotheses[0].reference", "compares with the baseline"),
+    ({**H2, "arm": {"regularizer.pairing": "shared", "regularizer.alpha": 3.0}}, "hypotheses[0].arm", "picks none"),
 ])
 def test_bad_selectors_name_the_field(hyp, field, words):
     raw = {"name": "eq", "base": BASE,
@@ -205,3 +254,17 @@ def test_report_prints_the_equivalence_decision(tmp_path):
     assert len(eq_lines) == 1 and "(margin ±0.05, TOST)" in eq_lines[0], eq_lines
     assert "alpha=8" in eq_lines[0].split(" ≈ ")[0] and "alpha=2" in eq_lines[0].split(" ≈ ")[1]
     assert "| reference |" in report and "two one-sided tests" in report
+
+
+def test_an_ambiguous_reference_is_refused_before_the_sweep():
+    """pairs arms at n_pairs 8 and 16, a shared arm at 4: the reference selector picks two
+    arms that differ in n_pairs, and the shared arm matches neither."""
+    raw = {"name": "eq", "base": BASE, "search": {"algorithm": "grid"}, "seeds": 3, "metric": METRIC, "mode": "max",
+           "space": {"regularizer.pairing": {"grid": ["pairs", "shared"]},
+                     "regularizer.n_pairs": {"grid": [8, 16], "when": {"regularizer.pairing": ["pairs"]}}},
+           "hypotheses": [H2]}
+    with pytest.raises(ConfigError) as e:
+        parse_spec(raw, default_name="eq", source="test")
+    assert e.value.field == "hypotheses[0].reference" and "picks no arm to compare with" in str(e.value)
+    raw["hypotheses"] = [{**H2, "reference": {"regularizer.pairing": "pairs", "regularizer.n_pairs": 16}}]
+    assert parse_spec(raw, default_name="eq", source="test").hypotheses[0].reference["regularizer.n_pairs"] == 16
