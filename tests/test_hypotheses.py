@@ -74,6 +74,11 @@ def test_shipped_spaces_declare_their_hypotheses(monkeypatch, tmp_path):
     repro = load_spec("mnist_repro", check_files=False)
     assert repro.hypotheses == [HypothesisSpec("noise_acc_gaussian_0.4", "greater", 0.05)]
     assert repro.sequential == SequentialSpec(3, 12)
+    pairing = load_spec("pairing_mnist", check_files=False)
+    assert pairing.hypotheses == [
+        HypothesisSpec("noise_acc_gaussian_0.4", "greater", 0.05),
+        HypothesisSpec("noise_acc_gaussian_0.4", "equivalent", 0.05, {"regularizer.pairing": "shared"},
+                       {"regularizer.pairing": "pairs"})]
 
 
 def test_cli_exits_2_naming_the_field(tmp_path):
