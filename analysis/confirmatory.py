@@ -31,6 +31,7 @@ from analysis.stats import (
     _compare_one,
     _series,
     arms_with_baseline,
+    bh_adjust,
     compare_family,
     family_metrics,
     holm,
@@ -171,16 +172,6 @@ def compared_arms(done: pd.DataFrame, h: Mapping[str, Any]) -> Iterator[tuple[st
                 yield arm, a, r, label
 
 
-def partners(done: pd.DataFrame, spec: Mapping[str, Any]) -> dict[str, set[str]]:
-    """arm -> the arms it is compared with by some declared hypothesis (both ways)."""
-    out: dict[str, set[str]] = {}
-    for h in hypotheses_of(spec):
-        for arm, _a, _r, ref in compared_arms(done, h):
-            out.setdefault(arm, set()).add(ref)
-            out.setdefault(ref, set()).add(arm)
-    return out
-
-
 # --- the tests ----------------------------------------------------------------------------------
 
 
@@ -232,18 +223,8 @@ def comparison_family(done: pd.DataFrame, spec: Mapping[str, Any] | None = None,
         declared = {(m, a) for m, a, b in zip(conf["metric"], conf["arm"], conf["baseline_arm"])
                     if b in set(explore["baseline_arm"])}
         explore = explore[[(m, a) not in declared for m, a in zip(explore["metric"], explore["arm"])]]
-        explore = compare_family_adjust(explore)
+        explore = bh_adjust(explore)  # again, over the rows left
     return Family(conf, explore.reset_index(drop=True), alpha, seq)
-
-
-def compare_family_adjust(rows: pd.DataFrame) -> pd.DataFrame:
-    """Benjamini-Hochberg again over these rows (after the confirmatory ones left the family)."""
-    rows = rows.copy()
-    rows["p_adj"] = np.nan
-    ok = rows["p"].notna()
-    if ok.any():
-        rows.loc[ok, "p_adj"] = sps.false_discovery_control(rows.loc[ok, "p"].to_numpy(float), method="bh")
-    return rows
 
 
 def confirmatory_rows(done: pd.DataFrame, hyps: Sequence[Mapping[str, Any]], alpha: float = ALPHA,
@@ -374,16 +355,23 @@ def sequential_looks(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str 
     return pd.DataFrame(rows)
 
 
-def open_comparisons(done: pd.DataFrame, spec: Mapping[str, Any],
-                     seed_col: str = "train.seed") -> list[tuple[str, str]]:
-    """(arm, reference) of every declared comparison of a sequential sweep that is still
-    undecided (continue, or fewer than min seeds) after the seeds in ``done``."""
-    looks = sequential_looks(done, spec, seed_col)
+def open_comparisons(looks: pd.DataFrame) -> list[tuple[str, str]]:
+    """(arm, reference) of every comparison in ``looks`` (``sequential_looks``) that is still
+    undecided (continue, or fewer than min seeds) at its last look."""
     if not len(looks):
         return []
     last = looks.groupby(["arm", "baseline_arm", "metric", "direction"], sort=False).tail(1)
     still = last[last["decision"].isin(["continue", "too few seeds"])]
     return sorted({(str(a), str(r)) for a, r in zip(still["arm"], still["baseline_arm"])})
+
+
+def partners(looks: pd.DataFrame) -> dict[str, set[str]]:
+    """arm -> the arms it is compared with in ``looks`` (``sequential_looks``), both ways."""
+    out: dict[str, set[str]] = {}
+    for arm, ref in zip(looks.get("arm", []), looks.get("baseline_arm", [])):
+        out.setdefault(str(arm), set()).add(str(ref))
+        out.setdefault(str(ref), set()).add(str(arm))
+    return out
 
 
 def next_round(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str = "train.seed") -> dict[str, bool]:
@@ -394,11 +382,8 @@ def next_round(done: pd.DataFrame, spec: Mapping[str, Any], seed_col: str = "tra
     arm-vs-arm hypothesis names) continues while any arm compared with it does. Pure:
     ``done`` is the finished trials (arm, baseline, condition, the seed column, the config
     columns a selector names and the metrics), ``spec`` the saved sweep spec (SweepSpec.to_dict())."""
-    out: dict[str, bool] = {}
-    for arm, _a, _r, ref in (row for h in hypotheses_of(spec) if h["metric"] in done.columns
-                             for row in compared_arms(done, h)):
-        out.setdefault(arm, False)
-        out.setdefault(ref, False)
-    for arm, ref in open_comparisons(done, spec, seed_col):
+    looks = sequential_looks(done, spec, seed_col)
+    out = dict.fromkeys(partners(looks), False)
+    for arm, ref in open_comparisons(looks):
         out[arm] = out[ref] = True
-    return out if sequential_of(spec) else {}
+    return out

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,9 +133,14 @@ def seeds_for_power(effect: float, paired: bool = True, power: float = TARGET_PO
         p = power_paired(effect, n, alpha, alternative) if paired else power_welch(effect, n, n, alpha, alternative)
         return p >= power
 
+    return _first_n(ok, n_max)
+
+
+def _first_n(ok: Callable[[int], bool], n_max: int) -> float:
+    """The first n in 2..n_max with ok(n), by bisection (power grows with n); inf if none."""
     if not ok(n_max):
         return math.inf
-    lo, hi = 1, n_max  # power grows with n: bisect for the first n that reaches it
+    lo, hi = 1, n_max
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if ok(mid) else (mid, hi)
@@ -178,16 +183,7 @@ def seeds_for_tost(margin: float, paired: bool = True, power: float = TARGET_POW
     if not math.isfinite(margin) or margin <= 0:
         return math.inf
 
-    def ok(n: int) -> bool:
-        return power_tost(margin, n, alpha, paired) >= power
-
-    if not ok(n_max):
-        return math.inf
-    lo, hi = 1, n_max
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-    return float(hi)
+    return _first_n(lambda n: power_tost(margin, n, alpha, paired) >= power, n_max)
 
 
 def mde_tost(n: int, paired: bool = True, n2: int | None = None, alpha: float = ALPHA,

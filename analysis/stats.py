@@ -203,11 +203,17 @@ def compare_family(
                 rows.append({"metric": m, "arm": arm, "baseline_arm": base_arm,
                              **_compare_one(a, base, m, seed_col if has_seed else None, alpha)})
     out = pd.DataFrame(rows, columns=[c for c in _COLS if c != "p_adj"])
-    out["p_adj"] = np.nan
-    ok = out["p"].notna()
+    return bh_adjust(out)[_COLS]
+
+
+def bh_adjust(rows: pd.DataFrame) -> pd.DataFrame:
+    """``p_adj``: Benjamini-Hochberg over these rows' p-values (NaN where p is)."""
+    rows = rows.copy()
+    rows["p_adj"] = np.nan
+    ok = rows["p"].notna()
     if ok.any():
-        out.loc[ok, "p_adj"] = sps.false_discovery_control(out.loc[ok, "p"].to_numpy(float), method="bh")
-    return out[_COLS]
+        rows.loc[ok, "p_adj"] = sps.false_discovery_control(rows.loc[ok, "p"].to_numpy(float), method="bh")
+    return rows
 
 
 def _series(df: pd.DataFrame, m: str, seed_col: str | None) -> pd.Series:

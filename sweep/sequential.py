@@ -203,12 +203,13 @@ class SequentialSeeds(ForwardingSearcher):
         self.pending.append({PARAMS: copy.deepcopy(params), TRIAL_INDEX: index})
 
     def _queue_next_seeds(self) -> None:
-        from analysis.confirmatory import open_comparisons, partners
+        from analysis.confirmatory import open_comparisons, partners, sequential_looks
 
         df = self.done_table()
         if not len(df) or "arm" not in df:
             return
-        still = open_comparisons(df, self.spec_dict)
+        looks = sequential_looks(df, self.spec_dict)
+        still = open_comparisons(looks)
         # An arm with an undecided comparison of its own leads: it takes its next seed. A
         # reference (the baseline, or an arm another is compared with) follows: it takes seed
         # n once an arm with an undecided comparison against it has seed n, never ahead.
@@ -216,7 +217,7 @@ class SequentialSeeds(ForwardingSearcher):
         followers: dict[str, set[str]] = {}
         for arm, ref in still:
             followers.setdefault(ref, set()).add(arm)
-        pairs = partners(df, self.spec_dict)
+        pairs = partners(looks)
         ident = {arm: g["_ident"].iloc[0] for arm, g in df.groupby("arm")}
         for arm in sorted(leaders) + sorted(set(followers) - leaders):
             if arm not in ident:
