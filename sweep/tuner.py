@@ -228,13 +228,15 @@ def build_search(
 
 
 def build_scheduler(spec: SweepSpec) -> Any:
-    if spec.scheduler.type != "asha":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
+    """FIFO or ASHA, both keeping the searcher's live trials true to the restored ones
+    (sweep/reconcile.py: a driver killed mid-upload could leave --resume waiting forever)."""
+    from sweep.reconcile import ReconcilingASHA, ReconcilingFIFO
 
+    if spec.scheduler.type != "asha":
+        return ReconcilingFIFO()
     # Trials report once per epoch plus once after the evaluation, so the horizon is
     # epochs + 1: ASHA must not stop a trial at its last epoch, before it is evaluated.
-    return ASHAScheduler(
+    return ReconcilingASHA(
         time_attr="training_iteration",
         metric=spec.metric,
         mode=spec.mode,
