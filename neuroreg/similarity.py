@@ -104,12 +104,19 @@ class SimilarityHead(nn.Module):
         n, c = f.shape[:2]
         hw = f[0, 0].numel()
         flat = _flat(f)
-        sums = f.sum(dim=tuple(range(2, f.dim())))  # N x C
-        mu = self._centre(name, f, update, mean=sums.sum(dim=0) / (n * hw))
-        a = sums @ mu
-        g = _Gram.apply(flat) - a[:, None] - a[None, :] + hw * (mu @ mu)
-        norm = g.diagonal().clamp_min(1e-24).sqrt().clamp_min(1e-12)
-        return g / (norm[:, None] * norm[None, :])
+        if self.centering == "batch":  # mu is a function of f: autograd through the sums
+            sums = f.sum(dim=tuple(range(2, f.dim())))  # N x C
+            mu = self._centre(name, f, update, mean=sums.sum(dim=0) / (n * hw))
+            a = sums @ mu
+            g = _Gram.apply(flat) - a[:, None] - a[None, :] + hw * (mu @ mu)
+            norm = g.diagonal().clamp_min(1e-24).sqrt().clamp_min(1e-12)
+            return g / (norm[:, None] * norm[None, :])
+        with torch.no_grad():  # a running mean is a constant of this step
+            sums = f.detach().sum(dim=tuple(range(2, f.dim())))
+            mu = self._centre(name, f, update, mean=sums.sum(dim=0) / (n * hw))
+            # mu repeated along the flat rows, in their order (channels fastest in channels_last)
+            m = mu.repeat(hw) if _is_nhwc(f) else mu[:, None].expand(-1, hw).reshape(-1)
+        return _CentredCosines.apply(flat, m, sums @ mu, hw * (mu @ mu))
 
     def layer_unit_vectors(self, feats: dict[str, torch.Tensor], update: bool = True) -> list[torch.Tensor]:
         out = [unit_vectors(feats[n], self._centre(n, feats[n], update)) for n in self.layers]
@@ -131,13 +138,48 @@ class SimilarityHead(nn.Module):
         gathered per pair."""
         n = next(iter(feats.values())).shape[0]
         if len(i) > n:
-            s = torch.stack([self.gram_cosines(name, feats[name], update)[i, j] for name in self.layers], dim=1)
+            # The layers' N x N cosines weighted first, then one gather of the pairs.
+            w = self.layer_weights()
+            c = sum(w[k] * self.gram_cosines(name, feats[name], update) for k, name in enumerate(self.layers))
             if update and self.centering == "running":
                 self.mu_initialised.fill_(True)
+            return c[i, j]
         else:
             zs = self.layer_unit_vectors(feats, update=update)
             s = torch.stack([pair_cosines(z, i, j) for z in zs], dim=1)  # P x L
         return s @ self.layer_weights()
+
+
+class _CentredCosines(torch.autograd.Function):
+    """Cosines of the rows of X centred by the constant row m, from the Gram matrix:
+    G = X X^T - a 1^T - 1 a^T + |m|^2 with a = X m, cos = G / sqrt(diag G diag G^T).
+
+    Written out, not left to autograd, because the step is what pairing=shared costs over a
+    baseline step: its backward is one matmul and one rank-one update in place,
+    dX = S X - (S 1) m^T with S = dG + dG^T, where autograd would also run the sums' backward
+    (a broadcast add over N x D) and a dozen small N x N operations per layer."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: torch.Tensor, a: torch.Tensor, mm: torch.Tensor) -> torch.Tensor:
+        g = torch.addmm(mm - a[:, None] - a[None, :], x, x.T)
+        d = g.diagonal()
+        inv = d.clamp_min(1e-24).rsqrt().clamp_max(1e12)  # = 1 / max(|x_i - m|, 1e-12)
+        cos = g * inv[:, None] * inv[None, :]
+        # where the norm was clamped, it is a constant (no gradient through it), as autograd has it
+        ctx.save_for_backward(x, m, inv, cos, torch.where(d > 1e-24, 0.5 / d, torch.zeros_like(d)))
+        return cos
+
+    @staticmethod
+    def backward(ctx, dcos: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        x, m, inv, cos, half_inv_d = ctx.saved_tensors
+        dg = dcos * inv[:, None] * inv[None, :]
+        # through the norms: d cos_ij / d G_ii = -cos_ij / (2 G_ii)
+        dc = dcos * cos
+        dg.diagonal().sub_((dc.sum(dim=1) + dc.sum(dim=0)) * half_inv_d)
+        sym = dg + dg.T
+        dx = sym @ x
+        dx.addr_(sym.sum(dim=1), m, alpha=-1)
+        return dx, None, None, None
 
 
 class _Gram(torch.autograd.Function):
@@ -155,9 +197,13 @@ class _Gram(torch.autograd.Function):
         return (grad + grad.T) @ x
 
 
+def _is_nhwc(f: torch.Tensor) -> bool:
+    return f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous()
+
+
 def _flat(f: torch.Tensor) -> torch.Tensor:
     """N x D rows of a feature map, a view in its own layout (channels_last: NHWC order). A
     cosine does not depend on the order of the D entries, only on both rows using the same."""
-    if f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous():
+    if _is_nhwc(f):
         return f.permute(0, 2, 3, 1).reshape(f.shape[0], -1)
     return f.reshape(f.shape[0], -1)
