@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,19 +48,44 @@ def start_ray(address: str | None, num_cpus: int | None, dashboard: bool = True)
         started = False
         url = info.dashboard_url
     else:
-        info = ray.init(
-            # "local": always a new instance, never the cluster named in Ray's current-cluster
-            # file, which outlives a cluster that died without `ray stop` (ray.init would hang).
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=dashboard,
-            dashboard_host=DASHBOARD_HOST,
-            # No explicit port: Ray takes 8265, or the next free one when another Ray
-            # instance holds it (an explicit port would fail instead).
-        )
+        with _minimal_agent(not dashboard):
+            info = ray.init(
+                # "local": always a new instance, never the cluster named in Ray's current-cluster
+                # file, which outlives a cluster that died without `ray stop` (ray.init would hang).
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=dashboard,
+                dashboard_host=DASHBOARD_HOST,
+                # No explicit port: Ray takes 8265, or the next free one when another Ray
+                # instance holds it (an explicit port would fail instead).
+            )
         started = True
         url = info.dashboard_url if dashboard else None
     return RayInfo(started, time.perf_counter() - t0, _http(url), token_auth_enabled())
+
+
+@contextmanager
+def _minimal_agent(on: bool) -> Iterator[None]:
+    """Without the dashboard, start Ray's per-node dashboard agent in its ``--minimal`` form.
+
+    Why: the raylet does not report itself started until the agent is up, and the full agent
+    imports the dashboard's modules (aiohttp, OpenTelemetry, Prometheus export): 3.5-4.5 s of
+    ray.init's 7.5-8.5 s on this project's 2-core machines under load (4.0 s with the minimal
+    agent; bench/sweep_overhead.py). Its modules serve the dashboard, job submission and
+    metrics export, all off with --no-dashboard. Ray picks the minimal agent where the
+    dashboard's dependencies are missing (ray without [default]), asking
+    ``ray._private.utils.get_dashboard_dependency_error``; answered here for this call only."""
+    if not on:
+        yield
+        return
+    import ray._private.utils as ray_utils
+
+    original = ray_utils.get_dashboard_dependency_error
+    ray_utils.get_dashboard_dependency_error = lambda: ImportError("neuroreg: --no-dashboard")
+    try:
+        yield
+    finally:
+        ray_utils.get_dashboard_dependency_error = original
 
 
 def prepare_token_auth() -> str | None:
