@@ -130,3 +130,29 @@ def frequency_section(doc: Doc, freq: pd.DataFrame, adv_sum: pd.DataFrame, corr:
         if len(corr):
             doc.plot("corruption accuracy vs f_rev", lambda p: fp.plot_corruption_vs_frev(freq, corr, "arm", p),
                      "corruption_frev")
+
+
+def cost_section(doc: Doc, done: pd.DataFrame) -> None:
+    """What each arm cost: a trial's wall time, split into training and evaluation, and the
+    training time against the baseline's (the price of a regularizer or a pairing)."""
+    if "wall_time_s" not in done.columns or not len(done):
+        return
+    wall = pd.to_numeric(done["wall_time_s"], errors="coerce")
+    train = pd.to_numeric(done["train_wall_s"], errors="coerce") if "train_wall_s" in done else wall * float("nan")
+    d = done.assign(_wall=wall, _train=train, _eval=wall - train)
+    g = d.groupby("arm", sort=False)
+    t = pd.DataFrame({
+        "n": g.size(),
+        "trial wall, min (range)": g["_wall"].agg(lambda s: f"{s.mean() / 60:.1f} ({s.min() / 60:.1f}-{s.max() / 60:.1f})"),
+        "training, min": g["_train"].mean() / 60,
+        "evaluation, min": g["_eval"].mean() / 60,
+        "total, h": g["_wall"].sum() / 3600,
+    })
+    base = d.loc[d["baseline"].astype(bool), "_train"] if "baseline" in d else pd.Series(dtype=float)
+    if base.notna().any():
+        t["training vs baseline"] = g["_train"].mean() / base.mean()
+    doc.add("## Cost per arm (wall time)", "",
+            "A trial's wall time (Ray's `time_total_s`: training and evaluation), its training part "
+            "(`train_wall_s`) and the rest (evaluation); means over the arm's trials. Measured as the "
+            "sweep ran: concurrent trials and other load on the machine are in these numbers.", "",
+            md_table(t.reset_index()))
