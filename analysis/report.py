@@ -158,7 +158,7 @@ def build_report(
 
     # Per-arm summary and comparison with the baseline.
     arms_table(doc, done, metric)
-    cost_section(doc, done)
+    cost_section(doc, done, load("epochs", root, [sweep]))
     family_section(doc, fam, "_No unregularized baseline arm (target none or alpha 0) in this sweep._")
     if fam.size:
         collapse_section(doc, done, spec)
@@ -288,7 +288,7 @@ def build_comparison(
         doc.add(f"{frames.repeats} finished trial(s) repeat a configuration and seed of another sweep; "
                 "their metrics are averaged into one seed (one observation) in every table, plot and test.", "")
     arms_table(doc, done, metric)
-    cost_section(doc, done)
+    cost_section(doc, done, load("epochs", root, list(frames.sweeps)))
     family_section(doc, comparison_family(done, frames.spec),
                     "_No arm has a baseline of its condition in these sweeps._")
     if len(frames.noise):

@@ -132,27 +132,41 @@ def frequency_section(doc: Doc, freq: pd.DataFrame, adv_sum: pd.DataFrame, corr:
                      "corruption_frev")
 
 
-def cost_section(doc: Doc, done: pd.DataFrame) -> None:
-    """What each arm cost: a trial's wall time, split into training and evaluation, and the
-    training time against the baseline's (the price of a regularizer or a pairing)."""
+def cost_section(doc: Doc, done: pd.DataFrame, epochs: pd.DataFrame | None = None) -> None:
+    """What each arm cost: a trial's wall time, split into training and the rest (evaluation and
+    set-up), and the training time against the baseline of the same condition (the price of a
+    regularizer or a pairing)."""
     if "wall_time_s" not in done.columns or not len(done):
         return
     wall = pd.to_numeric(done["wall_time_s"], errors="coerce")
-    train = pd.to_numeric(done["train_wall_s"], errors="coerce") if "train_wall_s" in done else wall * float("nan")
-    d = done.assign(_wall=wall, _train=train, _eval=wall - train)
+    if epochs is not None and len(epochs) and "epoch_s" in epochs.columns:
+        # The epochs' own times: a resumed trial's train_wall_s restarts at the resume, while
+        # Ray's time_total_s carries on; the epochs table keeps each epoch once.
+        per_trial = epochs.assign(_s=pd.to_numeric(epochs["epoch_s"], errors="coerce")).groupby(
+            ["sweep", "trial_id"])["_s"].sum(min_count=1).rename("_train").reset_index()
+        train = done[["sweep", "trial_id"]].merge(per_trial, how="left")["_train"].set_axis(done.index)
+    elif "train_wall_s" in done.columns:
+        train = pd.to_numeric(done["train_wall_s"], errors="coerce")
+    else:
+        return
+    d = done.assign(_wall=wall, _train=train, _rest=wall - train)
     g = d.groupby("arm", sort=False)
     t = pd.DataFrame({
         "n": g.size(),
         "trial wall, min (range)": g["_wall"].agg(lambda s: f"{s.mean() / 60:.1f} ({s.min() / 60:.1f}-{s.max() / 60:.1f})"),
         "training, min": g["_train"].mean() / 60,
-        "evaluation, min": g["_eval"].mean() / 60,
+        "evaluation + set-up, min": g["_rest"].mean() / 60,
         "total, h": g["_wall"].sum() / 3600,
     })
-    base = d.loc[d["baseline"].astype(bool), "_train"] if "baseline" in d else pd.Series(dtype=float)
-    if base.notna().any():
-        t["training vs baseline"] = g["_train"].mean() / base.mean()
+    if "baseline" in d.columns and "condition" in d.columns:
+        is_base = d["baseline"].fillna(False).astype(bool)
+        base = d[is_base].groupby("condition")["_train"].mean()
+        if len(base):
+            cond = g["condition"].first()
+            t["training vs its baseline"] = g["_train"].mean() / cond.map(base)
     doc.add("## Cost per arm (wall time)", "",
-            "A trial's wall time (Ray's `time_total_s`: training and evaluation), its training part "
-            "(`train_wall_s`) and the rest (evaluation); means over the arm's trials. Measured as the "
-            "sweep ran: concurrent trials and other load on the machine are in these numbers.", "",
+            "A trial's wall time (Ray's `time_total_s`), its training (the sum of its epochs' "
+            "`epoch_s`) and the rest (evaluation, data and model set-up); means over the arm's "
+            "trials. Measured as the sweep ran: concurrent trials and other load on the machine "
+            "are in these numbers.", "",
             md_table(t.reset_index()))

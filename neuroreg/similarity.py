@@ -114,9 +114,12 @@ class SimilarityHead(nn.Module):
         with torch.no_grad():  # a running mean is a constant of this step
             sums = f.detach().sum(dim=tuple(range(2, f.dim())))
             mu = self._centre(name, f, update, mean=sums.sum(dim=0) / (n * hw))
-            # mu repeated along the flat rows, in their order (channels fastest in channels_last)
-            m = mu.repeat(hw) if _is_nhwc(f) else mu[:, None].expand(-1, hw).reshape(-1)
-        return _CentredCosines.apply(flat, m, sums @ mu, hw * (mu @ mu))
+            # mu repeated along the flat rows, in their order (channels fastest in channels_last);
+            # always a copy: a view of the running buffer would change under the saved tensor
+            m = mu.repeat(hw) if _is_nhwc(f) else mu.repeat_interleave(hw, output_size=c * hw)
+        # fp32 even inside an autocast region: the centring cancels large terms (METHOD.md)
+        with torch.autocast(f.device.type, enabled=False):
+            return _CentredCosines.apply(flat.float(), m.float(), (sums @ mu).float(), (hw * (mu @ mu)).float())
 
     def layer_unit_vectors(self, feats: dict[str, torch.Tensor], update: bool = True) -> list[torch.Tensor]:
         out = [unit_vectors(feats[n], self._centre(n, feats[n], update)) for n in self.layers]

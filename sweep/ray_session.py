@@ -69,11 +69,14 @@ def _minimal_agent(on: bool) -> Iterator[None]:
     """Without the dashboard, start Ray's per-node dashboard agent in its ``--minimal`` form.
 
     Why: the raylet does not report itself started until the agent is up, and the full agent
-    imports the dashboard's modules (aiohttp, OpenTelemetry, Prometheus export): 3.5-4.5 s of
-    ray.init's 7.5-8.5 s on this project's 2-core machines under load (4.0 s with the minimal
-    agent; bench/sweep_overhead.py). Its modules serve the dashboard, job submission and
-    metrics export, all off with --no-dashboard. Ray picks the minimal agent where the
-    dashboard's dependencies are missing (ray without [default]), asking
+    also starts its gRPC and HTTP servers, retrying the HTTP port while another Ray instance on
+    the machine holds it (about 5 s): ray.init took 7.5-8.5 s with the full agent and 4.0 s with
+    the minimal one on this project's 2-core machine with a second Ray running
+    (bench/sweep_overhead.py has the figures on a quiet machine). The agent still loads its
+    modules; what goes is its servers: the job API and the metrics export of the nodes, which
+    only the dashboard uses. Log streaming to the driver (log monitor) and runtime environments
+    (their own agent) are separate processes. Ray picks the minimal agent where the dashboard's
+    dependencies are missing (ray without [default]), asking
     ``ray._private.utils.get_dashboard_dependency_error``; answered here for this call only."""
     if not on:
         yield

@@ -22,6 +22,7 @@ from ray.tune.search import Repeater, Searcher
 
 from neuroreg.evaluate.metrics import EPOCH_METRICS
 from sweep.folder import sweep_folder
+from sweep.reconcile import Reconciling, ReconcilingASHA, ReconcilingFIFO
 from sweep.sequential import (
     PARAMS,
     ForwardingSearcher,
@@ -230,8 +231,6 @@ def build_search(
 def build_scheduler(spec: SweepSpec) -> Any:
     """FIFO or ASHA, both keeping the searcher's live trials true to the restored ones
     (sweep/reconcile.py: a driver killed mid-upload could leave --resume waiting forever)."""
-    from sweep.reconcile import ReconcilingASHA, ReconcilingFIFO
-
     if spec.scheduler.type != "asha":
         return ReconcilingFIFO()
     # Trials report once per epoch plus once after the evaluation, so the horizon is
@@ -465,10 +464,16 @@ def restore_tuner(spec: SweepSpec, storage: str, name: str, verbose: int = 1) ->
     if needs_lenient_metrics(spec):
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     _quiet_tune(verbose)
-    return tune.Tuner.restore(
+    tuner = tune.Tuner.restore(
         path,
         trainable=build_trainable(spec, path if local else None, verbose=verbose),
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=True,
     )
+    # A sweep saved before sweep/reconcile.py has Tune's plain scheduler in its tuner.pkl; that
+    # holds the scheduler as it was at the start, so an equivalent new one loses nothing.
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if config is not None and not isinstance(config.scheduler, Reconciling):
+        config.scheduler = build_scheduler(spec)
+    return tuner

@@ -59,6 +59,7 @@ def test_no_dashboard_starts_the_minimal_agent(tmp_path):
     waits for it; bench/sweep_overhead.py), and Ray's own check is left as it was."""
     import json
     import os
+    import shutil
     import subprocess
     import sys
     import tempfile
@@ -68,10 +69,13 @@ def test_no_dashboard_starts_the_minimal_agent(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
     out = {}
-    for mode in ("off", "on"):
-        p = subprocess.run([sys.executable, "-c", _AGENT_PROBE, mode], cwd=root, env=env, capture_output=True,
-                           text=True, timeout=300)
-        assert p.returncode == 0, p.stderr[-2000:]
-        out[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+    try:
+        for mode in ("off", "on"):
+            p = subprocess.run([sys.executable, "-c", _AGENT_PROBE, mode], cwd=root, env=env, capture_output=True,
+                               text=True, timeout=300)
+            assert p.returncode == 0, p.stderr[-2000:]
+            out[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert out["off"] == {"minimal": [True], "restored": True}
     assert out["on"] == {"minimal": [False], "restored": True}  # the dashboard keeps the full agent
