@@ -187,7 +187,8 @@ class _CentredCosines(torch.autograd.Function):
 
 class _Gram(torch.autograd.Function):
     """X X^T whose backward is one matmul, (dG + dG^T) X, where autograd's mm backward
-    would run two (dG X and X^T dG): the Gram matmuls are most of pairing=shared's cost."""
+    would run two (dG X and X^T dG). For centering: batch, whose mean depends on X; the
+    running centring takes _CentredCosines."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:

@@ -70,9 +70,8 @@ def _minimal_agent(on: bool) -> Iterator[None]:
 
     Why: the raylet does not report itself started until the agent is up, and the full agent
     also starts its gRPC and HTTP servers, retrying the HTTP port while another Ray instance on
-    the machine holds it (about 5 s): ray.init took 7.5-8.5 s with the full agent and 4.0 s with
-    the minimal one on this project's 2-core machine with a second Ray running
-    (bench/sweep_overhead.py has the figures on a quiet machine). The agent still loads its
+    the machine holds it. bench/sweep_overhead.py's "Ray start" row measures the cut (README,
+    Benchmarks). The agent still loads its
     modules; what goes is its servers: the job API and the metrics export of the nodes, which
     only the dashboard uses. Log streaming to the driver (log monitor) and runtime environments
     (their own agent) are separate processes. Ray picks the minimal agent where the dashboard's

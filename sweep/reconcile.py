@@ -20,8 +20,8 @@ The fix is in the scheduler because Tune gives the scheduler every restored tria
   (its id is the generator's next: prefix + counter), so it does not run twice;
 - a live id that is no trial of the controller's (searcher newer) is completed as errored, with
   a warning naming it: its configuration was handed out by the lost driver and is not rerun.
-  It is noticed at the first step's scheduling, so when nothing else is left to run the
-  resumed controller may first wait out one of Tune's 600-s searcher waits.
+  It is noticed at the first step's scheduling (once), so when nothing else is left to run
+  the resumed controller may first wait out one of Tune's 600-s searcher waits.
 
 The attributes touched are Tune's own (Ray is pinned in requirements.lock);
 tests/test_reconcile.py and the S3 resume test in tests/test_cluster.py fail if they change.
@@ -111,13 +111,22 @@ def reconcile_live(search_alg: Any, trials: list[Trial]) -> None:
 class Reconciling:
     """Mixin: the searcher reconciled with the restored trials (the module docstring)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unknown_restored: set[str] = set()
+        self._live_checked = False
+
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
-        unknown = self.__dict__.setdefault("_unknown_restored", set())
-        reconcile_added(tune_controller.search_alg, trial, unknown)
+        reconcile_added(tune_controller.search_alg, trial, self._unknown_restored)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
-        reconcile_live(tune_controller.search_alg, tune_controller.get_trials())
+        # Ghost ids come only from a restored searcher state: once, after every restored trial
+        # was added (Tune restores in the controller's constructor, before the first step),
+        # not on every step of the driver loop.
+        if not self._live_checked:
+            self._live_checked = True
+            reconcile_live(tune_controller.search_alg, tune_controller.get_trials())
         return super().choose_trial_to_run(tune_controller)
 
 
