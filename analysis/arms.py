@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.schema import ALIASES
-from neuroreg.config import regularizer_active
+from neuroreg.config import NULL_MEANS, regularizer_active
 from neuroreg.targets import target_params
 
 _SHORT = {v: k for k, v in ALIASES.items()}
@@ -86,7 +86,7 @@ def arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
         reg_parts, cond_parts = [], []
         for c in varying:
             v = df.at[i, c]
-            text = f"{_SHORT.get(c, c)}={_fmt(v)}"
+            text = f"{_SHORT.get(c, c)}={NULL_MEANS[c] if c in NULL_MEANS and _key_value(v) is None else _fmt(v)}"
             if c.startswith("regularizer."):
                 if not active[i] or c == "regularizer.target":
                     continue

@@ -79,6 +79,11 @@ class ModelConfig:
     """Fixed Gaussian blur front end in pixels (0 = none; 1.5 is the blur baseline on CIFAR)."""
 
 
+NULL_MEANS: dict[str, str] = {"regularizer.n_pairs": "all"}
+"""What null says in the nullable fields whose null is a setting, not a missing value, for the
+labels of reports and plots (n_pairs null: all pairs of the batch)."""
+
+
 @dataclass
 class RegularizerConfig:
     target: str = "none"

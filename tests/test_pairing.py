@@ -331,3 +331,18 @@ def test_the_default_pairing_is_the_papers():
     r = RunConfig().regularizer
     assert (r.pairing, r.n_pairs, r.batch_k) == ("pairs", 16, 32)
     assert RunConfig.from_dict({"regularizer": {"target": "pixel_th", "alpha": 4.0}}).regularizer.pairing == "pairs"
+
+
+def test_reports_label_the_shared_arm_all_pairs_not_nan():
+    import numpy as np
+    import pandas as pd
+
+    from analysis.arms import arm_labels
+
+    df = pd.DataFrame({"regularizer.target": ["none", "pixel_th", "pixel_th"], "regularizer.alpha": [0.0, 4.0, 4.0],
+                       "regularizer.pairing": ["pairs", "pairs", "shared"],
+                       "regularizer.n_pairs": [16.0, 16.0, np.nan], "train.seed": [0, 0, 0]})
+    arms = arm_labels(df, list(df.columns))["arm"].tolist()
+    assert arms[0] == "none"
+    assert "n_pairs=16" in arms[1] and "n_pairs=all" in arms[2]
+    assert not any("nan" in a for a in arms)
