@@ -13,7 +13,6 @@ Markdown and the HTML report all print it. ``next_round`` is the sequential swee
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from analysis.selectors import pick_reference, value_matches
 from analysis.sequential import ALPHA, Design, decide, mde_tost, seeds_for_power, seeds_for_tost
 from analysis.stats import (
     _COLS,
@@ -89,21 +89,6 @@ def sequential_of(spec: Mapping[str, Any] | None) -> dict[str, int] | None:
 # --- which arms a hypothesis compares ---------------------------------------------------------
 
 
-def value_matches(have: Any, want: Any) -> bool:
-    """One config value against a selector's: None matches an unset or null field; numbers
-    compare as numbers (to 1e-9 relative, so 4 selects 4.0 but 0 never selects 5e-9);
-    anything else as text. sweep.validation checks selectors with this same rule."""
-    missing = have is None or (isinstance(have, float) and math.isnan(have))
-    if want is None or missing:
-        return want is None and missing
-    if isinstance(want, (int, float)) and not isinstance(want, bool):
-        try:
-            return math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0)
-        except (TypeError, ValueError):
-            return False
-    return str(have) == str(want)
-
-
 def selected(trials: pd.DataFrame, selector: Mapping[str, Any]) -> pd.Series:
     """Regularized rows whose config columns hold every value of ``selector``
     (``value_matches``). A field the trials do not have selects nothing. Baseline trials are
@@ -115,27 +100,6 @@ def selected(trials: pd.DataFrame, selector: Mapping[str, Any]) -> pd.Series:
             return pd.Series(False, index=trials.index)
         mask &= trials[key].map(lambda v, w=want: value_matches(v, w)).astype(bool)
     return mask
-
-
-def pick_reference(arm: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Which of the arms a ``reference`` selector picks in a condition is the reference of
-    ``arm`` (config field -> value dicts): the only one, or those that agree with ``arm`` on
-    every field in which the candidates differ (alpha {2, 4} x pairing {pairs, shared}: the
-    shared arm at alpha 2 is compared with the pairs arm at alpha 2). A field in which the
-    candidates agree (n_pairs 16 for every pairs arm) need not be the arm's own value."""
-    if len(candidates) <= 1:
-        return list(range(len(candidates)))
-    keys = sorted(set().union(*candidates))
-    varying = [k for k in keys if len({_key(c.get(k)) for c in candidates}) > 1]
-    return [i for i, c in enumerate(candidates) if all(_key(c.get(k)) == _key(arm.get(k)) for k in varying)]
-
-
-def _key(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return round(float(v), 12)
-    return str(v)
 
 
 def _fields(trials: pd.DataFrame) -> dict[str, Any]:

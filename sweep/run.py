@@ -292,8 +292,6 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
         default_concurrency,
         start_ray,
     )
-    from sweep.report import best_result_metric, format_table, trial_rows, unfinished
-    from sweep.sequential import all_seeds
     from sweep.space import BASELINE_PARAMS, config_value
     from sweep.start import StartError, remove_failed_start
 
@@ -303,6 +301,10 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # Ray Tune and pandas after Ray's start: the warm-up thread imports pandas meanwhile (Tune
+    # needs it too), which takes it off the path before the first trial.
+    from sweep.report import best_result_metric, format_table, trial_rows, unfinished
+    from sweep.sequential import all_seeds
     print(f"Ray ready in {info.startup_s:.1f} s")
     print(dashboard_help(info), flush=True)
     try:

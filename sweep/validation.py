@@ -259,9 +259,9 @@ def _check_selectors(spec: SweepSpec, paths: set[str]) -> None:
     """A hypothesis' ``arm`` / ``reference`` name config fields and, for grid and random
     sweeps (whose trials are known now), pick regularized arms such that every compared arm
     has exactly one reference in its condition, by the rule the analysis applies
-    (analysis.confirmatory.pick_reference): otherwise the hypothesis would have no row and a
+    (analysis.selectors.pick_reference): otherwise the hypothesis would have no row and a
     sequential sweep no rule for its seeds."""
-    from analysis.confirmatory import pick_reference, value_matches
+    from analysis.selectors import pick_reference, value_matches
 
     for i, h in enumerate(spec.hypotheses):
         for part, sel in (("arm", h.arm), ("reference", h.reference)):

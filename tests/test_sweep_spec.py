@@ -393,3 +393,19 @@ def test_when_that_can_never_hold():
     assert e.value.field == "space.regularizer.th.when" and "never" in str(e.value)
     raw["space"]["regularizer.target"]["choice"].append("pixel_th")
     assert parse_spec(raw).space[1].when == {"regularizer.target": ["pixel_th"]}
+
+
+def test_validating_a_space_with_hypotheses_imports_neither_pandas_nor_scipy_stats(tmp_path):
+    """sweep.run checks a space before Ray starts; pandas and scipy.stats (a second and more)
+    are imported by the warm-up thread while Ray starts, not on this path. pairing_mnist
+    declares arm / reference selectors, whose check runs analysis.selectors' rule."""
+    code = (
+        "import sys, sweep.run as R\n"
+        f"a = R.parse_args(['--space', 'pairing_mnist', '--storage', {str(tmp_path)!r}, '--data-root', '.'])\n"
+        "spec, name = R.load_for_run(a, R.resolve_storage(a.storage))\n"
+        "assert spec.hypotheses and spec.hypotheses[0].reference is not None\n"
+        "print(sorted(m for m in ('pandas', 'scipy.stats', 'analysis.confirmatory') if m in sys.modules))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "[]"
