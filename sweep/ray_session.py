@@ -31,7 +31,7 @@ def start_ray(address: str | None, num_cpus: int | None, dashboard: bool = True)
     import ray
 
     t0 = time.perf_counter()
-    reuse = running_local_cluster() if not address and num_cpus is None else None
+    reuse = running_local_cluster() if may_join(address, num_cpus) and not address else None
     if ray.is_initialized():
         started = False
         node = getattr(ray._private.worker, "_global_node", None)
@@ -88,6 +88,19 @@ def _minimal_agent(on: bool) -> Iterator[None]:
         yield
     finally:
         ray_utils.get_dashboard_dependency_error = original
+
+
+def may_join(address: str | None, num_cpus: int | None) -> bool:
+    """Whether start_ray may join a running cluster: --address, or none given and no
+    --num-cpus (a live `ray start` on this machine is then joined, else a new one started)."""
+    return address != "local" and (bool(address) or num_cpus is None)
+
+
+def prepare_auth(address: str | None, num_cpus: int | None) -> str | None:
+    """prepare_token_auth wherever start_ray may join a cluster, which is decided only after
+    ``import ray``. A new local instance is unaffected: Ray turns the token mode on for it
+    by itself. Returns where the token came from, or None."""
+    return prepare_token_auth() if may_join(address, num_cpus) else None
 
 
 def prepare_token_auth() -> str | None:

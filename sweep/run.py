@@ -279,9 +279,11 @@ def run_sweep(spec, name: str, storage: str, args: argparse.Namespace) -> int:
     # num_to_keep=2 snapshots the experiment state at every epoch checkpoint (what makes
     # --resume exact); Tune warns about that frequency, which is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from sweep.ray_session import prepare_token_auth
+    from sweep.ray_session import prepare_auth
 
-    if args.address not in (None, "local") and (source := prepare_token_auth()):
+    # Before `import ray`, which reads the mode once; without it a live `ray start` found on
+    # this machine refused the driver (InvalidAuthToken).
+    if (source := prepare_auth(args.address, args.num_cpus)) and args.address:
         print(f"Token authentication: RAY_AUTH_MODE=token with the token in {source}")
     import ray
 
