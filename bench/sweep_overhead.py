@@ -5,9 +5,10 @@ The same N small trainings run
 - (a) one after another in plain Python through ``neuroreg.train.train``;
 - (b) through ``python -m sweep.run`` with 2 concurrent trials of 1 CPU / 1 torch thread
   each, once "before" and once "after" (this checkout's code), alternating when
-  ``--repeats`` > 1. "before" is this checkout with the driver files of the fixed-cost
-  cuts (``CUT_FILES``) as they were at ``--before``, so the trainer is the same in both and
-  only the cuts differ; ``--whole-tree`` takes every file at ``--before`` instead;
+  ``--repeats`` > 1. "before" is every file at ``--before`` (``--whole-tree``, the default);
+  with ``--cut-files-only`` it is this checkout with the driver files of the fixed-cost cuts
+  (``CUT_FILES``) as they were at ``--before``, so the trainer is the same in both and only the
+  cuts differ (while those files still fit the rest of the tree);
 - (c) a control: the trials in two plain Python processes at once, the speed-up the
   machine itself allows for two concurrent trainings;
 - (d) ``sweep.run`` ("after") joining a running ``ray start`` cluster.
@@ -191,7 +192,7 @@ def write_space(base: dict, n: int, out: Path) -> Path:
 
 
 def run_sweep(tree: Path, space: Path, out: Path, name: str, reuse: bool = False,
-              dashboard: bool = False) -> SweepTime:
+              dashboard: bool = False, extra_env: dict[str, str] | None = None) -> SweepTime:
     """``python -m sweep.run`` of the code in ``tree``, its console lines time-stamped."""
     storage = out / "sweeps"
     cmd = [sys.executable, "-m", "sweep.run", "--space", str(space), "--storage", str(storage),
@@ -199,7 +200,7 @@ def run_sweep(tree: Path, space: Path, out: Path, name: str, reuse: bool = False
     cmd += [] if dashboard else ["--no-dashboard"]
     cmd += [] if reuse else ["--num-cpus", "2"]
     # The tree's packages first (Ray's workers inherit the variable), and every line as it comes.
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[tuple[float, str]] = []
@@ -240,24 +241,31 @@ def run_sweep(tree: Path, space: Path, out: Path, name: str, reuse: bool = False
 
 
 def with_ray_start(fn):
-    """Run ``fn`` while a `ray start` head (2 CPUs) is up on this machine, as a user would keep one."""
+    """Run ``fn(env)`` while a `ray start` head (2 CPUs) is up on this machine, as a user would
+    keep one; ``env`` lets a driver find it. Its files (and the current-cluster file a driver
+    looks for) live in a folder of their own (RAY_TMPDIR): terminating the head leaves that file
+    behind, and in /tmp/ray it would send every later bare ``ray.init()`` to a dead address."""
     ray = str(Path(sys.executable).with_name("ray"))
+    temp = tempfile.mkdtemp(prefix="nr_bench_", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {"RAY_TMPDIR": temp}
     # --block keeps `ray start` in the foreground, so terminating it stops this head alone;
     # `ray stop` would kill every Ray process on the machine, other users' sweeps included.
     head = subprocess.Popen([ray, "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard", "false",
-                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **env})
     try:
         from sweep.ray_session import running_local_cluster
 
         deadline = time.time() + 60
-        while running_local_cluster() is None:
+        while running_local_cluster(str(Path(temp) / "ray")) is None:
             if time.time() > deadline or head.poll() is not None:
                 sys.exit("(d): `ray start --head` did not come up")
             time.sleep(0.5)
-        return fn()
+        return fn(env)
     finally:
         head.terminate()
         head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def mean(xs: list[float]) -> float:
@@ -272,8 +280,11 @@ def main() -> None:
     ap.add_argument("--before", default=BEFORE, help="the commit whose sweep.run is 'before' (default: the last "
                                                      "commit before the fixed-cost cuts)")
     ap.add_argument("--after", default=None, help="a commit for 'after' (default: this checkout's files as they are)")
-    ap.add_argument("--whole-tree", action="store_true",
-                    help="'before' is every file at --before (trainer changes since then included), not only CUT_FILES")
+    ap.add_argument("--whole-tree", action="store_true", default=True,
+                    help="'before' is every file at --before (the default)")
+    ap.add_argument("--cut-files-only", dest="whole_tree", action="store_false",
+                    help="'before' is this checkout with only CUT_FILES at --before (the trainer the same in both; "
+                         "works only while those files fit the rest of the tree: they no longer do at d89cf3d)")
     ap.add_argument("--repeats", type=int, default=1, help="(b) before/after pairs, alternating order")
     ap.add_argument("--dashboard", action="store_true", help="(b) with the Ray dashboard (the sweep's default) "
                                                              "instead of --no-dashboard")
@@ -315,7 +326,7 @@ def main() -> None:
                 print(f"  (b) {which} #{r + 1}: {runs[which][-1].wall:.1f} s", flush=True)
         par = float("nan") if a.no_control else run_two_processes(base, a.trials, out)
         reused = None if a.no_reuse else with_ray_start(
-            lambda: run_sweep(trees["after"], space, out, "reuse", reuse=True))
+            lambda env: run_sweep(trees["after"], space, out, "reuse", reuse=True, extra_env=env))
     load1 = os.getloadavg()
 
     def avg(which: str, attr: str) -> float:

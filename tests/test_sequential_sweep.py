@@ -154,7 +154,9 @@ def test_sequential_sweep_through_ray(tmp_path):
     from sweep.run import main
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a new instance even where a `ray start` left its address file behind (a cluster
+        # stopped without `ray stop`), which a bare ray.init would try to join and refuse num_cpus
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     raw = {"name": "seqray", "base": {**BASE, "train": {**BASE["train"], "epochs": 1}},
            "space": {"regularizer.alpha": {"grid": [1.0]}}, "search": {"algorithm": "grid"},
            "seeds": {"min": 2, "max": 3}, "resources": {"cpus_per_trial": 1},

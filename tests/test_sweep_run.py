@@ -32,7 +32,9 @@ def ray_cluster():
     """One local Ray instance for all sweep tests; subprocess drivers join it by address."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a new instance even where a `ray start` left its address file behind (a cluster
+        # stopped without `ray stop`), which a bare ray.init would try to join and refuse num_cpus
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
