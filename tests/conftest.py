@@ -1,4 +1,4 @@
-"""Shared test set-up: one torch thread (CI has 2 cores), real data only through an env var."""
+"""Shared test set-up: one torch thread (CI has 2 cores), numba unoptimized, real data only through an env var."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# Brendel-Bethge's numba jitclasses cannot be cached and compile once per process: at LLVM's
+# default -O3 that took 72 s on a 2-core AVX2 machine, at -O0 42 s (same tests side by side, all
+# passing). The tests' attacks run a few steps on a handful of images, so compile time is all
+# that optimization would buy; inherited by the subprocesses and Ray workers tests start.
+os.environ.setdefault("NUMBA_OPT", "0")
 
 
 @pytest.fixture(autouse=True)
