@@ -86,7 +86,7 @@ def arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
         reg_parts, cond_parts = [], []
         for c in varying:
             v = df.at[i, c]
-            text = f"{_SHORT.get(c, c)}={NULL_MEANS[c] if c in NULL_MEANS and _key_value(v) is None else _fmt(v)}"
+            text = f"{_SHORT.get(c, c)}={_fmt(v, NULL_MEANS.get(c))}"
             if c.startswith("regularizer."):
                 if not active[i] or c == "regularizer.target":
                     continue
@@ -105,7 +105,10 @@ def arm_labels(df: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"arm": arms, "condition": conds, "baseline": ~active}, index=df.index)
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, null: str | None = None) -> str:
+    """A config value for a label; ``null``: what a null says in this field (config.NULL_MEANS)."""
+    if null is not None and _key_value(v) is None:
+        return null
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)

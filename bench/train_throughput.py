@@ -51,7 +51,7 @@ import types
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats
+from scipy import stats as sps  # `stats` is the epoch records' name here
 
 from neuroreg.config import RunConfig
 from neuroreg.models import create_model
@@ -166,7 +166,7 @@ def median_ci(ratios: list[float], seed: int = 0) -> tuple[float, float]:
     """95 % percentile-bootstrap interval of the median of per-round ratios."""
     if len(ratios) < 3 or len(set(ratios)) == 1:
         return float("nan"), float("nan")
-    res = stats.bootstrap((np.asarray(ratios),), np.median, confidence_level=0.95, n_resamples=9999,
+    res = sps.bootstrap((np.asarray(ratios),), np.median, confidence_level=0.95, n_resamples=9999,
                           method="percentile", random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
